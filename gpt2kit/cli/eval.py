@@ -9,7 +9,6 @@ examples are split over the ranks and rank 0 reports.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -107,33 +106,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _common(lam, 16, "score only the first N passages")
 
 
-def _init_distributed(device_flag: str):
-    """(rank, world_size, device); joins the process group when launched by torchrun."""
-    import torch
-
-    from gpt2kit.cli.common import resolve_device
-
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    device = resolve_device(device_flag)
-    if world_size <= 1:
-        return 0, 1, device
-    import torch.distributed as dist
-
-    rank = int(os.environ["RANK"])
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return rank, world_size, device
-
-
 def run(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import load_model, resolve_checkpoint
     from gpt2kit.cli.common import resolve_dtype
     from gpt2kit.eval.download import file_sha256
     from gpt2kit.eval.results import build_record, format_table, to_json
 
-    rank, world_size, device = _init_distributed(args.device)
+    from gpt2kit.train.distributed import setup_distributed, teardown
+
+    env = setup_distributed(args.device)
+    rank, world_size, device = env.rank, env.world_size, env.device
     try:
         loaded = load_model(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
         model = loaded.model
@@ -183,11 +165,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"results written to {record['results_file']}", file=sys.stderr)
         return 0
     finally:
-        if world_size > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+        teardown(env)
 
 
 def _run_loss(args, model, device, rank: int, world_size: int, show: bool):

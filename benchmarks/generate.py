@@ -1,7 +1,9 @@
 """Generation speed: gpt2kit's KV-cache generate vs transformers' generate on the same weights, same run.
 
 Prints tokens/s at batch 1 and 8 in fp32 and bf16, the ratio to transformers, and how close batch-1
-decoding comes to the memory-bandwidth bound (every weight is read once per generated token).
+decoding comes to the memory-bandwidth bound (every weight is read once per generated token). The
+"unpacked" column is gpt2kit with ``packed=False`` (nn.Linear's own matrix-vector products), to show what
+the packed CPU weights (gpt2kit.generate.packed_cpu_linears) bring.
 
     python benchmarks/generate.py                       # gpt2 preset, random weights, current device
     python benchmarks/generate.py --preset tiny --new-tokens 16   # quick check
@@ -83,7 +85,8 @@ def main() -> None:
     print(f"device={device} threads={torch.get_num_threads()} preset={args.preset} params={n_params:,} "
           f"prompt={args.prompt_tokens} new_tokens={args.new_tokens} torch={torch.__version__}")
     print(f"measured copy bandwidth: {bw:.1f} GB/s")
-    print(f"{'dtype':>9} {'batch':>5} {'gpt2kit tok/s':>14} {'transformers tok/s':>19} {'ratio':>6} {'weights GB/s (b=1)':>19}")
+    print(f"{'dtype':>9} {'batch':>5} {'unpacked tok/s':>15} {'gpt2kit tok/s':>14} {'transformers tok/s':>19} "
+          f"{'ratio':>6} {'weights GB/s (b=1)':>19}")
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
         ours = GPT(cfg)
@@ -95,6 +98,9 @@ def main() -> None:
             idx = torch.randint(0, cfg.vocab_size, (B, args.prompt_tokens), device=device)
             t_ours = time_it(lambda: generate(ours, idx, args.new_tokens, temperature=0), device, args.repeats)
             tps_ours = B * args.new_tokens / t_ours
+            t_plain = time_it(lambda: generate(ours, idx, args.new_tokens, temperature=0, packed=False), device,
+                              args.repeats)
+            tps_plain = B * args.new_tokens / t_plain
             tps_hf = float("nan")
             if theirs is not None:
                 mask = torch.ones_like(idx)
@@ -107,7 +113,7 @@ def main() -> None:
                 tps_hf = B * args.new_tokens / time_it(hf_run, device, args.repeats)
             weights_gbs = bytes_per_token * (tps_ours / B) / 1e9
             bound = f"{weights_gbs:6.1f} ({weights_gbs / bw:4.0%} of copy bw)" if B == 1 else ""
-            print(f"{dtype_name:>9} {B:>5} {tps_ours:>14.1f} {tps_hf:>19.1f} {tps_ours / tps_hf:>5.2f}x {bound:>19}")
+            print(f"{dtype_name:>9} {B:>5} {tps_plain:>15.1f} {tps_ours:>14.1f} {tps_hf:>19.1f} {tps_ours / tps_hf:>5.2f}x {bound:>19}")
 
 
 if __name__ == "__main__":

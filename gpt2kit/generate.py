@@ -5,11 +5,20 @@ Shape letters as in :mod:`gpt2kit.model.gpt` (B batch, T prompt length, V vocab)
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import weakref
+from typing import Callable, Iterator
 
 import torch
+import torch.nn as nn
 
 from gpt2kit.model.gpt import GPT
+
+PACKED_MAX_ROWS = 16
+"""Decoding steps of at most this many rows (batch x new positions) use the packed weights."""
+
+# nn.Linear -> (weight version, data pointer, parts, packed weight (n, in, block), packed bias (n, 1, block) or None)
+_PACKED: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
 
 def sample_next(
@@ -47,6 +56,65 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
 
+def _packed(linear: nn.Linear, parts: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``linear``'s weight as (parts, in, block) column blocks and bias as (parts, 1, block), zero-padded to
+    parts * block >= out columns; cached
+    until the weight changes (its version counter or storage moves)."""
+    w, b = linear.weight, linear.bias
+    key = (w._version, w.data_ptr(), parts)
+    hit = _PACKED.get(linear)
+    if hit is not None and hit[:3] == key:
+        return hit[3], hit[4]
+    out_f, in_f = w.shape
+    block = -(-out_f // parts)  # columns per block; the last block is zero-padded when out does not divide
+    pad = parts * block - out_f
+    wp = torch.nn.functional.pad(w.detach().t(), (0, pad))  # (in, n * block)
+    wp = wp.reshape(in_f, parts, block).permute(1, 0, 2).contiguous()  # (n, in, block)
+    bp = None if b is None else torch.nn.functional.pad(b.detach(), (0, pad)).reshape(parts, 1, block)
+    _PACKED[linear] = (*key, wp, bp)
+    return wp, bp
+
+
+@contextlib.contextmanager
+def packed_cpu_linears(model: nn.Module) -> Iterator[bool]:
+    """Run ``model``'s float32 CPU linear layers from packed weight copies while decoding; yields whether it did.
+
+    Decoding a token reads every weight once, so it is bound by memory bandwidth. torch's CPU matrix-vector
+    product for nn.Linear's (out, in) layout runs on one thread (about 13 GB/s here); the same product over
+    (threads, in, out / threads) column blocks with ``bmm`` spreads the reads over every core (about 26 GB/s over
+    the gpt2 weights on 2 cores, see benchmarks/RESULTS.md). The copies cost one more set of the linear weights
+    in memory, kept while the model lives, and are remade when a weight changes. Inputs of more than
+    :data:`PACKED_MAX_ROWS` rows (prefill) take the ordinary path. bfloat16 gained nothing, so it is left alone.
+    """
+    parts = torch.get_num_threads()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    usable = parts > 1 and bool(linears) and not hasattr(model, "_orig_mod") and all(  # not under torch.compile
+        m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 for m in linears)
+    if not usable:
+        yield False
+        return
+    patched = []
+    for m in linears:
+
+        def forward(x: torch.Tensor, m: nn.Linear = m) -> torch.Tensor:
+            rows = x.numel() // x.size(-1)
+            if rows > PACKED_MAX_ROWS or torch.is_autocast_enabled("cpu"):
+                return nn.functional.linear(x, m.weight, m.bias)
+            wp, bp = _packed(m, parts)
+            xe = x.reshape(1, rows, x.size(-1)).expand(parts, rows, x.size(-1))  # (n, rows, in)
+            y = torch.bmm(xe, wp) if bp is None else torch.baddbmm(bp, xe, wp)  # (n, rows, block)
+            y = y.transpose(0, 1).reshape(*x.shape[:-1], -1)  # (..., n * block)
+            return y[..., :m.out_features]  # (..., out)
+
+        m.forward = forward  # an instance attribute: removed below, the class's forward is untouched
+        patched.append(m)
+    try:
+        yield True
+    finally:
+        for m in patched:
+            del m.forward
+
+
 def _padded_attn_mask(key_valid: torch.Tensor, T: int, pos: int) -> torch.Tensor:
     """Boolean (B, 1, T, L) mask for queries at [pos, pos+T) over keys [0, L) with L = pos + T.
 
@@ -76,6 +144,7 @@ def generate(
     eos_id: int | None = None,
     attention_mask: torch.Tensor | None = None,
     use_cache: bool = True,
+    packed: bool = True,
     on_token: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """Continue the prompts ``idx`` (B, T) by up to ``max_new_tokens`` tokens; returns (B, T + n).
@@ -88,6 +157,8 @@ def generate(
     - Prompts longer than the context are cropped to the last ``block_size`` tokens; once prompt
       plus output fill the context, every step recomputes the last ``block_size`` tokens (a sliding
       window), exactly as generation without a cache would.
+    - ``packed``: float32 decoding on a multi-core CPU reads the weights through
+      :func:`packed_cpu_linears` (faster; costs a second copy of the linear weights).
     - ``on_token`` is called with each step's new tokens (B,), for streaming.
     """
     if idx.dim() != 2 or idx.size(1) == 0:
@@ -125,6 +196,9 @@ def generate(
 
     cache = None
     cache_len = 0
+    stack = contextlib.ExitStack()
+    if packed:
+        stack.enter_context(packed_cpu_linears(model))
     try:
         for step in range(max_new_tokens):
             if use_cache and cache is not None and cache_len < block_size:
@@ -153,5 +227,6 @@ def generate(
                 if bool(finished.all()):
                     break
     finally:
+        stack.close()
         model.train(was_training)
     return out

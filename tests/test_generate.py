@@ -84,3 +84,53 @@ def test_bad_arguments(model):
         generate(model, torch.zeros(1, 0, dtype=torch.long), 3)
     with pytest.raises(ValueError, match="top_p"):
         generate(model, torch.zeros(1, 2, dtype=torch.long), 3, top_p=1.5)
+
+
+def test_packed_cpu_linears_match_plain_and_restore(model):
+    from gpt2kit.generate import packed_cpu_linears
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the packed path splits weights over the threads
+    try:
+        x = torch.randint(0, 50257, (3, 1))
+        with torch.inference_mode():
+            plain, _ = model(x)
+            with packed_cpu_linears(model) as used:
+                assert used
+                assert "forward" in vars(model.lm_head)
+                packed, _ = model(x)
+        assert not any("forward" in vars(m) for m in model.modules())  # the class forward is back
+        torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+        idx = torch.randint(0, 50257, (2, 5))
+        assert torch.equal(generate(model, idx, 12, temperature=0),
+                           generate(model, idx, 12, temperature=0, packed=False))
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def test_packed_weights_follow_weight_updates(model):
+    from gpt2kit.generate import packed_cpu_linears
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randint(0, 50257, (1, 1))
+        with torch.inference_mode(), packed_cpu_linears(model):
+            before, _ = model(x)
+        with torch.no_grad():
+            model.transformer.h[0].mlp.c_fc.weight.mul_(2.0)  # in place, as an optimizer step would
+        with torch.inference_mode():
+            with packed_cpu_linears(model):
+                after, _ = model(x)
+            plain, _ = model(x)
+        assert not torch.allclose(before, after)
+        torch.testing.assert_close(after, plain, rtol=1e-5, atol=1e-5)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def test_packed_path_skips_bfloat16(model):
+    from gpt2kit.generate import packed_cpu_linears
+
+    with packed_cpu_linears(model.to(torch.bfloat16)) as used:
+        assert not used

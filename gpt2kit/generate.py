@@ -17,7 +17,7 @@ from gpt2kit.model.gpt import GPT
 PACKED_MAX_ROWS = 16
 """Decoding steps of at most this many rows (batch x new positions) use the packed weights."""
 
-# nn.Linear -> (weight version, data pointer, parts, packed weight (n, in, block), packed bias (n, 1, block) or None)
+# nn.Linear -> (weight version, data pointer, parts, packed weight: see _packed)
 _PACKED: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
 
 
@@ -56,40 +56,65 @@ def sample_next(
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)  # (B,)
 
 
-def _packed(linear: nn.Linear, parts: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``linear``'s weight as (parts, in, block) column blocks and bias as (parts, 1, block), zero-padded to
-    parts * block >= out columns; cached
-    until the weight changes (its version counter or storage moves)."""
-    w, b = linear.weight, linear.bias
+def _bf16_packing_available() -> bool:
+    """oneDNN's prepacked linear (what torch.compile's CPU backend uses) is present and runs bfloat16 here."""
+    try:
+        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _packed(linear: nn.Linear, parts: int) -> torch.Tensor:
+    """``linear``'s weight in the packed form for its dtype, cached until the weight changes (its version counter
+    or storage moves).
+
+    float32: transposed and cut along the input dimension into (parts, chunk, out) with parts * chunk >= in,
+    the extra input rows zero. bfloat16: oneDNN's blocked layout for small batches (an opaque mkldnn tensor).
+    """
+    w = linear.weight
     key = (w._version, w.data_ptr(), parts)
     hit = _PACKED.get(linear)
     if hit is not None and hit[:3] == key:
-        return hit[3], hit[4]
-    out_f, in_f = w.shape
-    block = -(-out_f // parts)  # columns per block; the last block is zero-padded when out does not divide
-    pad = parts * block - out_f
-    wp = torch.nn.functional.pad(w.detach().t(), (0, pad))  # (in, n * block)
-    wp = wp.reshape(in_f, parts, block).permute(1, 0, 2).contiguous()  # (n, in, block)
-    bp = None if b is None else torch.nn.functional.pad(b.detach(), (0, pad)).reshape(parts, 1, block)
-    _PACKED[linear] = (*key, wp, bp)
-    return wp, bp
+        return hit[3]
+    if w.dtype == torch.bfloat16:
+        wp = torch.ops.mkldnn._reorder_linear_weight(w.detach(), 1)
+    else:
+        out_f, in_f = w.shape
+        chunk = -(-in_f // parts)  # input rows per part; the last part is zero-padded when in does not divide
+        wp = nn.functional.pad(w.detach().t(), (0, 0, 0, parts * chunk - in_f))  # (n * chunk, out)
+        wp = wp.reshape(parts, chunk, out_f).contiguous()  # (n, chunk, out)
+    _PACKED[linear] = (*key, wp)
+    return wp
 
 
 @contextlib.contextmanager
 def packed_cpu_linears(model: nn.Module) -> Iterator[bool]:
-    """Run ``model``'s float32 CPU linear layers from packed weight copies while decoding; yields whether it did.
+    """Run ``model``'s CPU linear layers from packed weight copies while decoding; yields whether it did.
 
-    Decoding a token reads every weight once, so it is bound by memory bandwidth. torch's CPU matrix-vector
-    product for nn.Linear's (out, in) layout runs on one thread (about 13 GB/s here); the same product over
-    (threads, in, out / threads) column blocks with ``bmm`` spreads the reads over every core (about 26 GB/s over
-    the gpt2 weights on 2 cores, see benchmarks/RESULTS.md). The copies cost one more set of the linear weights
-    in memory, kept while the model lives, and are remade when a weight changes. Inputs of more than
-    :data:`PACKED_MAX_ROWS` rows (prefill) take the ordinary path. bfloat16 gained nothing, so it is left alone.
+    Decoding a token reads every weight once, so it is bound by memory bandwidth, and torch's CPU
+    matrix-vector products leave much of it unused:
+
+    - float32: nn.Linear's (out, in) product runs on one thread (about 13 GB/s here). Cutting the transposed
+      weight along the input dimension into one (chunk, out) slab per thread, multiplying each slab by its
+      slice of the input with one ``bmm`` and adding the partial products spreads the reads over every core
+      (about 27 GB/s over the gpt2 weights on 2 cores).
+    - bfloat16: oneDNN's prepacked weights (``torch.ops.mkldnn``, as torch.compile's CPU backend uses) read
+      about 1.7x faster than the plain layout.
+
+    Figures in benchmarks/RESULTS.md. The copies cost one more set of the linear weights in memory, kept while
+    the model lives, and are remade when a weight changes. Inputs of more than :data:`PACKED_MAX_ROWS` rows
+    (prefill), autocast and anything that needs gradients take the ordinary path.
     """
     parts = torch.get_num_threads()
     linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    usable = parts > 1 and bool(linears) and not hasattr(model, "_orig_mod") and all(  # not under torch.compile
-        m.weight.device.type == "cpu" and m.weight.dtype == torch.float32 for m in linears)
+    dtypes = {m.weight.dtype for m in linears}
+    usable = (
+        bool(linears)
+        and not hasattr(model, "_orig_mod")  # not under torch.compile
+        and all(m.weight.device.type == "cpu" for m in linears)
+        and (dtypes == {torch.float32} and parts > 1
+             or dtypes == {torch.bfloat16} and _bf16_packing_available())
+    )
     if not usable:
         yield False
         return
@@ -97,14 +122,23 @@ def packed_cpu_linears(model: nn.Module) -> Iterator[bool]:
     for m in linears:
 
         def forward(x: torch.Tensor, m: nn.Linear = m) -> torch.Tensor:
-            rows = x.numel() // x.size(-1)
-            if rows > PACKED_MAX_ROWS or torch.is_autocast_enabled("cpu"):
+            in_f = x.size(-1)
+            rows = x.numel() // in_f
+            if (rows > PACKED_MAX_ROWS or torch.is_autocast_enabled("cpu")
+                    or (torch.is_grad_enabled() and m.weight.requires_grad) or x.dtype != m.weight.dtype):
                 return nn.functional.linear(x, m.weight, m.bias)
-            wp, bp = _packed(m, parts)
-            xe = x.reshape(1, rows, x.size(-1)).expand(parts, rows, x.size(-1))  # (n, rows, in)
-            y = torch.bmm(xe, wp) if bp is None else torch.baddbmm(bp, xe, wp)  # (n, rows, block)
-            y = y.transpose(0, 1).reshape(*x.shape[:-1], -1)  # (..., n * block)
-            return y[..., :m.out_features]  # (..., out)
+            wp = _packed(m, parts)
+            x2 = x.reshape(rows, in_f)
+            if wp.is_mkldnn:
+                y = torch.ops.mkldnn._linear_pointwise(x2, wp, m.bias, "none", [], "")  # (rows, out)
+            else:  # wp (n, chunk, out)
+                if parts * wp.size(1) != in_f:
+                    x2 = nn.functional.pad(x2, (0, parts * wp.size(1) - in_f))  # (rows, n * chunk)
+                xk = x2.view(rows, parts, wp.size(1)).transpose(0, 1)  # (n, rows, chunk)
+                y = torch.bmm(xk, wp).sum(0)  # (rows, out): the parts' partial products added
+                if m.bias is not None:
+                    y += m.bias
+            return y.view(*x.shape[:-1], m.out_features)  # (..., out)
 
         m.forward = forward  # an instance attribute: removed below, the class's forward is untouched
         patched.append(m)
@@ -157,8 +191,8 @@ def generate(
     - Prompts longer than the context are cropped to the last ``block_size`` tokens; once prompt
       plus output fill the context, every step recomputes the last ``block_size`` tokens (a sliding
       window), exactly as generation without a cache would.
-    - ``packed``: float32 decoding on a multi-core CPU reads the weights through
-      :func:`packed_cpu_linears` (faster; costs a second copy of the linear weights).
+    - ``packed``: decoding on a CPU reads the weights through :func:`packed_cpu_linears` (faster; costs a
+      second copy of the linear weights).
     - ``on_token`` is called with each step's new tokens (B,), for streaming.
     """
     if idx.dim() != 2 or idx.size(1) == 0:

@@ -129,8 +129,53 @@ def test_packed_weights_follow_weight_updates(model):
         torch.set_num_threads(old_threads)
 
 
-def test_packed_path_skips_bfloat16(model):
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                    reason="this CPU has no oneDNN bfloat16")
+def test_packed_bfloat16_matches_plain(model):
     from gpt2kit.generate import packed_cpu_linears
 
-    with packed_cpu_linears(model.to(torch.bfloat16)) as used:
+    model = model.to(torch.bfloat16)
+    x = torch.randint(0, 50257, (2, 1))
+    with torch.inference_mode():
+        plain, _ = model(x)
+        with packed_cpu_linears(model) as used:
+            packed, _ = model(x)
+    assert used
+    torch.testing.assert_close(packed, plain, rtol=2e-2, atol=2e-2)
+
+
+def test_packed_path_skipped_for_float16_and_gradients(model):
+    from gpt2kit.generate import packed_cpu_linears
+
+    with packed_cpu_linears(model.to(torch.float16)) as used:
         assert not used
+    model = model.float()
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with packed_cpu_linears(model) as used:
+            logits, _ = model(torch.randint(0, 50257, (1, 1)))  # gradients on: the ordinary path
+        assert used and logits.requires_grad
+        logits.sum().backward()
+        assert model.lm_head.weight.grad is not None
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def test_packed_linear_with_odd_input_width():
+    from gpt2kit.generate import packed_cpu_linears
+
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3, bias=False))
+        x = torch.randn(2, 4, 7)
+        with torch.inference_mode():
+            plain = net(x)
+            with packed_cpu_linears(net) as used:
+                packed = net(x)
+        assert used
+        torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
+    finally:
+        torch.set_num_threads(old_threads)

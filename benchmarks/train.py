@@ -248,7 +248,8 @@ def main() -> int:
         print(f"gpt2kit MFU: {fpt['gpt2kit'] * rate['gpt2kit'] / peak:.1%} of {source}")
     if not args.no_loop:
         rec = run_loop(args, device)
-        mfu = rec.get("mfu")
+        # against the same peak as the lines above (the loop's own MFU uses the peak it measured at its start)
+        mfu = fpt["gpt2kit"] * rec["tokens_per_s"] / peak if peak else None
         print(f"gpt2kit train loop: {rec['tokens_per_s']:.0f} tokens/s over {args.steps} logged steps"
               + (f", MFU {mfu:.1%}" if mfu is not None else "") + " (includes data, lr, clip, metrics)")
     return 0

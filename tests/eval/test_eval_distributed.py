@@ -57,7 +57,7 @@ def test_two_ranks_match_one(tmp_path, capsys, hf_model_dir, write_hellaswag, wr
 
 
 DDP_SCRIPT = '''
-import json, sys
+import gc, json, sys
 import torch, torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from gpt2kit.checkpoint import load_model
@@ -76,6 +76,8 @@ mine = [(x[i : i + 1], y[i : i + 1]) for i in range(rank, 6, ws)]
 loss = all_reduce_loss(mean_loss(model, mine, device="cpu"))
 if rank == 0:
     print(json.dumps({"hellaswag": hs, "loss": loss}))
+del model  # as gpt2kit.train.distributed.teardown: a DDP wrapper freed only at exit can abort the process
+gc.collect()
 dist.destroy_process_group()
 '''
 

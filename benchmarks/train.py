@@ -39,10 +39,10 @@ def _sync(device: torch.device) -> None:
 
 def make_step(model, call, device, dtype, lr=6e-4, fused=None):
     """One training step closure: forward (autocast), backward, clip, AdamW step, zero_grad."""
-    from gpt2kit.train.loop import decay_param_groups
+    from gpt2kit.train.loop import decay_param_groups, default_fused_adamw
 
     groups = decay_param_groups(model, 0.1)
-    kw = {"fused": True} if (fused if fused is not None else device.type == "cuda") else {}
+    kw = {"fused": True} if (fused if fused is not None else default_fused_adamw(device)) else {}
     opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95), eps=1e-8, **kw)
     params = [p for p in model.parameters() if p.requires_grad]
     ctx = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if dtype == "bfloat16" else None

@@ -47,7 +47,7 @@ class LoopConfig:
     tf32: bool = True
     """Allow TF32 matmuls on NVIDIA GPUs (float32 runs only; no effect on CPU)."""
     fused_adamw: bool | None = None
-    """Fused AdamW kernel; default: on for CUDA, off elsewhere."""
+    """Fused AdamW kernel; default: on for CUDA and CPU, off elsewhere."""
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """Data parallelism under torchrun: ddp (a full model per device) or fsdp (fully_shard: parameters,
     gradients and optimizer state sharded)."""

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import TINY_FLAGS, losses
+from train_settings import TINY_FLAGS, losses
 
 from gpt2kit.cli import main
 

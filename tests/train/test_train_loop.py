@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import losses
+from train_settings import losses
 
 from gpt2kit.checkpoint import list_step_checkpoints, load_model, read_checkpoint
 from gpt2kit.errors import UserError

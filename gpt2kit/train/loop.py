@@ -208,8 +208,9 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def default_fused_adamw(device: torch.device) -> bool:
     """Whether AdamW runs its fused kernel by default: on CUDA and CPU (torch >= 2.4 has both). On the 2-core
-    CPU the fused step for the L4 C256 benchmark model took 7.9 ms against 54 ms for the default, with equal
-    results."""
+    CPU the fused step for the L4 C256 benchmark model took 7.9 ms against 54 ms for the default. The update is
+    the same formula with another rounding order: equal after 3 steps in a check, while the 1600-step demo
+    ended at validation loss 5.4420 instead of 5.4545."""
     return device.type in ("cuda", "cpu")
 
 

@@ -2,13 +2,22 @@ import pytest
 import torch
 
 from gpt2kit import GPT
-from gpt2kit.generate import generate, sample_next
+from gpt2kit.generate import _bf16_packing_available, generate, packed_cpu_linears, sample_next
 
 
 @pytest.fixture
 def model(tiny_config):
     torch.manual_seed(0)
     return GPT(tiny_config).eval()
+
+
+@pytest.fixture
+def two_threads():
+    """torch on 2 threads for the test (the packed float32 path splits weights over the threads), then restored."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(old)
 
 
 def test_greedy_cache_equals_no_cache(model):
@@ -86,54 +95,37 @@ def test_bad_arguments(model):
         generate(model, torch.zeros(1, 2, dtype=torch.long), 3, top_p=1.5)
 
 
-def test_packed_cpu_linears_match_plain_and_restore(model):
-    from gpt2kit.generate import packed_cpu_linears
-
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # the packed path splits weights over the threads
-    try:
-        x = torch.randint(0, 50257, (3, 1))
-        with torch.inference_mode():
-            plain, _ = model(x)
-            with packed_cpu_linears(model) as used:
-                assert used
-                assert "forward" in vars(model.lm_head)
-                packed, _ = model(x)
-        assert not any("forward" in vars(m) for m in model.modules())  # the class forward is back
-        torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
-        idx = torch.randint(0, 50257, (2, 5))
-        assert torch.equal(generate(model, idx, 12, temperature=0),
-                           generate(model, idx, 12, temperature=0, packed=False))
-    finally:
-        torch.set_num_threads(old_threads)
+def test_packed_cpu_linears_match_plain_and_restore(model, two_threads):
+    x = torch.randint(0, 50257, (3, 1))
+    with torch.inference_mode():
+        plain, _ = model(x)
+        with packed_cpu_linears(model) as used:
+            assert used
+            assert "forward" in vars(model.lm_head)
+            packed, _ = model(x)
+    assert not any("forward" in vars(m) for m in model.modules())  # the class forward is back
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-5)
+    idx = torch.randint(0, 50257, (2, 5))
+    assert torch.equal(generate(model, idx, 12, temperature=0),
+                       generate(model, idx, 12, temperature=0, packed=False))
 
 
-def test_packed_weights_follow_weight_updates(model):
-    from gpt2kit.generate import packed_cpu_linears
-
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        x = torch.randint(0, 50257, (1, 1))
-        with torch.inference_mode(), packed_cpu_linears(model):
-            before, _ = model(x)
-        with torch.no_grad():
-            model.transformer.h[0].mlp.c_fc.weight.mul_(2.0)  # in place, as an optimizer step would
-        with torch.inference_mode():
-            with packed_cpu_linears(model):
-                after, _ = model(x)
-            plain, _ = model(x)
-        assert not torch.allclose(before, after)
-        torch.testing.assert_close(after, plain, rtol=1e-5, atol=1e-5)
-    finally:
-        torch.set_num_threads(old_threads)
+def test_packed_weights_follow_weight_updates(model, two_threads):
+    x = torch.randint(0, 50257, (1, 1))
+    with torch.inference_mode(), packed_cpu_linears(model):
+        before, _ = model(x)
+    with torch.no_grad():
+        model.transformer.h[0].mlp.c_fc.weight.mul_(2.0)  # in place, as an optimizer step would
+    with torch.inference_mode():
+        with packed_cpu_linears(model):
+            after, _ = model(x)
+        plain, _ = model(x)
+    assert not torch.allclose(before, after)
+    torch.testing.assert_close(after, plain, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.backends.mkldnn.is_available() or not torch.ops.mkldnn._is_mkldnn_bf16_supported(),
-                    reason="this CPU has no oneDNN bfloat16")
+@pytest.mark.skipif(not _bf16_packing_available(), reason="this CPU has no oneDNN bfloat16")
 def test_packed_bfloat16_matches_plain(model):
-    from gpt2kit.generate import packed_cpu_linears
-
     model = model.to(torch.bfloat16)
     x = torch.randint(0, 50257, (2, 1))
     with torch.inference_mode():
@@ -144,38 +136,24 @@ def test_packed_bfloat16_matches_plain(model):
     torch.testing.assert_close(packed, plain, rtol=2e-2, atol=2e-2)
 
 
-def test_packed_path_skipped_for_float16_and_gradients(model):
-    from gpt2kit.generate import packed_cpu_linears
-
+def test_packed_path_skipped_for_float16_and_gradients(model, two_threads):
     with packed_cpu_linears(model.to(torch.float16)) as used:
         assert not used
     model = model.float()
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with packed_cpu_linears(model) as used:
-            logits, _ = model(torch.randint(0, 50257, (1, 1)))  # gradients on: the ordinary path
-        assert used and logits.requires_grad
-        logits.sum().backward()
-        assert model.lm_head.weight.grad is not None
-    finally:
-        torch.set_num_threads(old_threads)
+    with packed_cpu_linears(model) as used:
+        logits, _ = model(torch.randint(0, 50257, (1, 1)))  # gradients on: the ordinary path
+    assert used and logits.requires_grad
+    logits.sum().backward()
+    assert model.lm_head.weight.grad is not None
 
 
-def test_packed_linear_with_odd_input_width():
-    from gpt2kit.generate import packed_cpu_linears
-
-    old_threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        torch.manual_seed(0)
-        net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3, bias=False))
-        x = torch.randn(2, 4, 7)
-        with torch.inference_mode():
-            plain = net(x)
-            with packed_cpu_linears(net) as used:
-                packed = net(x)
-        assert used
-        torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
-    finally:
-        torch.set_num_threads(old_threads)
+def test_packed_linear_with_odd_input_width(two_threads):
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3, bias=False))
+    x = torch.randn(2, 4, 7)
+    with torch.inference_mode():
+        plain = net(x)
+        with packed_cpu_linears(net) as used:
+            packed = net(x)
+    assert used
+    torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)

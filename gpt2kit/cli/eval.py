@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.eval.download import file_sha256
     from gpt2kit.eval.results import build_record, format_table, to_json
 
-    from gpt2kit.train.distributed import setup_distributed, teardown
+    from gpt2kit.distributed import setup_distributed, teardown
 
     env = setup_distributed(args.device)
     rank, world_size, device = env.rank, env.world_size, env.device

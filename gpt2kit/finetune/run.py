@@ -22,8 +22,10 @@ from gpt2kit.finetune.checkpoint import RECORD_KEY, RECORD_VERSION, finetune_rec
 from gpt2kit.finetune.config import ClassifyConfig, FinetuneConfig, SFTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.train.config import resolve_config
-from gpt2kit.train.distributed import DistEnv, setup_distributed, teardown
-from gpt2kit.train.loop import EvalContext, TrainResult, TrainTask, decay_param_groups, train
+from gpt2kit.distributed import DistEnv, setup_distributed, teardown
+from gpt2kit.train.loop import train
+from gpt2kit.train.optim import decay_param_groups
+from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.train.state import ResumePoint, find_resume
 
 RESULTS_FILE = "results.json"

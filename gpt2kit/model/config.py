@@ -13,6 +13,9 @@ from typing import Any, Callable
 
 GPT2_VOCAB_SIZE = 50257
 
+SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "padded_vocab_size", "bias")
+"""GPTConfig fields that fix the weights' shapes: a resumed run must match them."""
+
 
 @dataclass
 class GPTConfig:

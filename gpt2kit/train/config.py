@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
 from gpt2kit.errors import UserError
+from gpt2kit.train.schedule import lr_at
 
 
 @dataclass
@@ -149,23 +150,8 @@ class LoopConfig:
         return self.total_batch_tokens // per_round
 
     def lr_at(self, step: int) -> float:
-        """Learning rate for optimizer step ``step`` (0-based): linear warmup, then the decay shape to min_lr_ratio."""
-        lr, min_lr = self.lr, self.lr * self.min_lr_ratio
-        if step < self.warmup_steps:
-            return lr * (step + 1) / self.warmup_steps
-        if self.lr_schedule == "constant":
-            return lr
-        if step >= self.schedule_steps:
-            return min_lr
-        decay = self.schedule_steps - self.warmup_steps
-        ratio = 1.0 if decay == 0 else (step - self.warmup_steps) / decay  # 0 -> 1
-        if self.lr_schedule == "linear":
-            coeff = 1.0 - ratio
-        else:
-            import math
-
-            coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
-        return min_lr + coeff * (lr - min_lr)
+        """Learning rate for optimizer step ``step`` (0-based); see :func:`gpt2kit.train.schedule.lr_at`."""
+        return lr_at(step, self)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (JSON and checkpoint safe)."""

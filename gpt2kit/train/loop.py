@@ -1,39 +1,46 @@
 """The training loop, shared by pretraining and fine-tuning (classification, SFT): one loop, one set of
 checkpoints, resume, metrics and progress bar.
 
-A job describes itself as a :class:`TrainTask` and calls :func:`train`::
+A job describes itself as a :class:`~gpt2kit.train.task.TrainTask` and calls :func:`train`::
 
-    from gpt2kit.train import LoopConfig, TrainTask, train, setup_distributed
+    from gpt2kit.distributed import distributed
+    from gpt2kit.train.loop import TrainTask, train
 
-    env = setup_distributed(cfg.device)          # torchrun env -> rank, world size, device
-    task = TrainTask(
-        model=model,                             # a pure nn.Module on CPU; the loop moves, compiles and wraps it
-        model_config=model.config.to_dict(),     # saved as the checkpoint's model_config (load_model rebuilds from it)
-        train_data=source,                       # next_batch() -> batch; state_dict()/load_state_dict() (plain data)
-        grad_accum_steps=A,                      # micro-batches per optimizer step on each rank
-        loss_fn=lm_loss,                         # (model, batch on device) -> scalar mean loss of the micro-batch
-        evaluate=fn,                             # (EvalContext) -> {"val_loss": ..., ...}; called on every rank
-        sample=fn,                               # (EvalContext) -> list[str] logged samples; called on every rank
-        param_groups=decay_param_groups,         # (raw model, weight_decay) -> AdamW param groups ("lr_scale" allowed)
-        train_module=FusedLossGPT,               # optional: model -> the module to compile/wrap/call (same params)
-        batch_tokens=default_batch_tokens,       # (batch) -> tokens in it, for tokens/s
-        flops_per_token=gpt_flops_per_token(model),  # for MFU (None: not reported)
-        extra_state={...},                       # plain data stored in every checkpoint
-    )
-    result = train(cfg, task, env)              # cfg: a LoopConfig (or subclass); resumes when cfg.resume says so
+    with distributed(cfg.device) as env:         # torchrun env -> rank, world size, device
+        task = TrainTask(
+            model=model,                             # a pure nn.Module on CPU; the loop moves, compiles and wraps it
+            model_config=model.config.to_dict(),     # saved as the checkpoint's model_config
+            train_data=source,                       # next_batch() -> batch; state_dict()/load_state_dict()
+            grad_accum_steps=A,                      # micro-batches per optimizer step on each rank
+            loss_fn=lm_loss,                         # (model, batch on device) -> scalar mean loss of the micro-batch
+            evaluate=fn,                             # (EvalContext) -> {"val_loss": ..., ...}; called on every rank
+            sample=fn,                               # (EvalContext) -> list[str] logged samples; every rank
+            param_groups=decay_param_groups,         # (model, weight_decay) -> param groups ("lr_scale" allowed)
+            train_module=FusedLossGPT,               # optional: model -> the module to compile/wrap/call
+            batch_tokens=default_batch_tokens,       # (batch) -> tokens in it, for tokens/s
+            flops_per_token=gpt_flops_per_token(model),  # for MFU (None: not reported)
+            extra_state={...},                       # plain data stored in every checkpoint
+        )
+        result = train(cfg, task, env)               # cfg: a LoopConfig (or subclass); resumes when cfg.resume says so
 
-What :func:`train` does per optimizer step: sets the scheduled lr, runs ``grad_accum_steps`` micro-steps
-(gradient all-reduce only on the last), clips the global grad norm, checks loss and norm are finite
-(stop with a clear message, or skip with ``on_nan="skip"``), steps AdamW, updates the progress bar,
-logs to ``metrics.jsonl``/TensorBoard every ``log_every``, evaluates every ``eval_every`` (and at the end),
-and saves ``RUN/checkpoints/step_XXXXXXXX.pt`` every ``save_every``, at the end, on a new best
-``val_loss`` and on SIGTERM/SIGINT (then returns with ``interrupted=True``). Evaluation and sampling never
-disturb the training RNG streams, so a resumed run is bitwise the run that was not interrupted.
+Two names for the model, used throughout: ``model`` is ``TrainTask.model``, the pure module whose weights
+checkpoints hold and the optimizer updates; ``wrapped`` is what a training step calls (``train_module(model)``,
+compiled and/or DDP/FSDP-wrapped by :func:`~gpt2kit.distributed.wrap_model`).
 
-Checkpoint keys written here: model_config, model, optimizer, optimizer_format, step, loader, rng (one per
-rank), config, metrics, best_val_loss, world_size, grad_accum_steps, skipped_steps, tokens_seen,
-train_seconds, plus ``extra_state``; :func:`gpt2kit.checkpoint.save_checkpoint` adds format_version,
-kind and tokenizer.
+Per optimizer step :func:`train` sets the scheduled lr (:func:`~gpt2kit.train.schedule.lr_at`), runs
+:func:`train_step` (``grad_accum_steps`` micro-steps, gradient all-reduce only on the last, global grad-norm
+clip), applies the NaN policy (:class:`NanPolicy`: stop with a clear message, or skip with ``on_nan="skip"``),
+steps the optimizer (:func:`~gpt2kit.train.optim.build_optimizer`), updates the progress bar, logs to
+``metrics.jsonl``/TensorBoard every ``log_every``, evaluates every ``eval_every`` (and at the end), and saves
+``RUN/checkpoints/step_XXXXXXXX.pt`` (:class:`~gpt2kit.train.checkpointer.Checkpointer`) every ``save_every``,
+at the end, on a new best ``val_loss`` and on SIGTERM/SIGINT (then returns with ``interrupted=True``).
+Evaluation and sampling never disturb the training RNG streams, so a resumed run is bitwise the run that was
+not interrupted.
+
+Checkpoint keys written here: model_config, model, optimizer, optimizer_format, loader, rng (one per rank),
+config, metrics, world_size, grad_accum_steps, torch_version, the :class:`~gpt2kit.train.state.RunState`
+counters (step, skipped_steps, tokens_seen, train_seconds, best_val_loss), plus ``extra_state``;
+:func:`gpt2kit.checkpoint.save_checkpoint` adds format_version, kind and tokenizer.
 """
 
 from __future__ import annotations
@@ -44,130 +51,366 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+from tqdm import tqdm
 
-from gpt2kit.checkpoint import (
-    BEST_FILE, CHECKPOINT_DIR, list_step_checkpoints, load_state_dict_checked, model_state_dict,
-    prune_step_checkpoints, save_checkpoint, step_checkpoint_path, write_best,
+from gpt2kit.distributed import (
+    DistEnv, all_reduce_mean, any_rank, gather_objects, gradient_sync, is_fsdp, setup_distributed, wrap_model,
 )
 from gpt2kit.errors import UserError
+from gpt2kit.train.checkpointer import Checkpointer
 from gpt2kit.train.config import LoopConfig
-from gpt2kit.train.distributed import (
-    DistEnv, all_reduce_mean, any_rank, barrier, gather_objects, gradient_sync, is_fsdp, setup_distributed,
-    wrap_model,
-)
 from gpt2kit.train.metrics import MetricsWriter, peak_flops
-from gpt2kit.train.state import ResumePoint, find_resume, rng_state, seed_everything, set_rng_state
-
-SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "padded_vocab_size", "bias")
-"""model_config keys that fix the weights' shapes; a resumed run must match them."""
-
-
-class BatchSource(Protocol):
-    """Where training batches come from (e.g. :class:`gpt2kit.data.loader.TokenLoader`)."""
-
-    def next_batch(self) -> Any:
-        """The next micro-batch for this rank (tensors, tuples/dicts of tensors)."""
-
-    def state_dict(self) -> dict:
-        """Position in the data as plain data (the same on every rank)."""
-
-    def load_state_dict(self, state: dict) -> None:
-        """Continue at exactly the micro-batch after the saved one."""
+from gpt2kit.train.optim import build_optimizer, decay_param_groups, default_fused_adamw, set_lr
+from gpt2kit.train.schedule import lr_at
+from gpt2kit.train.state import ResumePoint, RunState, rng_state, seed_everything, set_rng_state
+from gpt2kit.train.task import (
+    BatchSource, EvalContext, TrainResult, TrainTask, default_batch_tokens, lm_loss,
+)
 
 
-@dataclass
-class EvalContext:
-    """What an ``evaluate``/``sample`` callback gets."""
+def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: ResumePoint | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Run (or continue) training as described in the module docstring; returns how it ended.
 
-    model: nn.Module
-    """The model to call for forward passes (compiled and/or FSDP-sharded; not DDP-wrapped). Every rank calls it."""
-    raw_model: nn.Module
-    """``TrainTask.model`` itself, not compiled or wrapped (for generation and attributes such as ``config``)."""
-    step: int
-    """Optimizer steps done."""
-    env: DistEnv
-    autocast_dtype: torch.dtype | None
-    """bfloat16 when the run computes in bf16, else None."""
-    config: LoopConfig
+    ``env`` defaults to :func:`~gpt2kit.distributed.setup_distributed`; ``resume`` defaults to what
+    ``cfg.resume`` names (see :func:`~gpt2kit.train.state.find_resume`). Only rank 0 prints and writes.
+    """
+    env = env or setup_distributed(cfg.device)
+    say = _rank0_printer(log, env)
+    checkpointer = Checkpointer(cfg.out, cfg.keep_last, env)
+    resume = checkpointer.resume_point(cfg.resume, resume)
+    if task.grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {task.grad_accum_steps}")
+    _set_matmul_precision(cfg, env.device)
 
-    @property
-    def device(self) -> torch.device:
-        """This rank's device."""
-        return self.env.device
+    # ---- set up: the model (the checkpoint's weights when resuming), its wrapped form, the optimizer, the state
+    model = task.model
+    if resume is not None:
+        checkpointer.restore_model(resume, model, task.model_config)
+    model.to(env.device)
+    wrapped = wrap_model(task.train_module(model) if task.train_module else model, env,
+                         parallel=cfg.parallel, compile=cfg.compile)
+    optimizer = build_optimizer(model, cfg, env.device, task.param_groups)
+    metrics = MetricsWriter(cfg.out, tensorboard=cfg.tensorboard, enabled=env.is_main)
+    state = RunState()
+    if resume is not None:
+        _continue_from(resume, state, model, wrapped, optimizer, task, metrics, checkpointer, cfg, env)
+        say(f"resumed from {resume.path} at step {state.step}")
+    else:
+        _fresh_start(metrics, cfg, env)
+    checkpointer.tidy(resume, state.step, state.best_val_loss)
+    checkpointer.write_config(cfg.to_dict())
+    last_ckpt = resume.path if resume is not None else None
+    autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    speed = _Speedometer(task.flops_per_token, env, autocast_dtype, cfg.tf32)
+    say(f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {cfg.dtype} | compile "
+        f"{'on' if cfg.compile else 'off'} | steps {state.step} -> {cfg.last_step} (schedule {cfg.schedule_steps}) "
+        f"| MFU vs {speed.peak_source}")
+    if state.step >= cfg.last_step:
+        say(f"already at step {state.step} >= --max-steps {cfg.last_step}; nothing to train "
+            "(raise --max-steps to continue)")
+        metrics.close()
+        return TrainResult(state.step, None, None, state.best_val_loss, last_ckpt, False, metrics.records)
+
+    # ---- train: for each step, train_step, log, maybe evaluate, maybe checkpoint
+    nan_policy = NanPolicy(cfg, checkpointer, say)
+    eval_ctx = EvalContext(_unwrap_ddp(wrapped), model, state.step, env, autocast_dtype, cfg)
+    params = [p for p in wrapped.parameters() if p.requires_grad]
+    bar = _progress_bar(cfg, env, state.step)
+    loss = grad_norm = val_loss = None
+    interrupted = False
+    with _StopSignals() as stop, _closing(bar, metrics):
+        while state.step < cfg.last_step:
+            t0 = time.perf_counter()
+            lr = set_lr(optimizer, lr_at(state.step, cfg))
+            with _out_of_memory_message(env.device, cfg, task):
+                loss, grad_norm, tokens = train_step(wrapped, task, params, cfg.grad_clip, env, autocast_dtype)
+                if nan_policy.allows_update(loss, grad_norm, state):
+                    optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            tok_s, mfu = speed.step_done(state, tokens * env.world_size, time.perf_counter() - t0)
+            bar.set_postfix_str(_postfix(loss, lr, grad_norm, tok_s, mfu), refresh=False)
+            bar.update(1)
+
+            stop_now = any_rank(stop.received is not None, env)
+            eval_due, save_due = _due(cfg, state.step, stop_now)
+            rng = gather_objects(rng_state(), env) if (eval_due or save_due) else None
+            results = evaluate(task, eval_ctx, state.step, checkpointer, say) if eval_due else {}
+            new_best = _new_best_val_loss(results, state, may_save=save_due or cfg.save_best)
+            val_loss = _val_loss(results, val_loss)
+            if state.step % cfg.log_every == 0 or state.step == cfg.last_step or results or stop_now:
+                metrics.log(_record(state, task, loss, lr, grad_norm, speed, results))
+            if save_due or new_best is not None:
+                last_ckpt = checkpointer.save(state.step, model, optimizer, is_fsdp(wrapped),
+                                              _payload(task, cfg, env, state, metrics, rng), new_best)
+            if stop_now:
+                interrupted = True
+                say(f"received {stop.received or 'a stop signal on another rank'}: saved {last_ckpt} at step "
+                    f"{state.step}; continue with --resume auto")
+                break
+    return TrainResult(state.step, loss, val_loss, state.best_val_loss, last_ckpt, interrupted, metrics.records)
 
 
-def lm_loss(model: nn.Module, batch: Any) -> torch.Tensor:
-    """Next-token cross-entropy of an ``(inputs, targets)`` batch, (B, T) each."""
-    x, y = batch
-    _, loss = model(x, y)
-    return loss
+# ------------------------------------------------------------------------------------------------ one step
+
+def train_step(wrapped: nn.Module, task: TrainTask, params: list[nn.Parameter], grad_clip: float, env: DistEnv,
+               autocast_dtype: torch.dtype | None) -> tuple[float, float, int]:
+    """Forward and backward over ``task.grad_accum_steps`` micro-batches, then clip the global gradient norm.
+
+    Returns (mean loss over the global batch, gradient norm before clipping, this rank's tokens); the caller
+    steps the optimizer.
+    """
+    A = task.grad_accum_steps
+    loss_sum = torch.zeros((), device=env.device)
+    tokens = 0
+    for micro in range(A):
+        batch = to_device(task.train_data.next_batch(), env.device)
+        tokens += task.batch_tokens(batch)
+        with gradient_sync(wrapped, micro == A - 1):
+            with _autocast(env.device, autocast_dtype):
+                loss = task.loss_fn(wrapped, batch)
+            # the gradients of the micro-steps are summed, so each loss is divided by A
+            # to make the sum the gradient of the mean loss over the global batch
+            loss = loss / A
+            loss_sum += loss.detach()
+            loss.backward()
+    all_reduce_mean(loss_sum, env)
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
+        norm = norm.full_tensor()
+    return float(loss_sum), float(norm), tokens
 
 
-def default_batch_tokens(batch: Any) -> int:
-    """Tokens in a batch: the element count of its first tensor."""
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` (tensors, tuples, lists, dicts) with every tensor on ``device``."""
     if isinstance(batch, torch.Tensor):
-        return batch.numel()
+        if device.type == "cuda":
+            return batch.pin_memory().to(device, non_blocking=True)
+        return batch.to(device)
     if isinstance(batch, dict):
-        batch = list(batch.values())
-    return default_batch_tokens(batch[0])
-
-
-def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: weight decay on 2-D parameters (matmul weights, embeddings), none on biases and norms."""
-    params = [p for p in model.parameters() if p.requires_grad]  # tied weights appear once
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-@dataclass
-class TrainTask:
-    """A training job for :func:`train` (see the module docstring)."""
-
-    model: nn.Module
-    model_config: dict[str, Any]
-    train_data: BatchSource
-    grad_accum_steps: int = 1
-    loss_fn: Callable[[nn.Module, Any], torch.Tensor] = lm_loss
-    evaluate: Callable[[EvalContext], dict[str, float]] | None = None
-    sample: Callable[[EvalContext], list[str]] | None = None
-    param_groups: Callable[[nn.Module, float], list[dict[str, Any]]] = decay_param_groups
-    batch_tokens: Callable[[Any], int] = default_batch_tokens
-    flops_per_token: float | None = None
-    extra_state: dict[str, Any] = field(default_factory=dict)
-    train_module: Callable[[nn.Module], nn.Module] | None = None
-    """Builds the module the loop compiles/wraps and calls from ``model`` (e.g. FusedLossGPT); default: the model."""
-    oom_hint: str = "lower --batch-size (gradient accumulation keeps the global batch the same)"
-    """Appended to the out-of-memory message: which flags to lower."""
-
-
-@dataclass
-class TrainResult:
-    """How a :func:`train` call ended."""
-
-    step: int
-    """Optimizer steps done."""
-    loss: float | None
-    """Training loss of the last step run (None when no step ran)."""
-    val_loss: float | None
-    """The last validation loss measured."""
-    best_val_loss: float | None
-    checkpoint: Path | None
-    """The last checkpoint written (or resumed from)."""
-    interrupted: bool
-    """Stopped by SIGTERM/SIGINT after saving."""
-    metrics: list[dict[str, Any]]
-    """Every record logged so far (resumed records included)."""
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
 
 
 class TrainingDiverged(UserError):
     """The loss or gradient norm became NaN/inf."""
+
+
+class NanPolicy:
+    """``--on-nan``: a step whose loss or gradient norm is not finite stops the run, or (``skip``) loses its update,
+    until more than ``--max-skipped-steps`` in a row do."""
+
+    def __init__(self, cfg: LoopConfig, checkpointer: Checkpointer, say: Callable[[str], None]) -> None:
+        self.cfg, self.checkpointer, self.say = cfg, checkpointer, say
+        self.consecutive_bad = 0
+
+    def allows_update(self, loss: float, grad_norm: float, state: RunState) -> bool:
+        """True for a finite step; False for one to skip (counted in ``state``); raises TrainingDiverged to stop."""
+        if math.isfinite(loss) and math.isfinite(grad_norm):
+            self.consecutive_bad = 0
+            return True
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        self.consecutive_bad += 1
+        if self.cfg.on_nan == "stop" or self.consecutive_bad > self.cfg.max_skipped_steps:
+            why = ("" if self.cfg.on_nan == "stop"
+                   else f" after {self.consecutive_bad} consecutive skipped steps (--max-skipped-steps)")
+            raise TrainingDiverged(
+                f"step {state.step + 1}: {what}{why}; stopped without saving ({self.checkpointer.last_good()}). "
+                "Lower --lr, raise --warmup-steps or use --dtype float32; --on-nan skip skips such steps instead"
+            )
+        state.skipped_steps += 1
+        self.say(f"step {state.step + 1}: {what}; update skipped (--on-nan skip, {state.skipped_steps} skipped so far)")
+        return False
+
+
+@contextlib.contextmanager
+def _out_of_memory_message(device: torch.device, cfg: LoopConfig, task: TrainTask) -> Iterator[None]:
+    """Turn an out-of-memory error into one sentence naming the flags to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        raise UserError(
+            f"out of memory on {device} with micro-batch --batch-size {cfg.batch_size}: "
+            f"{task.oom_hint}; or use --parallel fsdp on several GPUs, --dtype bfloat16, --compile"
+        ) from None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+# ------------------------------------------------------------------------------------- evaluation, saving
+
+def evaluate(task: TrainTask, ctx: EvalContext, step: int, checkpointer: Checkpointer,
+             say: Callable[[str], None]) -> dict[str, Any]:
+    """The task's evaluation and samples at ``step`` (every rank); the training RNG streams are left as they were."""
+    results: dict[str, Any] = {}
+    if task.evaluate is None and task.sample is None:
+        return results
+    snapshot = rng_state()
+    ctx.step = step
+    if task.evaluate is not None:
+        results.update(task.evaluate(ctx))
+    if task.sample is not None:
+        texts = task.sample(ctx)
+        for i, text in enumerate(texts or []):
+            say(f"sample {i} @ step {step}: {text!r}")
+        checkpointer.append_samples(step, texts)
+    set_rng_state(snapshot)
+    if results:
+        say(f"step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))
+    return results
+
+
+def _due(cfg: LoopConfig, step: int, stop_now: bool) -> tuple[bool, bool]:
+    """(evaluate now, save now) after ``step``: on their cadence and at the last step; a stop saves, never evaluates."""
+    last = step == cfg.last_step
+    eval_due = ((cfg.eval_every > 0 and step % cfg.eval_every == 0) or last) and not stop_now
+    save_due = step % cfg.save_every == 0 or last or stop_now
+    return eval_due, save_due
+
+
+def _val_loss(results: dict[str, Any], previous: float | None) -> float | None:
+    """The finite ``val_loss`` in ``results``, else the one measured before."""
+    v = results.get("val_loss")
+    return float(v) if v is not None and math.isfinite(v) else previous
+
+
+def _new_best_val_loss(results: dict[str, Any], state: RunState, may_save: bool) -> float | None:
+    """The new best validation loss in ``results`` (recorded in ``state``) when it beats the best and may be saved."""
+    v = _val_loss(results, None)
+    if v is None or not may_save or (state.best_val_loss is not None and v >= state.best_val_loss):
+        return None
+    state.best_val_loss = v
+    return v
+
+
+def _payload(task: TrainTask, cfg: LoopConfig, env: DistEnv, state: RunState, metrics: MetricsWriter,
+             rng: list[dict[str, Any]] | None) -> dict[str, Any]:
+    """Everything a checkpoint holds besides model and optimizer state."""
+    return {
+        **task.extra_state, "model_config": task.model_config, "loader": task.train_data.state_dict(), "rng": rng,
+        "config": cfg.to_dict(), "metrics": metrics.records, "world_size": env.world_size,
+        "grad_accum_steps": task.grad_accum_steps, "torch_version": str(torch.__version__), **state.state_dict(),
+    }
+
+
+def _continue_from(point: ResumePoint, state: RunState, model: nn.Module, wrapped: nn.Module,
+                   optimizer: torch.optim.Optimizer, task: TrainTask, metrics: MetricsWriter,
+                   checkpointer: Checkpointer, cfg: LoopConfig, env: DistEnv) -> None:
+    """Restore optimizer, counters, data position, RNG streams and metrics from the checkpoint."""
+    ckpt = point.checkpoint
+    checkpointer.restore_optimizer(point, model, optimizer, is_fsdp(wrapped))
+    state.load_state_dict(ckpt)
+    task.train_data.load_state_dict(ckpt["loader"])
+    rngs = ckpt.get("rng") or []
+    if len(rngs) == env.world_size:
+        set_rng_state(rngs[env.rank])
+    else:  # another world size: rank streams cannot all continue, so derive fresh ones from the step
+        seed_everything(cfg.seed + env.rank + 1_000_003 * state.step)
+    metrics.restore(ckpt.get("metrics") or [], state.step)
+
+
+def _fresh_start(metrics: MetricsWriter, cfg: LoopConfig, env: DistEnv) -> None:
+    seed_everything(cfg.seed + env.rank)
+    if env.is_main and metrics.path is not None and metrics.path.exists():  # left by a run killed before its first save
+        metrics.restore([], 0)
+
+
+# ------------------------------------------------------------------------------------- logging and signals
+
+class _Speedometer:
+    """Tokens/s and MFU of each step, and averaged over the steps since the last logged record."""
+
+    def __init__(self, flops_per_token: float | None, env: DistEnv, autocast_dtype: torch.dtype | None,
+                 tf32: bool) -> None:
+        self.flops_per_token, self.world_size = flops_per_token, env.world_size
+        self.peak, self.peak_source = peak_flops(env.device, autocast_dtype or torch.float32, tf32) \
+            if flops_per_token else (None, "no FLOPs estimate")
+        self.window_tokens, self.window_time = 0, 0.0
+
+    def mfu(self, tok_s: float) -> float | None:
+        if not (self.peak and self.flops_per_token):
+            return None
+        return self.flops_per_token * tok_s / (self.peak * self.world_size)
+
+    def step_done(self, state: RunState, tokens: int, seconds: float) -> tuple[float, float | None]:
+        """Count a step of ``tokens`` (all ranks) in ``seconds``; returns its (tokens/s, MFU)."""
+        state.tokens_seen += tokens
+        state.train_seconds += seconds
+        self.window_tokens += tokens
+        self.window_time += seconds
+        return tokens / seconds, self.mfu(tokens / seconds)
+
+    def window_rate(self) -> float:
+        """Tokens/s since the last call, then start a new window."""
+        rate = self.window_tokens / self.window_time if self.window_time > 0 else float("nan")
+        self.window_tokens, self.window_time = 0, 0.0
+        return rate
+
+
+def _record(state: RunState, task: TrainTask, loss: float, lr: float, grad_norm: float, speed: _Speedometer,
+            results: dict[str, Any]) -> dict[str, Any]:
+    """One metrics.jsonl line."""
+    rate = speed.window_rate()
+    record: dict[str, Any] = {
+        "step": state.step, "loss": loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": rate,
+        "mfu": speed.mfu(rate), "tokens": state.tokens_seen, "time_s": round(state.train_seconds, 3),
+    }
+    epoch = getattr(task.train_data, "epoch", None)
+    if isinstance(epoch, int):
+        record["epoch"] = epoch
+    if state.skipped_steps:
+        record["skipped_steps"] = state.skipped_steps
+    record.update({k: v for k, v in results.items() if isinstance(v, (int, float))})
+    return record
+
+
+def _postfix(loss: float, lr: float, grad_norm: float, tok_s: float, mfu: float | None) -> str:
+    return (f"loss {loss:.4f} lr {lr:.2e} gnorm {grad_norm:.2f} tok/s {_fmt_rate(tok_s)}"
+            + (f" MFU {mfu:.1%}" if mfu is not None else ""))
+
+
+def _fmt_rate(x: float) -> str:
+    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
+
+
+def _progress_bar(cfg: LoopConfig, env: DistEnv, step: int) -> tqdm:
+    return tqdm(total=cfg.last_step, initial=step, desc="train", unit="step", dynamic_ncols=True,
+                disable=not (env.is_main and cfg.progress), file=sys.stderr)
+
+
+def _rank0_printer(log: Callable[[str], None] | None, env: DistEnv) -> Callable[[str], None]:
+    if not env.is_main:
+        return lambda msg: None
+    return log or (lambda msg: tqdm.write(msg, file=sys.stdout))
+
+
+@contextlib.contextmanager
+def _closing(bar: tqdm, metrics: MetricsWriter) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        bar.close()
+        metrics.close()
+
+
+def _set_matmul_precision(cfg: LoopConfig, device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+
+
+def _unwrap_ddp(wrapped: nn.Module) -> nn.Module:
+    """What evaluation calls: the wrapped module without DDP (whose forward would expect a backward)."""
+    return wrapped.module if isinstance(wrapped, nn.parallel.DistributedDataParallel) else wrapped
 
 
 class _StopSignals:
@@ -193,390 +436,8 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
-def to_device(batch: Any, device: torch.device) -> Any:
-    """``batch`` (tensors, tuples, lists, dicts) with every tensor on ``device``."""
-    if isinstance(batch, torch.Tensor):
-        if device.type == "cuda":
-            return batch.pin_memory().to(device, non_blocking=True)
-        return batch.to(device)
-    if isinstance(batch, dict):
-        return {k: to_device(v, device) for k, v in batch.items()}
-    if isinstance(batch, (tuple, list)):
-        return type(batch)(to_device(v, device) for v in batch)
-    return batch
-
-
-def default_fused_adamw(device: torch.device) -> bool:
-    """Whether AdamW runs its fused kernel by default: on CUDA and CPU (torch >= 2.4 has both). On the 2-core
-    CPU the fused step for the L4 C256 benchmark model took 7.9 ms against 54 ms for the default. The update is
-    the same formula with another rounding order: equal after 3 steps in a check, while the 1600-step demo
-    ended at validation loss 5.4420 instead of 5.4545."""
-    return device.type in ("cuda", "cpu")
-
-
-def _optimizer(raw: nn.Module, cfg: LoopConfig, task: TrainTask, device: torch.device) -> torch.optim.Optimizer:
-    groups = task.param_groups(raw, cfg.weight_decay)
-    fused = cfg.fused_adamw if cfg.fused_adamw is not None else default_fused_adamw(device)
-    kw: dict[str, Any] = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
-    if fused:
-        kw["fused"] = True
-    return torch.optim.AdamW(groups, **kw)
-
-
-def _check_model_config(saved: dict[str, Any], wanted: dict[str, Any], source: Path) -> None:
-    diff = [k for k in SHAPE_KEYS if saved.get(k) != wanted.get(k)]
-    if diff:
-        have = ", ".join(f"{k}={saved.get(k)}" for k in diff)
-        want = ", ".join(f"{k}={wanted.get(k)}" for k in diff)
-        raise UserError(
-            f"--resume: {source} holds a model with {have}, but this run asks for {want}; resume with the same "
-            "model settings (omit --preset/--n-layer/... to take them from the checkpoint) or choose a new --out"
-        )
-
-
-def _state_for_checkpoint(model: nn.Module, raw: nn.Module, optimizer: torch.optim.Optimizer,
-                          fsdp: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
-    """(model weights, optimizer state, optimizer format); collective under FSDP, full on rank 0."""
-    if fsdp:
-        from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-        )
-
-        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        sd = get_model_state_dict(raw, options=opts)
-        sd.pop("lm_head.weight", None)  # tied to transformer.wte.weight
-        return sd, get_optimizer_state_dict(raw, optimizer, options=opts), "fqn"
-    return model_state_dict(raw), optimizer.state_dict(), "index"
-
-
-def _load_optimizer(raw: nn.Module, optimizer: torch.optim.Optimizer, ckpt: dict[str, Any], fsdp: bool,
-                    source: Path) -> None:
-    fmt = ckpt.get("optimizer_format", "index")
-    if (fmt == "fqn") != fsdp:
-        saved = "fsdp" if fmt == "fqn" else "ddp (or one process)"
-        raise UserError(f"--resume: {source} was saved with --parallel {saved}; resume with the same --parallel")
-    try:
-        if fsdp:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
-
-            set_optimizer_state_dict(raw, optimizer, ckpt["optimizer"], options=StateDictOptions(full_state_dict=True))
-        else:
-            optimizer.load_state_dict(ckpt["optimizer"])
-    except (ValueError, KeyError, RuntimeError) as e:
-        raise UserError(f"--resume: {source}: optimizer state does not fit this model ({e})") from None
-
-
-def _drop_samples_after(run_dir: Path, step: int) -> None:
-    """Keep ``samples.jsonl`` in step with the checkpoint the run continues from (a killed run logged past it)."""
-    import json
-
-    from gpt2kit.io import atomic_write_text
-
-    path = run_dir / "samples.jsonl"
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                keep.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            pass  # a line cut short by the kill
-    atomic_write_text(path, "".join(keep))
-
-
-def _remove_stale_temp_files(run_dir: Path) -> None:
-    """Delete half-written checkpoints (``.NAME.tmp.PID``) that a killed run left; each can be gigabytes."""
-    import os
-
-    cdir = run_dir / CHECKPOINT_DIR
-    if not cdir.is_dir():
-        return
-    for p in cdir.glob(".*.tmp.*"):
-        pid = p.name.rsplit(".", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # its writer is still alive
-        except ProcessLookupError:
-            p.unlink(missing_ok=True)
-        except PermissionError:
-            continue
-
-
-def _repair_best(run_dir: Path, path: Path, step: int, best_val: float, records: list[dict[str, Any]],
-                 keep_last: int) -> None:
-    """Finish what a run killed between writing a new-best checkpoint and ``best.json`` left undone."""
-    import json
-
-    if path.parent != run_dir / CHECKPOINT_DIR:
-        return
-    try:
-        recorded = json.loads((run_dir / CHECKPOINT_DIR / BEST_FILE).read_text()).get("val_loss")
-    except (OSError, ValueError, AttributeError):
-        recorded = None
-    is_best = any(r.get("step") == step and r.get("val_loss") == best_val for r in records)
-    if recorded != best_val and is_best:
-        write_best(run_dir, path, step, best_val)
-        prune_step_checkpoints(run_dir, keep_last)
-
-
-def _fmt_rate(x: float) -> str:
-    return f"{x / 1e6:.2f}M" if x >= 1e6 else f"{x / 1e3:.1f}k" if x >= 1e3 else f"{x:.0f}"
-
-
-def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: ResumePoint | None = None,
-          log: Callable[[str], None] | None = None) -> TrainResult:
-    """Run (or continue) training as described in the module docstring; returns how it ended.
-
-    ``env`` defaults to :func:`~gpt2kit.train.distributed.setup_distributed`; ``resume`` defaults to what
-    ``cfg.resume`` names (see :func:`~gpt2kit.train.state.find_resume`). Only rank 0 prints and writes.
-    """
-    env = env or setup_distributed(cfg.device)
-    if resume is None and cfg.resume:
-        resume = find_resume(cfg.out, cfg.resume)
-    if resume is None and list_step_checkpoints(cfg.out):
-        # a fresh start would overwrite the earlier run's step_*.pt and best.json
-        raise UserError(
-            f"--out {cfg.out}: already holds checkpoints of an earlier run (up to "
-            f"{list_step_checkpoints(cfg.out)[-1].name}); continue it with --resume auto, or choose a new --out"
-        )
-    main = env.is_main
-    from tqdm import tqdm
-
-    say = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
-    say = say if main else (lambda msg: None)
-    device = env.device
-    run_dir = Path(cfg.out)
-    autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
-    A = task.grad_accum_steps
-    if A < 1:
-        raise ValueError(f"grad_accum_steps must be >= 1, got {A}")
-
-    # ---- model, optimizer and (when resuming) their state
-    raw = task.model
-    ckpt = resume.checkpoint if resume is not None else None
-    if ckpt is not None:
-        _check_model_config(ckpt["model_config"], task.model_config, resume.path)
-        load_state_dict_checked(raw, ckpt["model"], str(resume.path))
-    raw.to(device)
-    module = task.train_module(raw) if task.train_module is not None else raw
-    model = wrap_model(module, env, parallel=cfg.parallel, compile=cfg.compile)
-    fsdp = is_fsdp(model)
-    eval_model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    optimizer = _optimizer(raw, cfg, task, device)
-    metrics = MetricsWriter(run_dir, tensorboard=cfg.tensorboard, enabled=main)
-    step, skipped, tokens_seen, train_seconds = 0, 0, 0, 0.0
-    best_val: float | None = None
-    last_ckpt: Path | None = None
-    if ckpt is not None:
-        _load_optimizer(raw, optimizer, ckpt, fsdp, resume.path)
-        step = int(ckpt["step"])
-        task.train_data.load_state_dict(ckpt["loader"])
-        rngs = ckpt.get("rng") or []
-        if len(rngs) == env.world_size:
-            set_rng_state(rngs[env.rank])
-        else:  # another world size: rank streams cannot all continue, so derive fresh ones from the step
-            seed_everything(cfg.seed + env.rank + 1_000_003 * step)
-        best_val = ckpt.get("best_val_loss")
-        skipped = int(ckpt.get("skipped_steps", 0))
-        tokens_seen = int(ckpt.get("tokens_seen", 0))
-        train_seconds = float(ckpt.get("train_seconds", 0.0))
-        metrics.restore(ckpt.get("metrics") or [], step)
-        last_ckpt = resume.path
-        say(f"resumed from {resume.path} at step {step}")
-    else:
-        seed_everything(cfg.seed + env.rank)
-        if main and metrics.path is not None and metrics.path.exists():  # left by a run killed before its first save
-            metrics.restore([], 0)
-    if main:
-        _drop_samples_after(run_dir, step)
-        _remove_stale_temp_files(run_dir)
-        if resume is not None and best_val is not None:
-            _repair_best(run_dir, resume.path, step, best_val, ckpt.get("metrics") or [], cfg.keep_last)
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        import json
-
-        from gpt2kit.io import atomic_write_text
-
-        atomic_write_text(run_dir / "train_config.json", json.dumps(cfg.to_dict(), indent=1) + "\n")
-
-    last_step = cfg.last_step
-    peak, peak_source = peak_flops(device, autocast_dtype or torch.float32, cfg.tf32) \
-        if task.flops_per_token else (None, "no FLOPs estimate")
-    say(f"world {env.world_size} x {device} | grad accum {A} | {cfg.dtype} | compile {'on' if cfg.compile else 'off'}"
-        f" | steps {step} -> {last_step} (schedule {cfg.schedule_steps}) | MFU vs {peak_source}")
-    if step >= last_step:
-        say(f"already at step {step} >= --max-steps {last_step}; nothing to train (raise --max-steps to continue)")
-        metrics.close()
-        return TrainResult(step, None, None, best_val, last_ckpt, False, metrics.records)
-
-    def run_eval(at: int) -> dict[str, Any]:
-        results: dict[str, Any] = {}
-        if task.evaluate is None and task.sample is None:
-            return results
-        snapshot = rng_state()  # evaluation must not move the training RNG streams
-        ctx = EvalContext(eval_model, raw, at, env, autocast_dtype, cfg)
-        if task.evaluate is not None:
-            results.update(task.evaluate(ctx))
-        if task.sample is not None:
-            texts = task.sample(ctx)
-            if main and texts:
-                for i, text in enumerate(texts):
-                    say(f"sample {i} @ step {at}: {text!r}")
-                import json
-
-                with open(run_dir / "samples.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": at, "samples": list(texts)}) + "\n")
-        set_rng_state(snapshot)
-        return results
-
-    def save(at: int, rng: list[dict[str, Any]], val_loss: float | None, new_best: bool) -> Path:
-        model_sd, optim_sd, optim_fmt = _state_for_checkpoint(model, raw, optimizer, fsdp)
-        path = step_checkpoint_path(run_dir, at)
-        if main:
-            payload = {
-                **task.extra_state,
-                "model_config": task.model_config, "model": model_sd, "optimizer": optim_sd,
-                "optimizer_format": optim_fmt, "step": at, "loader": task.train_data.state_dict(), "rng": rng,
-                "config": cfg.to_dict(), "metrics": metrics.records, "best_val_loss": best_val,
-                "world_size": env.world_size, "grad_accum_steps": A, "skipped_steps": skipped,
-                "tokens_seen": tokens_seen, "train_seconds": train_seconds, "torch_version": str(torch.__version__),
-            }
-            try:
-                save_checkpoint(path, payload)
-            except (OSError, RuntimeError) as e:  # a full disk: OSError, or RuntimeError from torch's zip writer
-                why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0]
-                kept = list_step_checkpoints(run_dir)
-                kept_msg = f"the previous checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint exists"
-                raise UserError(
-                    f"{path}: could not write the checkpoint ({why or type(e).__name__}; is the disk full?); "
-                    f"nothing was overwritten, {kept_msg}; free space, then continue with --resume auto"
-                ) from None
-            if new_best:
-                write_best(run_dir, path, at, val_loss)
-            prune_step_checkpoints(run_dir, cfg.keep_last)
-        barrier(env)
-        return path
-
-    bar = tqdm(total=last_step, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (main and cfg.progress), file=sys.stderr)
-    loss_val: float | None = None
-    val_loss: float | None = None
-    consecutive_bad = 0
-    window_tokens, window_time = 0, 0.0
-    interrupted = False
-    context = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    params = [p for p in model.parameters() if p.requires_grad]
-    try:
-        with _StopSignals() as stop:
-            while step < last_step:
-                t0 = time.perf_counter()
-                lr = cfg.lr_at(step)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr * group.get("lr_scale", 1.0)
-                try:
-                    loss_sum = torch.zeros((), device=device)
-                    step_tokens = 0
-                    for micro in range(A):
-                        batch = to_device(task.train_data.next_batch(), device)
-                        step_tokens += task.batch_tokens(batch)
-                        with gradient_sync(model, micro == A - 1):
-                            with context:
-                                loss = task.loss_fn(model, batch)
-                            # the gradients of the micro-steps are summed, so each loss is divided by A
-                            # to make the sum the gradient of the mean loss over the global batch
-                            loss = loss / A
-                            loss_sum += loss.detach()
-                            loss.backward()
-                    all_reduce_mean(loss_sum, env)
-                    norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-                    if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
-                        norm = norm.full_tensor()
-                    loss_val, grad_norm = float(loss_sum), float(norm)
-                    if not (math.isfinite(loss_val) and math.isfinite(grad_norm)):
-                        what = f"loss {loss_val}" if not math.isfinite(loss_val) else f"gradient norm {grad_norm}"
-                        consecutive_bad += 1
-                        if cfg.on_nan == "stop" or consecutive_bad > cfg.max_skipped_steps:
-                            steps = list_step_checkpoints(run_dir)
-                            kept = f"the last good checkpoint is {steps[-1]}" if steps else "no checkpoint was written"
-                            why = ("" if cfg.on_nan == "stop"
-                                   else f" after {consecutive_bad} consecutive skipped steps (--max-skipped-steps)")
-                            raise TrainingDiverged(
-                                f"step {step + 1}: {what}{why}; stopped without saving ({kept}). Lower --lr, raise "
-                                "--warmup-steps or use --dtype float32; --on-nan skip skips such steps instead"
-                            )
-                        skipped += 1
-                        say(f"step {step + 1}: {what}; update skipped (--on-nan skip, {skipped} skipped so far)")
-                        optimizer.zero_grad(set_to_none=True)
-                    else:
-                        consecutive_bad = 0
-                        optimizer.step()
-                        optimizer.zero_grad(set_to_none=True)
-                except torch.OutOfMemoryError:
-                    raise UserError(
-                        f"out of memory on {device} with micro-batch --batch-size {cfg.batch_size}: "
-                        f"{task.oom_hint}; or use --parallel fsdp on several GPUs, --dtype bfloat16, --compile"
-                    ) from None
-                step += 1
-                dt = time.perf_counter() - t0
-                step_tokens *= env.world_size
-                tokens_seen += step_tokens
-                train_seconds += dt
-                window_tokens += step_tokens
-                window_time += dt
-                tok_s = step_tokens / dt
-                mfu = task.flops_per_token * tok_s / (peak * env.world_size) if peak and task.flops_per_token else None
-                bar.set_postfix_str(
-                    f"loss {loss_val:.4f} lr {lr:.2e} gnorm {grad_norm:.2f} tok/s {_fmt_rate(tok_s)}"
-                    + (f" MFU {mfu:.1%}" if mfu is not None else ""), refresh=False)
-                bar.update(1)
-
-                stop_now = any_rank(stop.received is not None, env)
-                eval_due = ((cfg.eval_every > 0 and step % cfg.eval_every == 0) or step == last_step) and not stop_now
-                save_due = step % cfg.save_every == 0 or step == last_step or stop_now
-                rng = gather_objects(rng_state(), env) if (eval_due or save_due) else None
-                results = run_eval(step) if eval_due else {}
-                new_best = False
-                if "val_loss" in results and results["val_loss"] is not None and math.isfinite(results["val_loss"]):
-                    val_loss = float(results["val_loss"])
-                    new_best = best_val is None or val_loss < best_val
-                    if new_best and (save_due or cfg.save_best):
-                        best_val = val_loss
-                        save_due = True
-                    else:
-                        new_best = False
-                if results:
-                    say(f"step {step}: " + " ".join(
-                        f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))
-                if step % cfg.log_every == 0 or step == last_step or results or stop_now:
-                    rate = window_tokens / window_time if window_time > 0 else float("nan")
-                    record: dict[str, Any] = {
-                        "step": step, "loss": loss_val, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": rate,
-                        "mfu": task.flops_per_token * rate / (peak * env.world_size) if mfu is not None else None,
-                        "tokens": tokens_seen, "time_s": round(train_seconds, 3),
-                    }
-                    epoch = getattr(task.train_data, "epoch", None)
-                    if isinstance(epoch, int):
-                        record["epoch"] = epoch
-                    if skipped:
-                        record["skipped_steps"] = skipped
-                    record.update({k: v for k, v in results.items() if isinstance(v, (int, float))})
-                    metrics.log(record)
-                    window_tokens, window_time = 0, 0.0
-                if save_due:
-                    last_ckpt = save(step, rng, val_loss, new_best)
-                if stop_now:
-                    interrupted = True
-                    say(f"received {stop.received or 'a stop signal on another rank'}: saved {last_ckpt} at step "
-                        f"{step}; continue with --resume auto")
-                    break
-    finally:
-        bar.close()
-        metrics.close()
-    return TrainResult(step, loss_val, val_loss, best_val, last_ckpt, interrupted, metrics.records)
+__all__ = [
+    "BatchSource", "EvalContext", "NanPolicy", "TrainResult", "TrainTask", "TrainingDiverged", "build_optimizer",
+    "decay_param_groups", "default_batch_tokens", "default_fused_adamw", "evaluate", "lm_loss", "lr_at", "to_device",
+    "train", "train_step",
+]

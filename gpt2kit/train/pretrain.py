@@ -16,9 +16,10 @@ import torch
 
 from gpt2kit.errors import UserError
 from gpt2kit.train.config import MODEL_FIELDS, TrainConfig, get_preset, resolve_config
-from gpt2kit.train.distributed import DistEnv, setup_distributed, teardown
+from gpt2kit.distributed import DistEnv, setup_distributed, teardown
 from gpt2kit.train.lm_loss import FusedLossGPT
-from gpt2kit.train.loop import EvalContext, TrainResult, TrainTask, train
+from gpt2kit.train.loop import train
+from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.train.metrics import gpt_flops_per_token
 from gpt2kit.train.state import ResumePoint, find_resume
 

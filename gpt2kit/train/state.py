@@ -7,6 +7,7 @@ converted to lists, ints and tensors; optimizer state is ``Optimizer.state_dict(
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,3 +103,31 @@ def _read_training_checkpoint(path: Path) -> dict[str, Any]:
             "from it; to start a new run from these weights use the fine-tuning commands"
         )
     return ckpt
+
+
+@dataclass
+class RunState:
+    """The counters a run carries from step to step and across a resume (saved under these names)."""
+
+    step: int = 0
+    """Optimizer steps done."""
+    skipped_steps: int = 0
+    """Updates skipped for a NaN/inf loss or gradient norm (--on-nan skip)."""
+    tokens_seen: int = 0
+    """Training tokens over all ranks so far."""
+    train_seconds: float = 0.0
+    """Wall time spent in training steps (evaluation and saving excluded)."""
+    best_val_loss: float | None = None
+    """The lowest validation loss measured so far."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data for the checkpoint."""
+        return dataclasses.asdict(self)
+
+    def load_state_dict(self, ckpt: dict[str, Any]) -> None:
+        """Continue from a checkpoint's counters (absent ones, from older checkpoints, start at zero)."""
+        self.step = int(ckpt["step"])
+        self.skipped_steps = int(ckpt.get("skipped_steps", 0))
+        self.tokens_seen = int(ckpt.get("tokens_seen", 0))
+        self.train_seconds = float(ckpt.get("train_seconds", 0.0))
+        self.best_val_loss = ckpt.get("best_val_loss")

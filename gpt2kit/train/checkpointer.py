@@ -1,0 +1,201 @@
+"""The run directory's checkpoints during training: where a run resumes from, saving, pruning, best tracking, and
+the repairs a killed run needs before it continues.
+
+Only rank 0 writes files; :meth:`Checkpointer.save` is collective (every rank calls it: under FSDP gathering the
+full weights needs them all, and a barrier follows the write).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from gpt2kit.checkpoint import (
+    BEST_FILE, CHECKPOINT_DIR, list_step_checkpoints, load_state_dict_checked, model_state_dict,
+    prune_step_checkpoints, save_checkpoint, step_checkpoint_path, write_best,
+)
+from gpt2kit.distributed import DistEnv, barrier
+from gpt2kit.errors import UserError
+from gpt2kit.io import atomic_write_text
+from gpt2kit.model.config import SHAPE_KEYS
+from gpt2kit.train.state import ResumePoint, find_resume
+
+SAMPLES_FILE = "samples.jsonl"
+CONFIG_FILE = "train_config.json"
+
+
+class Checkpointer:
+    """Saves and restores a run in ``run_dir`` (``checkpoints/step_XXXXXXXX.pt``, ``best.json``, ``samples.jsonl``)."""
+
+    def __init__(self, run_dir: str | Path, keep_last: int, env: DistEnv) -> None:
+        self.run_dir = Path(run_dir)
+        self.keep_last = keep_last
+        self.env = env
+
+    # ---- where the run starts
+
+    def resume_point(self, spec: str | None, given: ResumePoint | None = None) -> ResumePoint | None:
+        """``given``, else what ``--resume spec`` names; refuses a fresh start over an earlier run's checkpoints."""
+        point = given if given is not None else (find_resume(self.run_dir, spec) if spec else None)
+        steps = list_step_checkpoints(self.run_dir)
+        if point is None and steps:
+            # a fresh start would overwrite the earlier run's step_*.pt and best.json
+            raise UserError(
+                f"--out {self.run_dir}: already holds checkpoints of an earlier run (up to {steps[-1].name}); "
+                "continue it with --resume auto, or choose a new --out"
+            )
+        return point
+
+    def restore_model(self, point: ResumePoint, model: nn.Module, model_config: dict[str, Any]) -> None:
+        """Load the checkpoint's weights into ``model`` (the pure module) after checking its shape matches."""
+        saved = point.checkpoint["model_config"]
+        diff = [k for k in SHAPE_KEYS if saved.get(k) != model_config.get(k)]
+        if diff:
+            have = ", ".join(f"{k}={saved.get(k)}" for k in diff)
+            want = ", ".join(f"{k}={model_config.get(k)}" for k in diff)
+            raise UserError(
+                f"--resume: {point.path} holds a model with {have}, but this run asks for {want}; resume with the "
+                "same model settings (omit --preset/--n-layer/... to take them from the checkpoint) or choose a new --out"
+            )
+        load_state_dict_checked(model, point.checkpoint["model"], str(point.path))
+
+    def restore_optimizer(self, point: ResumePoint, model: nn.Module, optimizer: torch.optim.Optimizer,
+                          fsdp: bool) -> None:
+        """Load the optimizer state saved with the checkpoint (the same --parallel mode is required)."""
+        ckpt = point.checkpoint
+        fmt = ckpt.get("optimizer_format", "index")
+        if (fmt == "fqn") != fsdp:
+            saved = "fsdp" if fmt == "fqn" else "ddp (or one process)"
+            raise UserError(f"--resume: {point.path} was saved with --parallel {saved}; resume with the same --parallel")
+        try:
+            if fsdp:
+                from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+                set_optimizer_state_dict(model, optimizer, ckpt["optimizer"],
+                                         options=StateDictOptions(full_state_dict=True))
+            else:
+                optimizer.load_state_dict(ckpt["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as e:
+            raise UserError(f"--resume: {point.path}: optimizer state does not fit this model ({e})") from None
+
+    def tidy(self, point: ResumePoint | None, step: int, best_val_loss: float | None) -> None:
+        """Rank 0, before the first step: undo what a killed run left behind, so the run continues at ``step``."""
+        if not self.env.is_main:
+            return
+        self._drop_samples_after(step)
+        self._remove_stale_temp_files()
+        if point is not None and best_val_loss is not None:
+            self._repair_best(point.path, step, best_val_loss, point.checkpoint.get("metrics") or [])
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Record the resolved settings in ``train_config.json`` (rank 0)."""
+        if self.env.is_main:
+            atomic_write_text(self.run_dir / CONFIG_FILE, json.dumps(config, indent=1) + "\n")
+
+    # ---- during the run
+
+    def append_samples(self, step: int, texts: list[str]) -> None:
+        """Log generated samples to ``samples.jsonl`` (rank 0)."""
+        if self.env.is_main and texts:
+            with open(self.run_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
+                f.write(json.dumps({"step": step, "samples": list(texts)}) + "\n")
+
+    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool,
+             payload: dict[str, Any], new_best_val_loss: float | None = None) -> Path:
+        """Write ``step``'s checkpoint (``payload`` plus model and optimizer state), record it as the best when
+        ``new_best_val_loss`` is given, prune old ones; collective (every rank calls it)."""
+        model_sd, optim_sd, optim_fmt = _model_and_optimizer_state(model, optimizer, fsdp)
+        path = step_checkpoint_path(self.run_dir, step)
+        if self.env.is_main:
+            full = {**payload, "model": model_sd, "optimizer": optim_sd, "optimizer_format": optim_fmt}
+            try:
+                save_checkpoint(path, full)
+            except (OSError, RuntimeError) as e:  # a full disk: OSError, or RuntimeError from torch's zip writer
+                raise self._write_failed(path, e) from None
+            if new_best_val_loss is not None:
+                write_best(self.run_dir, path, step, new_best_val_loss)
+            prune_step_checkpoints(self.run_dir, self.keep_last)
+        barrier(self.env)
+        return path
+
+    def last_good(self) -> str:
+        """Which checkpoint a stopped run can continue from, in words."""
+        steps = list_step_checkpoints(self.run_dir)
+        return f"the last good checkpoint is {steps[-1]}" if steps else "no checkpoint was written"
+
+    # ---- helpers
+
+    def _write_failed(self, path: Path, e: Exception) -> UserError:
+        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0]
+        kept = list_step_checkpoints(self.run_dir)
+        kept_msg = f"the previous checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint exists"
+        return UserError(
+            f"{path}: could not write the checkpoint ({why or type(e).__name__}; is the disk full?); "
+            f"nothing was overwritten, {kept_msg}; free space, then continue with --resume auto"
+        )
+
+    def _drop_samples_after(self, step: int) -> None:
+        """Keep ``samples.jsonl`` in step with the checkpoint the run continues from (a killed run logged past it)."""
+        path = self.run_dir / SAMPLES_FILE
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line)["step"] <= step:
+                    keep.append(line + "\n")
+            except (ValueError, KeyError, TypeError):
+                pass  # a line cut short by the kill
+        atomic_write_text(path, "".join(keep))
+
+    def _remove_stale_temp_files(self) -> None:
+        """Delete half-written checkpoints (``.NAME.tmp.PID``) that a killed run left; each can be gigabytes."""
+        cdir = self.run_dir / CHECKPOINT_DIR
+        if not cdir.is_dir():
+            return
+        for p in cdir.glob(".*.tmp.*"):
+            pid = p.name.rsplit(".", 1)[-1]
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                os.kill(int(pid), 0)
+                continue  # its writer is still alive
+            except ProcessLookupError:
+                p.unlink(missing_ok=True)
+            except PermissionError:
+                continue
+
+    def _repair_best(self, path: Path, step: int, best_val: float, records: list[dict[str, Any]]) -> None:
+        """Finish what a run killed between writing a new-best checkpoint and ``best.json`` left undone."""
+        if path.parent != self.run_dir / CHECKPOINT_DIR:
+            return
+        try:
+            recorded = json.loads((self.run_dir / CHECKPOINT_DIR / BEST_FILE).read_text()).get("val_loss")
+        except (OSError, ValueError, AttributeError):
+            recorded = None
+        is_best = any(r.get("step") == step and r.get("val_loss") == best_val for r in records)
+        if recorded != best_val and is_best:
+            write_best(self.run_dir, path, step, best_val)
+            prune_step_checkpoints(self.run_dir, self.keep_last)
+
+
+def _model_and_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                               fsdp: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
+    """(model weights, optimizer state, optimizer format); collective under FSDP, full on rank 0."""
+    if fsdp:
+        # imported only under FSDP: torch.distributed.checkpoint takes seconds to import, at every start
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+        )
+
+        opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        sd = get_model_state_dict(model, options=opts)
+        sd.pop("lm_head.weight", None)  # tied to transformer.wte.weight
+        return sd, get_optimizer_state_dict(model, optimizer, options=opts), "fqn"
+    return model_state_dict(model), optimizer.state_dict(), "index"

@@ -15,7 +15,7 @@ reports what its metrics logged, so loop overhead is visible.
 
     python benchmarks/train.py                                   # L=4 H=4 C=256 T=256 B=8, float32, CPU
     python benchmarks/train.py --dtype bfloat16
-    python benchmarks/train.py --preset gpt2-124m --batch-size 16 --no-hf   # on a GPU
+    python benchmarks/train.py --preset gpt2 --batch-size 16 --no-hf   # on a GPU
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def run_loop(args, device) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default=None, help="take the model shape from a training preset (e.g. gpt2-124m)")
+    ap.add_argument("--preset", default=None, help="take the model shape from a training preset (e.g. gpt2)")
     ap.add_argument("--n-layer", type=int, default=4)
     ap.add_argument("--n-head", type=int, default=4)
     ap.add_argument("--n-embd", type=int, default=256)
@@ -152,14 +152,14 @@ def main() -> int:
                     help="skip gpt2kit-plain (the model's own forward loss instead of the fused training loss)")
     args = ap.parse_args()
 
-    from gpt2kit.cli.common import resolve_device
+    from gpt2kit.distributed import resolve_device
     from gpt2kit.model import GPT, GPTConfig
     from gpt2kit.train.metrics import flops_per_token, peak_flops
 
     if args.preset:
         from gpt2kit.train.config import get_preset
 
-        p = get_preset(args.preset)
+        p = get_preset(args.preset).model
         args.n_layer, args.n_head, args.n_embd, args.block_size = p.n_layer, p.n_head, p.n_embd, p.block_size
         args.padded_vocab_size = p.padded_vocab_size
     device = resolve_device(args.device)

@@ -25,24 +25,10 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def resolve_device(name: str):
-    """A torch.device from ``--device``; a clear error when it is not available."""
-    import torch
+    """A torch.device from ``--device``; a clear error when it is not available (see gpt2kit.distributed)."""
+    from gpt2kit.distributed import resolve_device as resolve
 
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"--device {name!r} is not a device name; use cpu, cuda, cuda:N, mps or auto") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return dev
+    return resolve(name)
 
 
 def resolve_dtype(name: str):

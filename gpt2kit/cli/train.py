@@ -11,7 +11,7 @@ below overrides it. The run directory (--out) receives train_config.json, metric
 TensorBoard logs and checkpoints/step_XXXXXXXX.pt (the last --keep-last plus the best by val loss).
 
   gpt2kit train --preset demo-cpu --data data/sotu --out runs/demo
-  torchrun --standalone --nproc_per_node=8 -m gpt2kit train --preset gpt2-124m --data data/edu --out runs/124m
+  torchrun --standalone --nproc_per_node=8 -m gpt2kit train --preset gpt2 --data data/edu --out runs/124m
   gpt2kit train --out runs/124m --resume auto --max-steps 20000     # continue with the saved settings
 
 --max-steps stops early without changing the learning-rate schedule (--schedule-steps), so a stopped run
@@ -22,7 +22,7 @@ A [default: ...] below is the value without a preset; see a preset's values with
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The preset, --print-config, and one flag per TrainConfig field."""
-    from gpt2kit.train.config import PRESETS, TrainConfig, add_config_arguments
+    from gpt2kit.train.config import PRESET_ALIASES, PRESETS, TrainConfig, add_config_arguments
 
     class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
         pass
@@ -30,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.formatter_class = Formatter  # keep the examples' line breaks
     presets = "\n".join(f"  {k:12s} {(f.__doc__ or '').strip()}" for k, f in PRESETS.items())
     p.description = f"{DESCRIPTION}\npresets:\n{presets}"
-    p.add_argument("--preset", choices=list(PRESETS), default=argparse.SUPPRESS,
+    p.add_argument("--preset", choices=[*PRESETS, *PRESET_ALIASES], default=argparse.SUPPRESS,
                    help="starting settings (required for a new run; a resumed run takes its saved settings)")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     add_config_arguments(p, TrainConfig, skip=("preset",))

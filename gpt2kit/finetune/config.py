@@ -18,10 +18,6 @@ from gpt2kit.train.config import LoopConfig, _nonneg, _positive
 DERIVED_FIELDS = ("schedule_steps", "eval_every", "save_every", "total_batch_tokens", "eval_batches")
 """LoopConfig fields a fine-tune computes itself (no flags for them)."""
 
-UNSET_SCHEDULE = 10**9
-"""Placeholder for schedule_steps until the data says how many steps an epoch has."""
-
-
 @dataclass
 class FinetuneConfig(LoopConfig):
     """Settings shared by classification and instruction fine-tuning."""
@@ -58,8 +54,8 @@ class FinetuneConfig(LoopConfig):
     """Comma-separated layers to adapt: all, attn, mlp, c_attn, c_fc, c_proj, attn.c_proj, mlp.c_proj."""
     lora_dropout: float = 0.0
     """Dropout on the LoRA adapters' input."""
-    schedule_steps: int = UNSET_SCHEDULE
-    """Computed: --epochs x steps per epoch."""
+    schedule_steps: int | None = None  # type: ignore[assignment]
+    """Computed: --epochs x steps per epoch (None until the run has read its data; see :attr:`scheduled`)."""
 
     def __post_init__(self) -> None:
         if self.lr is None:
@@ -86,6 +82,11 @@ class FinetuneConfig(LoopConfig):
 
         return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=self.lora_targets,
                           dropout=self.lora_dropout, blocks=blocks)
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether the fields computed from the data are set (by :meth:`with_schedule`)."""
+        return self.schedule_steps is not None
 
     def with_schedule(self, steps_per_epoch: int) -> "FinetuneConfig":
         """A copy with the derived loop fields set for ``steps_per_epoch`` optimizer steps per epoch."""

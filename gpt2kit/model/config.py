@@ -83,6 +83,7 @@ class GPTConfig:
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":
         """A named preset with fields overridden (``None`` overrides are ignored)."""
+        name = MODEL_PRESET_ALIASES.get(name, name)
         if name not in MODEL_PRESETS:
             raise ValueError(f"unknown model preset {name!r}; allowed: {', '.join(MODEL_PRESETS)}")
         cfg = MODEL_PRESETS[name]()
@@ -111,6 +112,11 @@ def gpt2_xl() -> GPTConfig:
     return GPTConfig(n_layer=48, n_head=25, n_embd=1600)
 
 
+def demo_cpu() -> GPTConfig:
+    """The README demo's model: 4 layers, 96 wide, 128-token context (about 10M parameters, most in the embedding)."""
+    return GPTConfig(n_layer=4, n_head=4, n_embd=96, block_size=128)
+
+
 def tiny() -> GPTConfig:
     """A 2-layer, 32-wide model for tests (GPT-2 vocabulary, 64-token context)."""
     return GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=64)
@@ -126,6 +132,11 @@ MODEL_PRESETS: dict[str, Callable[[], GPTConfig]] = {
     "gpt2-medium": gpt2_medium,
     "gpt2-large": gpt2_large,
     "gpt2-xl": gpt2_xl,
+    "demo-cpu": demo_cpu,
     "tiny": tiny,
     "small": small_test,
 }
+"""Model presets by name; the training presets of the same names (gpt2kit.train.config.PRESETS) train these."""
+
+MODEL_PRESET_ALIASES: dict[str, str] = {"gpt2-124m": "gpt2"}
+"""Other names a preset answers to."""

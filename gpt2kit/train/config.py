@@ -2,12 +2,14 @@
 
 - :class:`LoopConfig` holds what every training job needs (optimizer, schedule, batch, precision, logging,
   evaluation and checkpoint cadence, run directory, resume). Fine-tuning configs subclass it.
-- :class:`TrainConfig` adds the model shape and the pretraining data.
-- Presets (``gpt2-124m``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``demo-cpu``) are functions in
-  :data:`PRESETS` returning a :class:`TrainConfig`.
+- :class:`TrainConfig` adds the model (a :class:`~gpt2kit.model.config.GPTConfig`) and the pretraining data.
+- Presets (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``demo-cpu``; ``gpt2-124m`` is another name
+  for ``gpt2``) are functions in :data:`PRESETS` returning a :class:`TrainConfig`; each takes its model from the
+  model preset of the same name (:data:`~gpt2kit.model.config.MODEL_PRESETS`).
 - :func:`add_config_arguments` turns every field into a flag (``n_layer`` -> ``--n-layer``) whose help is the
-  field's docstring; :func:`overrides_from_args` returns only the flags the user gave, so they override a preset
-  or a resumed run's saved config and nothing else.
+  field's docstring; the model's fields are flags of their own (:data:`MODEL_FLAGS`), so flags stay flat, and so
+  does the saved form (:meth:`TrainConfig.to_dict`, train_config.json). :func:`overrides_from_args` returns only
+  the flags the user gave, so they override a preset or a resumed run's saved config and nothing else.
 
 A field's docstring is the string literal right after it in the class body (read with :mod:`ast`, once).
 """
@@ -21,10 +23,12 @@ import functools
 import inspect
 import textwrap
 import typing
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 from gpt2kit.errors import UserError
+from gpt2kit.model.config import MODEL_PRESET_ALIASES, MODEL_PRESETS, GPTConfig
 from gpt2kit.train.schedule import lr_at
 
 
@@ -106,8 +110,9 @@ class LoopConfig:
 
     def validate(self) -> None:
         """Raise ValueError naming the flag when a value is out of range."""
-        _positive(self, "batch_size", "schedule_steps", "log_every", "eval_batches", "save_every", "keep_last",
-                  "max_skipped_steps")
+        _positive(self, "batch_size", "log_every", "eval_batches", "save_every", "keep_last", "max_skipped_steps")
+        if self.schedule_steps is not None:  # None: computed later (fine-tuning reads it off the data)
+            _positive(self, "schedule_steps")
         _nonneg(self, "warmup_steps", "eval_every", "weight_decay", "grad_clip")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError(f"--max-steps must be >= 0, got {self.max_steps}")
@@ -122,7 +127,7 @@ class LoopConfig:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0:
             raise ValueError(f"--eps must be > 0, got {self.eps}")
-        if self.warmup_steps > self.schedule_steps:
+        if self.schedule_steps is not None and self.warmup_steps > self.schedule_steps:
             raise ValueError(
                 f"--warmup-steps ({self.warmup_steps}) must be <= --schedule-steps ({self.schedule_steps})"
             )
@@ -131,6 +136,8 @@ class LoopConfig:
     @property
     def last_step(self) -> int:
         """The step the run stops after: max_steps, else schedule_steps."""
+        if self.max_steps is None and self.schedule_steps is None:
+            raise ValueError("the schedule's length is not known yet (schedule_steps is None)")
         return self.schedule_steps if self.max_steps is None else self.max_steps
 
     def grad_accum_steps(self, sequence_tokens: int, world_size: int) -> int:
@@ -167,30 +174,29 @@ class LoopConfig:
         return cls(**d)
 
 
+MODEL_FLAGS = ("n_layer", "n_head", "n_embd", "block_size", "padded_vocab_size", "dropout", "bias")
+"""The :class:`~gpt2kit.model.config.GPTConfig` fields that ``gpt2kit train`` takes as flags (``--n-layer`` ...)."""
+
+PADDED_VOCAB_SIZE = 50304
+"""Embedding rows pretraining allocates: 50257 rounded up to a multiple of 64, for faster output matmuls."""
+
+
+def _pretraining_model(preset: str = "gpt2") -> GPTConfig:
+    return dataclasses.replace(MODEL_PRESETS[preset](), padded_vocab_size=PADDED_VOCAB_SIZE)
+
+
 @dataclass
 class TrainConfig(LoopConfig):
-    """Pretraining: the loop settings plus the model shape and the data."""
+    """Pretraining: the loop settings plus the model and the data."""
 
     preset: str | None = None
     """The preset these settings started from (recorded for the run's train_config.json)."""
     data: str | None = None
     """Prepared data directory (gpt2kit prepare) with train and val splits."""
-    n_layer: int = 12
-    """Transformer blocks L."""
-    n_head: int = 12
-    """Attention heads per block."""
-    n_embd: int = 768
-    """Residual stream width C (divisible by n_head)."""
-    block_size: int = 1024
-    """Context length T of the model and of every training window."""
+    model: GPTConfig = field(default_factory=_pretraining_model)
+    """The model to train: its fields are flags of their own (--n-layer, --n-head, --n-embd, --block-size, ...)."""
     fused_loss: bool = True
     """Output layer + cross-entropy in one memory-lean step (gpt2kit.train.lm_loss; eager runs without FSDP)."""
-    padded_vocab_size: int = 50304
-    """Embedding rows allocated (>= 50257; a multiple of 64 makes the output matmul faster)."""
-    dropout: float = 0.0
-    """Dropout probability (0 for pretraining)."""
-    bias: bool = True
-    """Biases in Linear and LayerNorm layers (GPT-2 has them)."""
     hellaswag: str | None = None
     """HellaSwag jsonl file to score every hellaswag_every steps ('download' fetches the official validation set)."""
     hellaswag_every: int = 250
@@ -208,38 +214,48 @@ class TrainConfig(LoopConfig):
 
     def validate(self) -> None:
         super().validate()
-        _positive(self, "n_layer", "n_head", "n_embd", "block_size", "sample_tokens")
+        _positive(self, "sample_tokens")
         _nonneg(self, "hellaswag_every", "samples")
-        if self.n_embd % self.n_head != 0:
-            raise ValueError(f"--n-embd ({self.n_embd}) must be divisible by --n-head ({self.n_head})")
-        if self.padded_vocab_size < 50257:
-            raise ValueError(
-                f"--padded-vocab-size must be >= 50257 (the GPT-2 vocabulary), got {self.padded_vocab_size}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.hellaswag_limit is not None and self.hellaswag_limit < 1:
             raise ValueError(f"--hellaswag-limit must be >= 1, got {self.hellaswag_limit}")
 
-    def model_config(self):
-        """The :class:`~gpt2kit.model.config.GPTConfig` these settings describe."""
-        from gpt2kit.model.config import GPTConfig
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict, flat as the flags are: the model's fields sit beside the loop's (train_config.json)."""
+        out: dict[str, Any] = {}
+        for k, v in dataclasses.asdict(self).items():
+            out.update(v if k == "model" else {k: v})
+        return out
 
-        return GPTConfig(
-            n_layer=self.n_layer, n_head=self.n_head, n_embd=self.n_embd, block_size=self.block_size,
-            padded_vocab_size=self.padded_vocab_size, dropout=self.dropout, bias=self.bias,
-        )
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Inverse of :meth:`to_dict`; a model error names its flag; unknown keys are an error naming them."""
+        model_names = {f.name for f in dataclasses.fields(GPTConfig)}
+        flat = {k: v for k, v in d.items() if k not in model_names}
+        if isinstance(flat.get("model"), GPTConfig):
+            model = flat.pop("model")
+        else:
+            shape = {**_pretraining_model().to_dict(), **(flat.pop("model", None) or {})}
+            shape.update({k: v for k, v in d.items() if k in model_names})
+            try:
+                model = GPTConfig.from_dict(shape)
+            except ValueError as e:
+                raise ValueError(_with_flag_names(str(e))) from None
+        return super().from_dict({**flat, "model": model})  # type: ignore[return-value]
 
 
-MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "padded_vocab_size", "bias")
-"""TrainConfig fields that fix the weights' shapes: a resumed run may not change them."""
+def _with_flag_names(message: str) -> str:
+    """A GPTConfig message with its field names spelled as the flags that set them (``--n-embd``)."""
+    message = message.replace("GPTConfig.", "")
+    return re.sub(r"\b(" + "|".join(MODEL_FLAGS) + r")\b", lambda m: flag_name(m.group(1)), message)
 
 
 # ---------------------------------------------------------------------------------------------- presets
 
-def _gpt2_recipe(**kw: Any) -> TrainConfig:
-    """The GPT-2/GPT-3 small recipe as in build-nanogpt: 0.5M-token batches, 10B tokens, bf16, compile."""
+def _gpt2_recipe(preset: str, **kw: Any) -> TrainConfig:
+    """The GPT-2/GPT-3 small recipe as in build-nanogpt: 0.5M-token batches, 10B tokens, bf16, compile; the model
+    is the model preset of the same name."""
     base = dict(
-        n_layer=12, n_head=12, n_embd=768, block_size=1024, padded_vocab_size=50304, dropout=0.0,
+        preset=preset, out=f"runs/{preset}", model=_pretraining_model(preset),
         batch_size=64, total_batch_tokens=524_288, lr=6e-4, min_lr_ratio=0.1, warmup_steps=715,
         schedule_steps=19_073, lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
         grad_clip=1.0, dtype="bfloat16", compile=True, tf32=True, fused_adamw=None,
@@ -249,52 +265,54 @@ def _gpt2_recipe(**kw: Any) -> TrainConfig:
     return TrainConfig(**base)
 
 
-def gpt2_124m() -> TrainConfig:
+def gpt2() -> TrainConfig:
     """GPT-2 124M on 10B tokens: 19,073 steps of 524,288 tokens, max lr 6e-4, 715 warmup steps (build-nanogpt)."""
-    return _gpt2_recipe(preset="gpt2-124m", out="runs/gpt2-124m")
+    return _gpt2_recipe("gpt2")
 
 
 def gpt2_medium() -> TrainConfig:
     """GPT-2 medium (350M) on 10B tokens: GPT-3 Medium's lr 3e-4 and 0.5M-token batches."""
-    return _gpt2_recipe(preset="gpt2-medium", out="runs/gpt2-medium", n_layer=24, n_head=16, n_embd=1024,
-                        batch_size=32, lr=3e-4)
+    return _gpt2_recipe("gpt2-medium", batch_size=32, lr=3e-4)
 
 
 def gpt2_large() -> TrainConfig:
     """GPT-2 large (774M) on 10B tokens: GPT-3 Large's lr 2.5e-4 and 0.5M-token batches."""
-    return _gpt2_recipe(preset="gpt2-large", out="runs/gpt2-large", n_layer=36, n_head=20, n_embd=1280,
-                        batch_size=16, lr=2.5e-4)
+    return _gpt2_recipe("gpt2-large", batch_size=16, lr=2.5e-4)
 
 
 def gpt2_xl() -> TrainConfig:
     """GPT-2 XL (1.5B) on 10B tokens: GPT-3 XL's lr 2e-4 and 1M-token batches (9,537 steps, 358 warmup)."""
-    return _gpt2_recipe(preset="gpt2-xl", out="runs/gpt2-xl", n_layer=48, n_head=25, n_embd=1600,
-                        batch_size=8, lr=2e-4, total_batch_tokens=1_048_576, schedule_steps=9_537,
+    return _gpt2_recipe("gpt2-xl", batch_size=8, lr=2e-4, total_batch_tokens=1_048_576, schedule_steps=9_537,
                         warmup_steps=358)
 
 
 def demo_cpu() -> TrainConfig:
     """The README demo: a small GPT-2 trained for about 7.5 minutes on 2 CPU cores (settings measured, see docs/training.md)."""
     return TrainConfig(
-        preset="demo-cpu", out="runs/demo", n_layer=4, n_head=4, n_embd=96, block_size=128,
-        padded_vocab_size=50304, dropout=0.0, batch_size=8, total_batch_tokens=None, lr=3e-3, min_lr_ratio=0.1,
-        warmup_steps=30, schedule_steps=1600, lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95,
-        grad_clip=1.0, dtype="bfloat16", compile=False, log_every=10, eval_every=200, eval_batches=20,
-        save_every=400, keep_last=2, samples=2, sample_tokens=48, sample_prompt="The ",
+        preset="demo-cpu", out="runs/demo", model=_pretraining_model("demo-cpu"), batch_size=8,
+        total_batch_tokens=None, lr=3e-3, min_lr_ratio=0.1, warmup_steps=30, schedule_steps=1600,
+        lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, dtype="bfloat16",
+        compile=False, log_every=10, eval_every=200, eval_batches=20, save_every=400, keep_last=2, samples=2,
+        sample_tokens=48, sample_prompt="The ",
     )
 
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
-    "gpt2-124m": gpt2_124m,
+    "gpt2": gpt2,
     "gpt2-medium": gpt2_medium,
     "gpt2-large": gpt2_large,
     "gpt2-xl": gpt2_xl,
     "demo-cpu": demo_cpu,
 }
+"""Training presets by name: the same names as the model presets they train."""
+
+PRESET_ALIASES: dict[str, str] = {k: v for k, v in MODEL_PRESET_ALIASES.items() if v in PRESETS}
+"""Other names a preset answers to (``gpt2-124m`` -> ``gpt2``)."""
 
 
 def get_preset(name: str) -> TrainConfig:
     """The preset ``name``; a UserError naming --preset and the choices when unknown."""
+    name = PRESET_ALIASES.get(name, name)
     if name not in PRESETS:
         raise UserError(f"--preset {name!r} is unknown; choose one of: {', '.join(PRESETS)}")
     return PRESETS[name]()
@@ -302,14 +320,13 @@ def get_preset(name: str) -> TrainConfig:
 
 def resolve_config(base: TrainConfig | LoopConfig, overrides: dict[str, Any]):
     """``base`` with ``overrides`` applied and validated; a bad value becomes a UserError naming its flag."""
-    names = {f.name for f in dataclasses.fields(base)}
-    unknown = sorted(set(overrides) - names)
+    fields = base.to_dict()
+    unknown = sorted(set(overrides) - set(fields))
     if unknown:
         raise UserError(f"unknown settings {unknown}")
-    fields = dataclasses.asdict(base)
     fields.update(overrides)
     try:
-        return type(base)(**fields)
+        return type(base).from_dict(fields)
     except ValueError as e:
         raise UserError(str(e)) from None
 
@@ -376,6 +393,11 @@ def add_config_arguments(
         if f.name in skip:
             continue
         hint = hints[f.name]
+        if hint is GPTConfig:  # the model's fields are flags of their own
+            add_config_arguments(parser, GPTConfig, skip=tuple(n for n in _field_names(GPTConfig)
+                                                                if n not in MODEL_FLAGS or n in skip),
+                                 defaults_from=getattr(ref, f.name) if ref is not None else f.default_factory())
+            continue
         default = getattr(ref, f.name) if ref is not None else (
             f.default if f.default is not dataclasses.MISSING else None)
         help_text = docs.get(f.name, "")
@@ -397,8 +419,13 @@ def add_config_arguments(
 
 
 def overrides_from_args(args: argparse.Namespace, cls: type) -> dict[str, Any]:
-    """The fields of ``cls`` that were given on the command line."""
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    """The fields of ``cls`` (the model's flags included) that were given on the command line."""
+    names = [*_field_names(cls), *(MODEL_FLAGS if issubclass(cls, TrainConfig) else ())]
+    return {name: getattr(args, name) for name in names if hasattr(args, name)}
+
+
+def _field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 # ------------------------------------------------------------------------------------------ validation

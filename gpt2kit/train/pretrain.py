@@ -8,14 +8,14 @@ Used by ``gpt2kit train`` and ``gpt2kit demo``. Validation loss uses the eval pa
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from gpt2kit.errors import UserError
-from gpt2kit.train.config import MODEL_FIELDS, TrainConfig, get_preset, resolve_config
+from gpt2kit.model.config import SHAPE_KEYS
+from gpt2kit.train.config import PRESETS, TrainConfig, get_preset, resolve_config
 from gpt2kit.distributed import DistEnv, setup_distributed, teardown
 from gpt2kit.train.lm_loss import FusedLossGPT
 from gpt2kit.train.loop import train
@@ -50,8 +50,6 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any],
     point = find_resume(out, spec) if spec else None
     if point is None:
         if preset is None:
-            from gpt2kit.train.config import PRESETS
-
             raise UserError(f"--preset: required for a new run; choose one of: {', '.join(PRESETS)}")
         return resolve_config(get_preset(preset), overrides), None
     try:
@@ -60,17 +58,18 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any],
         raise UserError(f"{point.path}: checkpoint config is not a pretraining config ({e})") from None
     if preset is not None and preset != base.preset:
         other = get_preset(preset)
-        diff = [f for f in MODEL_FIELDS if getattr(other, f) != getattr(base, f)]
+        diff = [f for f in SHAPE_KEYS if getattr(other.model, f) != getattr(base.model, f)]
         if diff:
             raise UserError(
                 f"--preset {preset}: {point.path} was trained as {base.preset!r} with a different model size ("
-                + ", ".join(f"{f}={getattr(base, f)} vs {getattr(other, f)}" for f in diff)
+                + ", ".join(f"{f}={getattr(base.model, f)} vs {getattr(other.model, f)}" for f in diff)
                 + "); resume without --preset or choose a new --out"
             )
     if "out" not in overrides and spec != "auto":
         overrides = {**overrides, "out": str(point.path.parent.parent)}
     cfg = resolve_config(base, overrides)
-    changed = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "resume" and getattr(base, k) != v}
+    saved = base.to_dict()
+    changed = {k: v for k, v in cfg.to_dict().items() if k != "resume" and saved.get(k) != v}
     if changed:
         log("resuming with changed settings: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
     return cfg, point
@@ -80,7 +79,7 @@ def _val_batches(cfg: TrainConfig, env: DistEnv) -> list[tuple[torch.Tensor, tor
     """This rank's fixed validation batches, read (and verified) once for the whole run."""
     from gpt2kit.data.loader import eval_batches
 
-    return list(eval_batches(cfg.data, "val", block_size=cfg.block_size, batch_size=cfg.batch_size,
+    return list(eval_batches(cfg.data, "val", block_size=cfg.model.block_size, batch_size=cfg.batch_size,
                              max_batches=cfg.eval_batches, rank=env.rank, world_size=env.world_size))
 
 
@@ -141,10 +140,10 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         if not cfg.data:
             raise UserError("--data: required; a directory written by `gpt2kit prepare`")
         manifest = read_manifest(cfg.data)
-        gcfg = cfg.model_config()
+        gcfg = cfg.model
         check_data_matches_model(manifest, gcfg.vocab_size, cfg.data)
-        A = cfg.grad_accum_steps(cfg.block_size, env.world_size)
-        loader = TokenLoader(cfg.data, "train", block_size=cfg.block_size, micro_batch_size=cfg.batch_size,
+        A = cfg.grad_accum_steps(gcfg.block_size, env.world_size)
+        loader = TokenLoader(cfg.data, "train", block_size=gcfg.block_size, micro_batch_size=cfg.batch_size,
                              grad_accum_steps=A, rank=env.rank, world_size=env.world_size, seed=cfg.seed)
         has_val = manifest["splits"].get("val", {}).get("tokens", 0) > 0
         val = _val_batches(cfg, env) if has_val else None
@@ -158,10 +157,10 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             examples = load_examples(path, limit=cfg.hellaswag_limit)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (FSDP shards them as they are)
         model = GPT(gcfg)
-        tokens_per_step = cfg.batch_size * cfg.block_size * A * env.world_size
+        tokens_per_step = cfg.batch_size * gcfg.block_size * A * env.world_size
         say(f"model: {model.num_params() / 1e6:.2f}M parameters (L={gcfg.n_layer}, H={gcfg.n_head}, C={gcfg.n_embd}, "
             f"T={gcfg.block_size}) | data: {manifest['splits']['train']['tokens']:,} train tokens in {cfg.data} | "
-            f"{tokens_per_step:,} tokens/step = {cfg.batch_size} x {cfg.block_size} x {A} accum x "
+            f"{tokens_per_step:,} tokens/step = {cfg.batch_size} x {gcfg.block_size} x {A} accum x "
             f"{env.world_size} ranks")
         fsdp = cfg.parallel == "fsdp" and env.distributed
         # compiled runs let torch.compile fuse the model's own loss; FSDP needs the model's forward hooks

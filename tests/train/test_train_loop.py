@@ -27,7 +27,7 @@ def test_resume_is_bitwise_identical(tiny_cfg, tmp_path):
     assert first.step == 4 and first.val_loss is not None
     cfg, point = resolve_train_config(None, {"out": str(tmp_path / "split"), "resume": "auto", "max_steps": 8})
     assert point is not None and point.checkpoint["step"] == 4
-    assert cfg.dropout == 0.1 and cfg.n_embd == 32  # settings came from the checkpoint
+    assert cfg.model.dropout == 0.1 and cfg.model.n_embd == 32  # settings came from the checkpoint
     second = run_pretraining(cfg, point)
     assert second.step == 8
     assert losses(second.metrics) == losses(full.metrics)  # bitwise, all 8 steps
@@ -93,8 +93,8 @@ def _poisoned_task(cfg, bad_calls):
     from gpt2kit.train.loop import TrainTask, lm_loss
 
     torch.manual_seed(0)
-    model = GPT(cfg.model_config())
-    loader = TokenLoader(cfg.data, block_size=cfg.block_size, micro_batch_size=cfg.batch_size)
+    model = GPT(cfg.model)
+    loader = TokenLoader(cfg.data, block_size=cfg.model.block_size, micro_batch_size=cfg.batch_size)
     calls = {"n": 0}
 
     def loss_fn(m, batch):
@@ -182,7 +182,7 @@ def test_out_of_memory_names_the_flags(tiny_cfg):
     from gpt2kit.train.loop import TrainTask, train
 
     cfg = tiny_cfg(max_steps=2)
-    model = GPT(cfg.model_config())
+    model = GPT(cfg.model)
 
     def oom(m, batch):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

@@ -96,7 +96,7 @@ def run_loop(args, device) -> dict:
     """gpt2kit's real training loop on random batches; returns its last metrics record."""
     from gpt2kit.model import GPT, GPTConfig
     from gpt2kit.train.config import LoopConfig
-    from gpt2kit.train.distributed import DistEnv
+    from gpt2kit.distributed import DistEnv
     from gpt2kit.train.loop import TrainTask, train
     from gpt2kit.train.metrics import gpt_flops_per_token
 

@@ -9,7 +9,7 @@ A ``--checkpoint`` argument may name:
 
 Checkpoint files are dicts with at least ``format_version``, ``kind``, ``model_config`` and ``model``;
 the trainer adds optimizer, step, loader and RNG state, resolved config and metrics. A fine-tune adds
-``finetune`` (task, labels or prompt template, LoRA settings; see :mod:`gpt2kit.finetune.checkpoint`):
+``finetune`` (task, labels or prompt template, LoRA settings; see :mod:`gpt2kit.checkpoint_finetune`):
 ``load_model`` returns its LoRA adapters merged into plain weights, and refuses a classification
 checkpoint (a label predictor, not a language model; ``gpt2kit classify`` loads those).
 """
@@ -24,11 +24,13 @@ from typing import Any
 
 import torch
 
-from gpt2kit.errors import UserError
-from gpt2kit.io import atomic_write_with
+from gpt2kit.errors import UserError, torch_load_error
+from gpt2kit.io import atomic_write_text, atomic_write_with
 from gpt2kit.model.config import GPTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.tokenizer import TOKENIZER_ID
+from gpt2kit.checkpoint_finetune import language_model_checkpoint
+from gpt2kit.model.hf import is_hf_dir, read_hf_config, read_hf_state_dict, state_dict_from_hf
 
 FORMAT_VERSION = 1
 CHECKPOINT_KIND = "gpt2kit-checkpoint"
@@ -118,21 +120,6 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
 
 
-def torch_load_error(path: Path, e: Exception, hint: str) -> UserError:
-    """One-line UserError for a file that ``torch.load(weights_only=True)`` refused or could not parse."""
-    text = str(e)
-    # torch names the offending global only when the file asks to import or build a Python object;
-    # random or truncated bytes fail with other unpickler errors and are corruption, not a threat
-    if "GLOBAL " in text or "Can only create new object" in text or "Can only build" in text:
-        return UserError(
-            f"{path}: refused to load: the file contains Python objects other than tensors and plain data "
-            f"(it could run code); {hint}"
-        )
-    detail = type(e).__name__ if "Weights only load failed" in text else (text.strip().splitlines() or [""])[0][:200]
-    detail = detail or type(e).__name__
-    return UserError(f"{path}: not a readable checkpoint ({detail}); it may be truncated or corrupt")
-
-
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Read a gpt2kit checkpoint file safely (``weights_only=True``) and check its format."""
     path = Path(path)
@@ -182,8 +169,6 @@ def best_checkpoint(run_dir: str | Path) -> Path | None:
 
 def write_best(run_dir: str | Path, path: str | Path, step: int, val_loss: float) -> None:
     """Record ``path`` (a step checkpoint of ``run_dir``) as the best by validation loss, atomically."""
-    from gpt2kit.io import atomic_write_text
-
     record = {"file": Path(path).name, "step": int(step), "val_loss": float(val_loss)}
     atomic_write_text(Path(run_dir) / CHECKPOINT_DIR / BEST_FILE, json.dumps(record, indent=1) + "\n")
 
@@ -200,8 +185,6 @@ def prune_step_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
 
 def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
     """Classify a ``--checkpoint`` value: ``("gpt2kit", file)``, ``("huggingface", dir)`` or ``("hub", name)``."""
-    from gpt2kit.model.hf import is_hf_dir
-
     path = Path(spec)
     if path.is_file():
         return "gpt2kit", path
@@ -247,8 +230,6 @@ def download_hub_model(name: str) -> Path:
 
 def load_hf_model(directory: Path) -> GPT:
     """A GPT with the weights of a Hugging Face GPT-2 directory."""
-    from gpt2kit.model.hf import read_hf_config, read_hf_state_dict, state_dict_from_hf
-
     cfg = read_hf_config(directory)
     sd = state_dict_from_hf(read_hf_state_dict(directory), cfg, str(directory))
     model = GPT(cfg)
@@ -280,7 +261,6 @@ def load_model(
         full = read_checkpoint(where)
         if "finetune" in full:
             # a fine-tune: LoRA adapters merged into plain weights; a classifier is refused with a clear message
-            from gpt2kit.finetune.checkpoint import language_model_checkpoint
 
             full = language_model_checkpoint(full, str(where))
         model = model_from_checkpoint(full, str(where))

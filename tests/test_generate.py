@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from gpt2kit import GPT
+from gpt2kit import GPT, load_model
 from gpt2kit.generate import _bf16_packing_available, generate, packed_cpu_linears, sample_next
 
 
@@ -81,7 +81,7 @@ def test_top_k_and_top_p_truncate():
 def test_matches_transformers_greedy(hf_tiny_dir):
     transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2LMHeadModel.from_pretrained(hf_tiny_dir).eval()
-    ours = GPT.from_pretrained(str(hf_tiny_dir))
+    ours = load_model(str(hf_tiny_dir)).model
     idx = torch.randint(0, 50257, (2, 5))
     theirs = hf.generate(idx, attention_mask=torch.ones_like(idx), max_new_tokens=20, do_sample=False,
                          pad_token_id=50256)

@@ -44,6 +44,7 @@ from gpt2kit.data.shards import MAX_SHARD_TOKENS, ShardWriter, verify_shard
 from gpt2kit.data.sources import ReadProgress, Source, SourceOptions, iter_documents, resolve_sources
 from gpt2kit.errors import UserError
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
+from gpt2kit.version import __version__
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # as build-nanogpt's FineWeb shards
 DEFAULT_VAL_FRACTION = 0.01
@@ -363,7 +364,6 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     log = (lambda msg: print(f"prepare: {msg}", file=sys.stderr)) if cfg.progress else (lambda msg: None)
     opts = cfg.source_options
     srcs = resolve_sources(cfg.sources, opts)
-    from gpt2kit import __version__
 
     header = {"kind": MANIFEST_KIND, "format_version": MANIFEST_VERSION, **tokenizer_record(), "dtype": "uint16",
               "shard_format": "llm.c (1024-byte header: int32 magic 20240520, version 1, token count; uint16 tokens)",

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from gpt2kit.errors import UserError
+from gpt2kit.data.builtin import builtin_documents, get_builtin
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
 JSONL_EXTS = {".jsonl", ".ndjson"}
@@ -249,7 +250,6 @@ class Source:
         if self.kind == "hf":
             return {"spec": self.spec, "type": "hf", "name": self.name, "config": options.hf_config,
                     "split": options.hf_split, "data_files": options.hf_data_files}
-        from gpt2kit.data.builtin import get_builtin
 
         return {"spec": self.spec, "type": "builtin", "name": self.name, "sha256": get_builtin(self.name).sha256}
 
@@ -267,8 +267,6 @@ class Source:
         elif self.kind == "hf":
             yield from _hf_documents(self.name, options)
         else:
-            from gpt2kit.data.builtin import builtin_documents, get_builtin
-
             size, count = get_builtin(self.name).size, get_builtin(self.name).num_documents
             for i, text in enumerate(builtin_documents(self.name), start=1):
                 progress.bytes = min(size, size * i // count)
@@ -325,8 +323,6 @@ def resolve_sources(specs: list[str], options: SourceOptions) -> list[Source]:
     out = []
     for spec in specs:
         if spec.startswith("builtin:"):
-            from gpt2kit.data.builtin import get_builtin
-
             corpus = get_builtin(spec.removeprefix("builtin:"))
             out.append(Source(spec, "builtin", name=corpus.name, size_bytes=corpus.size))
         elif spec.startswith("hf:"):

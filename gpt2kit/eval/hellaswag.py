@@ -28,6 +28,8 @@ import torch
 from gpt2kit.errors import UserError
 from gpt2kit.eval.jsonl import iter_jsonl
 from gpt2kit.eval.scoring import batches_per_rank, distributed_sum, fit_row, model_block_size, score_rows
+from gpt2kit.eval.download import cache_root, resolve_data_file
+from gpt2kit.tokenizer import get_tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_FILE = "hellaswag_val.jsonl"
@@ -93,16 +95,12 @@ def hellaswag_path(data: str | os.PathLike | None, cache_dir: str | os.PathLike 
                    url: str | None = None) -> Path:
     """The ``--data`` file when given, else the official validation file (``url``, default
     :data:`HELLASWAG_URL`), downloaded once into ``cache_dir`` (default ``<cache>/hellaswag``)."""
-    from gpt2kit.eval.download import cache_root, resolve_data_file
-
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "hellaswag"
     return resolve_data_file(data, url=url or HELLASWAG_URL, filename=HELLASWAG_FILE,
                              what="HellaSwag validation data", cache_dir=cache_dir)
 
 
 def _example_rows(ex: HellaSwagExample, block_size: int) -> list[tuple[list[int], list[int]]]:
-    from gpt2kit.tokenizer import get_tokenizer
-
     tok = get_tokenizer()
     ctx = tok.encode(ex.ctx)
     rows = []

@@ -24,6 +24,8 @@ import torch
 from gpt2kit.errors import UserError
 from gpt2kit.eval.jsonl import iter_jsonl
 from gpt2kit.eval.scoring import batches_per_rank, distributed_sum, fit_row, model_block_size, safe_exp, score_rows
+from gpt2kit.eval.download import cache_root, resolve_data_file
+from gpt2kit.tokenizer import get_tokenizer
 
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
 LAMBADA_FILE = "lambada_test.jsonl"
@@ -64,16 +66,12 @@ def lambada_path(data: str | os.PathLike | None, cache_dir: str | os.PathLike | 
                  url: str | None = None) -> Path:
     """The ``--data`` file when given, else OpenAI's LAMBADA test file (``url``, default
     :data:`LAMBADA_URL`), downloaded once into ``cache_dir`` (default ``<cache>/lambada``)."""
-    from gpt2kit.eval.download import cache_root, resolve_data_file
-
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "lambada"
     return resolve_data_file(data, url=url or LAMBADA_URL, filename=LAMBADA_FILE, what="LAMBADA test data",
                              cache_dir=cache_dir)
 
 
 def _row(ex: LambadaExample, block_size: int) -> tuple[list[int], list[int]]:
-    from gpt2kit.tokenizer import get_tokenizer
-
     tok = get_tokenizer()
     row = fit_row(tok.encode(ex.context), tok.encode(" " + ex.word), block_size)
     if row is None:

@@ -22,15 +22,13 @@ import torch
 
 from gpt2kit.errors import UserError
 from gpt2kit.eval.jsonl import iter_jsonl
-from gpt2kit.eval.scoring import autocast_context, safe_exp
-from gpt2kit.tokenizer import EOT_ID
+from gpt2kit.eval.scoring import autocast_context, distributed_sum, safe_exp
+from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
 
 @functools.lru_cache(maxsize=1)
 def token_byte_lengths() -> torch.Tensor:
     """UTF-8 byte length of every GPT-2 token (V,) int64; ``<|endoftext|>`` counts 0 bytes."""
-    from gpt2kit.tokenizer import get_tokenizer
-
     enc = get_tokenizer().encoding
     lengths = [len(enc.decode_single_token_bytes(i)) for i in range(EOT_ID)] + [0]
     return torch.tensor(lengths, dtype=torch.long)
@@ -105,8 +103,6 @@ def all_reduce_loss(stats: dict, device: torch.device | str = "cpu") -> dict:
     Sums ``nll_sum``, ``tokens`` (and ``bytes``) over ranks when torch.distributed is initialised;
     otherwise returns ``stats`` recomputed unchanged. ``device`` must be a CUDA device under NCCL.
     """
-    from gpt2kit.eval.scoring import distributed_sum
-
     has_bytes = "bytes" in stats
     vals = [stats["nll_sum"], float(stats["tokens"])] + ([float(stats["bytes"])] if has_bytes else [])
     vals = distributed_sum(vals, device)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gpt2kit.io import atomic_write_text
+from gpt2kit.version import __version__
 
 # metrics shown as percentages in the table
 _PERCENT = {"acc", "acc_norm", "acc_norm_bytes"}
@@ -24,8 +25,6 @@ _PERCENT = {"acc", "acc_norm", "acc_norm_bytes"}
 def build_record(task: str, metrics: dict[str, Any], *, model: dict[str, Any], data: dict[str, Any],
                  settings: dict[str, Any]) -> dict[str, Any]:
     """The record of one evaluation: metrics first, then provenance."""
-    from gpt2kit import __version__
-
     return {
         "task": task,
         **metrics,

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2kit.tokenizer import EOT_ID
+from gpt2kit.checkpoint import unwrap_model
 
 Row = tuple[list[int], list[int]]
 """(context tokens, continuation tokens)."""
@@ -25,8 +26,6 @@ Row = tuple[list[int], list[int]]
 
 def model_block_size(model: torch.nn.Module) -> int:
     """The context length of a GPT, also under ``torch.compile``/DDP wrappers."""
-    from gpt2kit.checkpoint import unwrap_model
-
     return int(unwrap_model(model).config.block_size)
 
 

@@ -17,6 +17,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gpt2kit.model.gpt import GPT
+from gpt2kit.checkpoint import load_state_dict_checked, read_checkpoint, resolve_checkpoint
+from gpt2kit.checkpoint_finetune import finetune_record, plain_state_dict
+from gpt2kit.errors import UserError
+from gpt2kit.finetune.data import pad_right
+from gpt2kit.model.config import GPTConfig
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -109,8 +114,6 @@ def predict_logits(model: GPTClassifier, token_lists: list[list[int]], batch_siz
     """Label logits (N, K) for already-tokenized texts, in order (batched, right-padded)."""
     from tqdm import tqdm
 
-    from gpt2kit.finetune.data import pad_right
-
     was_training = model.training
     model.eval()
     out = []
@@ -132,11 +135,6 @@ def load_classifier(spec: str | Path, device: torch.device | str = "cpu",
     Returns (model in eval mode with any LoRA adapters merged, the checkpoint's ``finetune`` record,
     the file read). Goes through the one checkpoint reader (:mod:`gpt2kit.checkpoint`).
     """
-    from gpt2kit.checkpoint import load_state_dict_checked, read_checkpoint, resolve_checkpoint
-    from gpt2kit.errors import UserError
-    from gpt2kit.finetune.checkpoint import finetune_record, plain_state_dict
-    from gpt2kit.model.config import GPTConfig
-
     kind, where = resolve_checkpoint(spec)
     if kind != "gpt2kit":
         raise UserError(f"--checkpoint {spec}: a classifier comes from `gpt2kit finetune classify` (a run directory "

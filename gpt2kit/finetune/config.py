@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+from gpt2kit.model.lora import LoRAConfig
 from gpt2kit.train.config import LoopConfig, _nonneg, _positive
 
 DERIVED_FIELDS = ("schedule_steps", "eval_every", "save_every", "total_batch_tokens", "eval_batches")
@@ -69,17 +70,13 @@ class FinetuneConfig(LoopConfig):
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"--max-length must be >= 2, got {self.max_length}")
         if self.lora_rank:
-            from gpt2kit.finetune.lora import LoRAConfig
-
             LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=self.lora_targets,
                        dropout=self.lora_dropout)
 
     def lora_config(self, blocks: tuple[int, ...] | None = None):
-        """The :class:`~gpt2kit.finetune.lora.LoRAConfig` these settings ask for, or None without LoRA."""
+        """The :class:`~gpt2kit.model.lora.LoRAConfig` these settings ask for, or None without LoRA."""
         if not self.lora_rank:
             return None
-        from gpt2kit.finetune.lora import LoRAConfig
-
         return LoRAConfig(rank=self.lora_rank, alpha=self.lora_alpha, targets=self.lora_targets,
                           dropout=self.lora_dropout, blocks=blocks)
 

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from gpt2kit.errors import UserError
+from gpt2kit.tokenizer import get_tokenizer
 
 IGNORE_INDEX = -100
 """Target value the loss ignores (prompt, padding, boundaries between packed examples)."""
@@ -197,8 +198,6 @@ def load_classification(
     Errors (naming ``FILE:LINE``): a label not in ``vocab``, an empty text, a missing column. Over-long
     texts follow ``overlong`` (see the module docstring).
     """
-    from gpt2kit.tokenizer import get_tokenizer
-
     _check_overlong(overlong)
     _check_max_length(max_length)
     tok = tokenizer or get_tokenizer()
@@ -240,8 +239,6 @@ def load_classification(
 
 def encode_texts(texts: Sequence[str], max_length: int, tokenizer: Any = None) -> tuple[list[list[int]], int]:
     """Token ids of texts to classify, each cut to its first ``max_length`` tokens; (ids, number truncated)."""
-    from gpt2kit.tokenizer import get_tokenizer
-
     for i, t in enumerate(texts):
         if not t.strip():
             raise UserError(f"text {i + 1} is empty; give every text to classify some content")
@@ -481,8 +478,6 @@ def encode_pieces(pieces: list[tuple[str, bool]], tokenizer: Any) -> SFTExample:
 def load_sft(path: str | Path, template: PromptTemplate, *, max_length: int, overlong: Overlong = "truncate",
              tokenizer: Any = None) -> SFTData:
     """Read, check and tokenize an Alpaca or chat file (records of both kinds may mix)."""
-    from gpt2kit.tokenizer import get_tokenizer
-
     _check_overlong(overlong)
     _check_max_length(max_length, 2)
     tok = tokenizer or get_tokenizer()

@@ -5,7 +5,7 @@ tokenize the data, build the model from ``--checkpoint`` (a classification head 
 top), and hand everything to :func:`gpt2kit.train.loop.train`, which owns the optimizer, schedule,
 progress bar, ``metrics.jsonl``, checkpoints, best-by-val-loss and ``--resume``. The fine-tune's
 metadata (task, labels or prompt template, LoRA settings) rides in every checkpoint under ``finetune``
-(see :mod:`gpt2kit.finetune.checkpoint`). At the end rank 0 writes ``RUN/results.json``.
+(see :mod:`gpt2kit.checkpoint_finetune`). At the end rank 0 writes ``RUN/results.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from gpt2kit.errors import UserError
-from gpt2kit.finetune.checkpoint import RECORD_KEY, RECORD_VERSION, finetune_record
+from gpt2kit.checkpoint_finetune import RECORD_KEY, RECORD_VERSION, finetune_record
 from gpt2kit.finetune.config import ClassifyConfig, FinetuneConfig, SFTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.train.config import resolve_config
@@ -27,6 +27,19 @@ from gpt2kit.train.loop import train
 from gpt2kit.train.optim import decay_param_groups
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.train.state import ResumePoint, find_resume
+from gpt2kit.checkpoint import load_model
+from gpt2kit.eval.scoring import autocast_context
+from gpt2kit.finetune.classifier import GPTClassifier, load_classifier, set_trainable, trainable_summary
+from gpt2kit.finetune.data import (
+    EpochBatches, classification_batch, get_template, label_vocabulary, load_classification, load_sft,
+    pack_examples, packed_attn_mask, packed_batch, sft_batch, steps_per_epoch,
+)
+from gpt2kit.finetune.evaluate import evaluate_classifier, evaluate_sft
+from gpt2kit.generate import generate
+from gpt2kit.io import atomic_write_text
+from gpt2kit.model.config import GPTConfig
+from gpt2kit.model.lora import apply_lora
+from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
 RESULTS_FILE = "results.json"
 
@@ -69,10 +82,7 @@ def resolve_finetune_config(cls: type, overrides: dict[str, Any], log: Callable[
 def _base_model(cfg: FinetuneConfig, resume: ResumePoint | None) -> GPT:
     """The backbone: the weights of --checkpoint, or (resuming) an empty model the loop fills from the checkpoint."""
     if resume is not None:
-        from gpt2kit.model.config import GPTConfig
-
         return GPT(GPTConfig.from_dict(resume.checkpoint["model_config"]))
-    from gpt2kit.checkpoint import load_model
 
     model = load_model(cfg.checkpoint).model
     model.train()
@@ -110,8 +120,6 @@ def _check_resume_record(resume: ResumePoint | None, record: dict[str, Any], key
 
 def _schedule(cfg: FinetuneConfig, n_items: int, env: DistEnv, say: Callable[[str], None]
               ) -> tuple[FinetuneConfig, int]:
-    from gpt2kit.finetune.data import steps_per_epoch
-
     spe = steps_per_epoch(n_items, cfg.batch_size, cfg.accum_steps, env.world_size)
     cfg = cfg.with_schedule(spe)
     if cfg.warmup_steps > cfg.schedule_steps:
@@ -123,8 +131,6 @@ def _schedule(cfg: FinetuneConfig, n_items: int, env: DistEnv, say: Callable[[st
 
 
 def _write_results(out: str, results: dict[str, Any]) -> Path:
-    from gpt2kit.io import atomic_write_text
-
     path = Path(out) / RESULTS_FILE
     atomic_write_text(path, json.dumps(results, indent=1) + "\n")
     return path
@@ -159,12 +165,6 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune a classifier as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
-    from gpt2kit.finetune.classifier import GPTClassifier, load_classifier, set_trainable, trainable_summary
-    from gpt2kit.finetune.data import EpochBatches, classification_batch, label_vocabulary, load_classification
-    from gpt2kit.finetune.evaluate import evaluate_classifier
-    from gpt2kit.finetune.lora import apply_lora
-    from gpt2kit.tokenizer import EOT_ID
-
     own_env = env is None
     env = env or setup_distributed(cfg.device)
     say = (log or print) if env.is_main else (lambda msg: None)
@@ -260,8 +260,6 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
 
 def sft_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean cross-entropy over the response tokens of a padded or packed micro-batch."""
-    from gpt2kit.finetune.data import packed_attn_mask
-
     if "doc" in batch:
         _, loss = model(batch["idx"], batch["targets"], positions=batch["positions"],
                         attn_mask=packed_attn_mask(batch["doc"]))
@@ -274,12 +272,6 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
             log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Instruction-tune as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
     import numpy as np
-
-    from gpt2kit.finetune.classifier import trainable_summary
-    from gpt2kit.finetune.data import EpochBatches, get_template, load_sft, pack_examples, packed_batch, sft_batch
-    from gpt2kit.finetune.evaluate import evaluate_sft
-    from gpt2kit.finetune.lora import apply_lora
-    from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
     own_env = env is None
     env = env or setup_distributed(cfg.device)
@@ -335,9 +327,6 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
             return {"val_loss": res["loss"]}
 
         def sample(ctx: EvalContext) -> list[str]:
-            from gpt2kit.eval.scoring import autocast_context
-            from gpt2kit.generate import generate
-
             texts = []
             for ids in prompts:
                 idx = torch.tensor([ids], dtype=torch.long, device=ctx.device)  # (1, P)

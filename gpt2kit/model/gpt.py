@@ -231,20 +231,3 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.reshape(-1, V).float(), targets.reshape(-1), ignore_index=-100)
         return logits, loss
 
-    @classmethod
-    def from_pretrained(cls, name_or_dir: str) -> "GPT":
-        """GPT-2 weights in Hugging Face format from a local directory or a hub name such as ``gpt2``.
-
-        Also accepts anything ``--checkpoint`` accepts (gpt2kit checkpoint files and run directories).
-        """
-        from gpt2kit.checkpoint import load_model
-
-        return load_model(name_or_dir).model
-
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, **kwargs) -> torch.Tensor:
-        """Continue ``idx`` (B, T) by ``max_new_tokens``; see :func:`gpt2kit.generate.generate`."""
-        from gpt2kit.generate import generate
-
-        return generate(self, idx, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, **kwargs)
-

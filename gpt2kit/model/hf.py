@@ -12,8 +12,10 @@ from typing import Any
 
 import torch
 
-from gpt2kit.errors import UserError
+from gpt2kit.errors import UserError, torch_load_error
 from gpt2kit.model.config import GPT2_VOCAB_SIZE, GPTConfig
+from gpt2kit.io import atomic_write_text, atomic_write_with
+from gpt2kit.tokenizer import hf_tokenizer_files
 
 # gpt2kit key (per block, after "transformer.h.{i}.") -> (HF key, transpose?)
 _BLOCK_KEYS: list[tuple[str, bool]] = [
@@ -123,8 +125,6 @@ def read_hf_state_dict(directory: Path) -> dict[str, torch.Tensor]:
         try:
             return torch.load(path, map_location="cpu", weights_only=True)
         except Exception as e:
-            from gpt2kit.checkpoint import torch_load_error
-
             raise torch_load_error(path, e, "cannot read weights; re-download or re-export it") from None
     raise UserError(f"{directory}: no {' or '.join(_WEIGHT_FILES)} found; is this a Hugging Face GPT-2 directory?")
 
@@ -222,15 +222,11 @@ def write_hf_dir(sd: dict[str, torch.Tensor], cfg: GPTConfig, out_dir: Path, wit
     """
     from safetensors.torch import save_file
 
-    from gpt2kit.io import atomic_write_text, atomic_write_with
-
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict_to_hf(sd, cfg).items()}
     atomic_write_with(out_dir / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     atomic_write_text(out_dir / "config.json", json.dumps(config_to_hf(cfg), indent=2) + "\n")
     gen = {"bos_token_id": 50256, "eos_token_id": 50256}
     atomic_write_text(out_dir / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     if with_tokenizer:
-        from gpt2kit.tokenizer import hf_tokenizer_files
-
         for name, text in hf_tokenizer_files().items():
             atomic_write_text(out_dir / name, text)

@@ -17,6 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from gpt2kit.checkpoint import unwrap_model
+from gpt2kit.errors import UserError
+from gpt2kit.io import atomic_write_text
 
 # dense peak FLOP/s per device: {precision: value}; tf32 is what float32 matmuls run at with TF32 allowed
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -35,8 +38,6 @@ def flops_per_token(n_layer: int, n_head: int, head_size: int, block_size: int, 
 
 def gpt_flops_per_token(model: torch.nn.Module) -> int:
     """:func:`flops_per_token` for a gpt2kit GPT (N = its parameters minus the position embeddings)."""
-    from gpt2kit.checkpoint import unwrap_model
-
     m = unwrap_model(model)
     cfg = m.config
     n = m.num_params() - m.transformer.wpe.weight.numel()
@@ -91,8 +92,6 @@ class MetricsWriter:
 
     def restore(self, records: list[dict[str, Any]], step: int) -> None:
         """Continue after a checkpoint at ``step`` holding ``records``."""
-        from gpt2kit.io import atomic_write_text
-
         self.records = [dict(r) for r in records]
         if self.enabled:
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.records))
@@ -140,8 +139,6 @@ def _tb_tag(key: str) -> str:
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of ``RUN/metrics.jsonl`` (UserError naming the file when missing or unreadable)."""
-    from gpt2kit.errors import UserError
-
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise UserError(f"{path}: no metrics file; is {run_dir} a run directory written by `gpt2kit train`?")

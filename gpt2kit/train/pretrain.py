@@ -22,12 +22,19 @@ from gpt2kit.train.loop import train
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.train.metrics import gpt_flops_per_token
 from gpt2kit.train.state import ResumePoint, find_resume
+from gpt2kit.checkpoint import load_model, model_state_dict
+from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
+from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
+from gpt2kit.eval.loss import all_reduce_loss, mean_loss
+from gpt2kit.eval.scoring import autocast_context
+from gpt2kit.generate import generate
+from gpt2kit.model import GPT
+from gpt2kit.model.hf import write_hf_dir
+from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
 
 
 def check_data_matches_model(manifest: dict[str, Any], vocab_size: int, data_dir: str | Path) -> None:
     """Refuse data whose tokenizer or vocabulary is not the model's."""
-    from gpt2kit.tokenizer import TOKENIZER_ID
-
     tok, vocab = manifest.get("tokenizer"), manifest.get("vocab_size")
     if tok != TOKENIZER_ID or vocab != vocab_size:
         raise UserError(
@@ -77,8 +84,6 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any],
 
 def _val_batches(cfg: TrainConfig, env: DistEnv) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's fixed validation batches, read (and verified) once for the whole run."""
-    from gpt2kit.data.loader import eval_batches
-
     return list(eval_batches(cfg.data, "val", block_size=cfg.model.block_size, batch_size=cfg.batch_size,
                              max_batches=cfg.eval_batches, rank=env.rank, world_size=env.world_size))
 
@@ -88,8 +93,6 @@ def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: 
     """Validation loss (every evaluation) and HellaSwag (every ``hellaswag_every`` steps and at the end)."""
 
     def evaluate(ctx: EvalContext) -> dict[str, float]:
-        from gpt2kit.eval.loss import all_reduce_loss, mean_loss
-
         out: dict[str, float] = {}
         if val is not None:
             stats = all_reduce_loss(mean_loss(ctx.model, val, device=ctx.device, autocast_dtype=ctx.autocast_dtype),
@@ -97,8 +100,6 @@ def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: 
             out["val_loss"] = stats["loss"]
         due = ctx.step == cfg.last_step or (cfg.hellaswag_every > 0 and ctx.step % cfg.hellaswag_every == 0)
         if hellaswag and due:
-            from gpt2kit.eval.hellaswag import score_hellaswag
-
             # the plain module: HellaSwag rows vary in length, which would make a compiled model recompile
             res = score_hellaswag(ctx.raw_model, hellaswag, device=ctx.device, batch_size=max(1, cfg.batch_size // 4),
                                   autocast_dtype=ctx.autocast_dtype, rank=ctx.env.rank, world_size=ctx.env.world_size)
@@ -113,10 +114,6 @@ def make_sampler(cfg: TrainConfig) -> Callable[[EvalContext], list[str]]:
     """A few seeded samples from ``sample_prompt`` (top-k 50, temperature 1)."""
 
     def sample(ctx: EvalContext) -> list[str]:
-        from gpt2kit.eval.scoring import autocast_context
-        from gpt2kit.generate import generate
-        from gpt2kit.tokenizer import get_tokenizer
-
         tok = get_tokenizer()
         ids = tok.encode(cfg.sample_prompt) or [tok.eot]
         idx = torch.tensor([ids] * cfg.samples, dtype=torch.long, device=ctx.device)  # (S, P)
@@ -130,9 +127,6 @@ def make_sampler(cfg: TrainConfig) -> Callable[[EvalContext], list[str]]:
 def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                     log: Callable[[str], None] | None = None) -> TrainResult:
     """Pretrain (or continue) the model ``cfg`` describes on ``cfg.data``; rank 0 prints and writes."""
-    from gpt2kit.data.loader import TokenLoader, read_manifest
-    from gpt2kit.model import GPT
-
     own_env = env is None
     env = env or setup_distributed(cfg.device)
     say = (log or print) if env.is_main else (lambda msg: None)
@@ -151,8 +145,6 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             say(f"note: {cfg.data} has no validation split; no val_loss (best checkpoint) will be tracked")
         examples = None
         if cfg.hellaswag:
-            from gpt2kit.eval.hellaswag import hellaswag_path, load_examples
-
             path = hellaswag_path(None if cfg.hellaswag == "download" else cfg.hellaswag)
             examples = load_examples(path, limit=cfg.hellaswag_limit)
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank (FSDP shards them as they are)
@@ -188,9 +180,6 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
 
 def export_hf(checkpoint: str | Path, out_dir: Path) -> None:
     """Write a checkpoint's model in Hugging Face GPT-2 format (config.json + model.safetensors)."""
-    from gpt2kit.checkpoint import load_model, model_state_dict
-    from gpt2kit.model.hf import write_hf_dir
-
     loaded = load_model(checkpoint)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_hf_dir(model_state_dict(loaded.model), loaded.config, out_dir)

@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from gpt2kit import GPT
+from gpt2kit import GPT, generate, load_model
 from gpt2kit.cli import main
 
 
@@ -31,8 +31,8 @@ def test_sample_greedy_matches_library(hf_tiny_dir, capsys):
     assert main(["sample", "--checkpoint", str(hf_tiny_dir), "--prompt", "The sea", "--max-new-tokens", "6",
                  "--temperature", "0", "--no-stop"]) == 0
     out = capsys.readouterr().out
-    model = GPT.from_pretrained(str(hf_tiny_dir))
-    ids = model.generate(torch.tensor([tok.encode("The sea")]), 6, temperature=0)[0].tolist()
+    model = load_model(str(hf_tiny_dir)).model
+    ids = generate(model, torch.tensor([tok.encode("The sea")]), 6, temperature=0)[0].tolist()
     assert out == tok.decode(ids) + "\n"
 
 

@@ -76,7 +76,7 @@ mine = [(x[i : i + 1], y[i : i + 1]) for i in range(rank, 6, ws)]
 loss = all_reduce_loss(mean_loss(model, mine, device="cpu"))
 if rank == 0:
     print(json.dumps({"hellaswag": hs, "loss": loss}))
-del model  # as gpt2kit.train.distributed.teardown: a DDP wrapper freed only at exit can abort the process
+del model  # as gpt2kit.distributed.teardown: a DDP wrapper freed only at exit can abort the process
 gc.collect()
 dist.destroy_process_group()
 '''

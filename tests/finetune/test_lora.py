@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpt2kit import GPTConfig
-from gpt2kit.finetune.lora import (
+from gpt2kit.model.lora import (
     LoRAConfig, LoRALinear, apply_lora, lora_parameters, merge_lora, merge_lora_state_dict, parse_targets,
 )
 from gpt2kit.model.gpt import GPT

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpt2kit import GPTConfig
+from gpt2kit import GPTConfig, generate
 from gpt2kit.cli import main
 from gpt2kit.finetune.data import TEMPLATES, SFTExample, encode_pieces, packed_batch, record_pieces, sft_batch
 from gpt2kit.finetune.run import sft_loss
@@ -76,7 +76,7 @@ def lora_run(ft_dir, sft_files, tmp_path_factory):
 
 def test_lora_sft_run_records_template_and_loads_merged(lora_run):
     from gpt2kit.checkpoint import load_model, read_checkpoint, resolve_checkpoint
-    from gpt2kit.finetune.lora import LoRAConfig, apply_lora
+    from gpt2kit.model.lora import LoRAConfig, apply_lora
 
     results = json.loads((lora_run / "results.json").read_text())
     assert results["task"] == "sft" and len(results["epochs"]) == 2 and results["val_loss"] is not None
@@ -107,7 +107,7 @@ def test_sample_instruction_uses_the_stored_template(lora_run, capsys):
     tok = get_tokenizer()
     prompt = tok.encode(ALPACA.format_prompt("Repeat the word.", "cat"))
     model = load_model(lora_run).model
-    ids = model.generate(torch.tensor([prompt]), 5, temperature=0)[0, len(prompt):].tolist()
+    ids = generate(model, torch.tensor([prompt]), 5, temperature=0)[0, len(prompt):].tolist()
     assert out == tok.decode(ids) + "\n"  # the response only, from the template-formatted prompt
     assert main(["sample", "--checkpoint", str(lora_run), "--instruction", "x", "--prompt", "y"]) == 2
 

@@ -21,7 +21,7 @@ def _hf_logits(directory, idx):
 
 def test_load_hf_matches_transformers(hf_tiny_dir):
     idx = torch.randint(0, 50257, (2, 16))
-    ours = GPT.from_pretrained(str(hf_tiny_dir)).eval()
+    ours = load_model(str(hf_tiny_dir)).model.eval()
     with torch.no_grad():
         logits, _ = ours(idx)
     torch.testing.assert_close(logits, _hf_logits(hf_tiny_dir, idx), atol=1e-4, rtol=0)
@@ -29,7 +29,7 @@ def test_load_hf_matches_transformers(hf_tiny_dir):
 
 def test_export_round_trip(hf_tiny_dir, tmp_path):
     idx = torch.randint(0, 50257, (2, 16))
-    model = GPT.from_pretrained(str(hf_tiny_dir)).eval()
+    model = load_model(str(hf_tiny_dir)).model.eval()
     out = tmp_path / "exported"
     write_hf_dir(model_state_dict(model), model.config, out)
     assert (out / "model.safetensors").exists()
@@ -64,7 +64,7 @@ def test_pytorch_model_bin_and_unprefixed_keys(hf_tiny_dir, tmp_path):
     torch.save({k.removeprefix("transformer."): v for k, v in sd.items()}, d / "pytorch_model.bin")
     idx = torch.randint(0, 50257, (1, 8))
     with torch.no_grad():
-        a, _ = GPT.from_pretrained(str(d))(idx)
+        a, _ = load_model(str(d)).model(idx)
     torch.testing.assert_close(a, _hf_logits(hf_tiny_dir, idx), atol=1e-4, rtol=0)
 
 

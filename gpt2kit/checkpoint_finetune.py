@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from gpt2kit.errors import UserError
+from gpt2kit.model.lora import LoRAConfig, merge_lora_state_dict
 
 RECORD_KEY = "finetune"
 RECORD_VERSION = 1
@@ -34,8 +35,6 @@ def finetune_record(ckpt: dict[str, Any]) -> dict[str, Any] | None:
 
 def plain_state_dict(ckpt: dict[str, Any], source: str, keep_head: bool = False) -> dict[str, torch.Tensor]:
     """The checkpoint's weights with LoRA adapters merged; the classification head only when ``keep_head``."""
-    from gpt2kit.finetune.lora import LoRAConfig, merge_lora_state_dict
-
     sd = dict(ckpt["model"])
     record = finetune_record(ckpt) or {}
     if record.get("lora"):

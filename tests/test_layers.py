@@ -1,0 +1,117 @@
+"""Layers import downward: no module of gpt2kit imports from a layer above its own, not even inside a function.
+
+Layers, lowest first (a module may import its own layer and those below):
+
+0. errors, io, tokenizer
+1. model
+2. checkpoint, generate (and the CPU decode fast path)
+3. distributed, data
+4. eval
+5. train
+6. finetune
+7. cli, the package's ``__init__``/``__main__`` (lazy imports allowed: they keep start-up fast)
+
+Outside cli/ (and the package ``__init__``), imports of gpt2kit live at the top of the module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import gpt2kit
+
+ROOT = Path(gpt2kit.__file__).parent
+
+LAYERS: list[tuple[str, ...]] = [
+    ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version"),
+    ("gpt2kit.model",),
+    ("gpt2kit.checkpoint", "gpt2kit.checkpoint_finetune", "gpt2kit.generate", "gpt2kit.fastpath"),
+    ("gpt2kit.distributed", "gpt2kit.data"),
+    ("gpt2kit.eval",),
+    ("gpt2kit.train",),
+    ("gpt2kit.finetune",),
+    ("gpt2kit.cli", "gpt2kit.__main__"),
+]
+TOP = len(LAYERS) - 1
+
+
+def layer_of(module: str) -> int:
+    """The layer of a dotted module name (the package itself counts as the top: its __init__ re-exports)."""
+    if module == "gpt2kit":
+        return TOP
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    raise AssertionError(f"{module}: not in any layer; add it to LAYERS in tests/test_layers.py")
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def gpt2kit_imports(tree: ast.Module, module: str, is_package: bool):
+    """(line, imported module, at top level) for every import of gpt2kit in ``tree``."""
+    top_level = {id(n) for n in tree.body}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = module.split(".")
+                base = base if is_package else base[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                names = [".".join(base + ([node.module] if node.module else []))]
+            else:
+                names = [node.module or ""]
+            if names[0] == "gpt2kit":  # from gpt2kit import x: x may be a submodule
+                names = [f"gpt2kit.{a.name}" if (ROOT / a.name).exists() or (ROOT / f"{a.name}.py").exists()
+                         else "gpt2kit" for a in node.names]
+        else:
+            continue
+        for name in names:
+            if name == "gpt2kit" or name.startswith("gpt2kit."):
+                yield node.lineno, name, id(node) in top_level or _under_type_checking(tree, node)
+
+
+def _under_type_checking(tree: ast.Module, target: ast.AST) -> bool:
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            if any(n is target for n in ast.walk(node)):
+                return True
+        if isinstance(node, ast.Try) and any(n is target for n in ast.walk(node)):
+            return True
+    return False
+
+
+def test_every_import_goes_downward():
+    problems = []
+    modules = sorted(ROOT.rglob("*.py"))
+    assert len(modules) > 30
+    for path in modules:
+        module = module_name(path)
+        own = layer_of(module)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for line, name, at_top in gpt2kit_imports(tree, module, path.name == "__init__.py"):
+            where = f"{path.relative_to(ROOT.parent)}:{line}"
+            if layer_of(name) > own:
+                problems.append(f"{where}: {module} (layer {own}) imports {name} (layer {layer_of(name)})")
+            elif not at_top and own < TOP:
+                problems.append(f"{where}: {module} imports {name} inside a function (only cli/ may)")
+    assert not problems, "imports against the layering:\n" + "\n".join(problems)
+
+
+def test_model_imports_nothing_but_its_config():
+    tree = ast.parse((ROOT / "model" / "gpt.py").read_text(encoding="utf-8"))
+    names = {name for _, name, _ in gpt2kit_imports(tree, "gpt2kit.model.gpt", False)}
+    assert names <= {"gpt2kit.model.config"}, names
+
+
+def test_the_checker_sees_an_upward_import():
+    tree = ast.parse("def f():\n    from gpt2kit.cli.common import resolve_device\n")
+    found = list(gpt2kit_imports(tree, "gpt2kit.train.distributed", False))
+    assert found == [(2, "gpt2kit.cli.common", False)]
+    assert layer_of(found[0][1]) > layer_of("gpt2kit.train.distributed")

@@ -2,8 +2,26 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
+
+# The slow tier: whole training/fine-tuning runs, subprocesses, torchrun and the crash suite. `make test-fast`
+# (pytest -m "not slow") runs the rest, the unit tests, for the edit-run loop; `make test` runs everything.
+SLOW = (
+    "reliability/", "train/test_train_loop.py", "train/test_train_cli.py", "eval/test_eval_cli.py",
+    "eval/test_eval_distributed.py", "finetune/test_classify.py", "finetune/test_sft.py", "cli/",
+    "data/test_data_cli.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    root = Path(__file__).parent
+    for item in items:
+        rel = Path(item.fspath).relative_to(root).as_posix()
+        if any(rel.startswith(prefix) for prefix in SLOW):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

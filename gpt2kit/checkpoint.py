@@ -30,7 +30,7 @@ from gpt2kit.model.config import GPTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.tokenizer import TOKENIZER_ID
 from gpt2kit.checkpoint_finetune import language_model_checkpoint
-from gpt2kit.model.hf import is_hf_dir, read_hf_config, read_hf_state_dict, state_dict_from_hf
+from gpt2kit.model.hf import is_hf_dir, read_hf_config, read_hf_state_dict, state_dict_from_hf, write_hf_dir
 
 FORMAT_VERSION = 1
 CHECKPOINT_KIND = "gpt2kit-checkpoint"
@@ -269,3 +269,13 @@ def load_model(
     model.to(device=device, dtype=dtype)
     model.eval()
     return LoadedModel(model=model, config=model.config, source=str(where), format=fmt, checkpoint=ckpt)
+
+
+def export_hf(spec: str | Path, out_dir: str | Path) -> LoadedModel:
+    """Write the model any ``--checkpoint`` value names in Hugging Face GPT-2 format (config.json +
+    model.safetensors) to ``out_dir``; returns what was loaded."""
+    loaded = load_model(spec)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_hf_dir(model_state_dict(loaded.model), loaded.config, out_dir)
+    return loaded

@@ -20,15 +20,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gpt2kit.checkpoint import load_model, model_state_dict
+    from gpt2kit.checkpoint import export_hf
     from gpt2kit.errors import UserError
-    from gpt2kit.model.hf import write_hf_dir
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory")
-    loaded = load_model(args.checkpoint)
-    write_hf_dir(model_state_dict(loaded.model), loaded.config, out)
+    loaded = export_hf(args.checkpoint, out)
     print(f"wrote {out}/config.json and {out}/model.safetensors "
           f"({loaded.model.num_params():,} parameters, from {loaded.source})")
     return 0

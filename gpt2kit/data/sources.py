@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
 from gpt2kit.errors import UserError
+from gpt2kit.io import parse_json_line
 from gpt2kit.data.builtin import builtin_documents, get_builtin
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
@@ -174,12 +175,7 @@ class FileSource:
             if not line.strip():
                 continue
             where = f"{self.path}:{lineno}"
-            try:
-                record = json.loads(line)
-            except UnicodeDecodeError:
-                raise UserError(f"{where}: not UTF-8 text; convert the file to UTF-8") from None
-            except json.JSONDecodeError as e:
-                raise UserError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); each line must be one JSON object") from None
+            record = parse_json_line(line, where)
             yield _text_of(record, options.text_field, where)
             if lineno % _PROGRESS_EVERY == 0:
                 progress.bytes = raw.tell()

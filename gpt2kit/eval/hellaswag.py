@@ -25,9 +25,10 @@ from typing import Sequence
 
 import torch
 
+from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
-from gpt2kit.eval.jsonl import iter_jsonl
-from gpt2kit.eval.scoring import batches_per_rank, distributed_sum, fit_row, model_block_size, score_rows
+from gpt2kit.io import iter_jsonl
+from gpt2kit.eval.scoring import batches_per_rank, fit_row, model_block_size, score_rows
 from gpt2kit.eval.download import cache_root, resolve_data_file
 from gpt2kit.tokenizer import get_tokenizer
 
@@ -178,7 +179,7 @@ def score_hellaswag(
     n = len(mine)
     if world_size > 1:
         correct, correct_norm, correct_bytes, n = (
-            int(round(v)) for v in distributed_sum([correct, correct_norm, correct_bytes, n], device)
+            int(round(v)) for v in all_reduce_sum([correct, correct_norm, correct_bytes, n], device)
         )
     if n == 0:
         return {"acc": float("nan"), "acc_norm": float("nan"), "acc_norm_bytes": float("nan"), "n": 0}

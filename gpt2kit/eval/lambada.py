@@ -21,9 +21,10 @@ from typing import Sequence
 
 import torch
 
+from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
-from gpt2kit.eval.jsonl import iter_jsonl
-from gpt2kit.eval.scoring import batches_per_rank, distributed_sum, fit_row, model_block_size, safe_exp, score_rows
+from gpt2kit.io import iter_jsonl
+from gpt2kit.eval.scoring import batches_per_rank, fit_row, model_block_size, safe_exp, score_rows
 from gpt2kit.eval.download import cache_root, resolve_data_file
 from gpt2kit.tokenizer import get_tokenizer
 
@@ -130,7 +131,7 @@ def score_lambada(
         model.train(was_training)
     n = len(mine)
     if world_size > 1:
-        correct_f, nll_sum, tokens_f, n_f = distributed_sum([correct, nll_sum, tokens, n], device)
+        correct_f, nll_sum, tokens_f, n_f = all_reduce_sum([correct, nll_sum, tokens, n], device)
         correct, tokens, n = int(round(correct_f)), int(round(tokens_f)), int(round(n_f))
     if n == 0:
         return {"acc": float("nan"), "perplexity": float("nan"), "token_perplexity": float("nan"), "n": 0, "tokens": 0}

@@ -20,9 +20,10 @@ from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
-from gpt2kit.eval.jsonl import iter_jsonl
-from gpt2kit.eval.scoring import autocast_context, distributed_sum, safe_exp
+from gpt2kit.io import iter_jsonl
+from gpt2kit.eval.scoring import autocast_context, safe_exp
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
 
@@ -105,7 +106,7 @@ def all_reduce_loss(stats: dict, device: torch.device | str = "cpu") -> dict:
     """
     has_bytes = "bytes" in stats
     vals = [stats["nll_sum"], float(stats["tokens"])] + ([float(stats["bytes"])] if has_bytes else [])
-    vals = distributed_sum(vals, device)
+    vals = all_reduce_sum(vals, device)
     return _loss_stats(vals[0], int(round(vals[1])), int(round(vals[2])) if has_bytes else None)
 
 

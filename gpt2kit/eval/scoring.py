@@ -99,20 +99,6 @@ def safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 or math.isnan(x) else float("inf")
 
 
-def distributed_sum(values: list[float], device: torch.device | str) -> list[float]:
-    """Sum ``values`` over all ranks when torch.distributed is initialised (else return them)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return list(values)
-    dev = torch.device(device)
-    if dist.get_backend() == "nccl" and dev.type != "cuda":
-        dev = torch.device("cuda", torch.cuda.current_device())
-    t = torch.tensor(values, dtype=torch.float64, device=dev)
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
-
-
 def batches_per_rank(n_items: int, batch_size: int, world_size: int) -> int:
     """Forward passes every rank makes for ``n_items`` split round-robin over ``world_size`` ranks.
 

@@ -22,6 +22,7 @@ from gpt2kit.checkpoint_finetune import finetune_record, plain_state_dict
 from gpt2kit.errors import UserError
 from gpt2kit.finetune.data import pad_right
 from gpt2kit.model.config import GPTConfig
+from gpt2kit.tokenizer import EOT_ID
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -110,7 +111,7 @@ def trainable_summary(model: nn.Module) -> str:
 
 @torch.no_grad()
 def predict_logits(model: GPTClassifier, token_lists: list[list[int]], batch_size: int = 32,
-                   device: torch.device | str = "cpu", pad_id: int = 50256, progress: bool = False) -> torch.Tensor:
+                   device: torch.device | str = "cpu", pad_id: int = EOT_ID, progress: bool = False) -> torch.Tensor:
     """Label logits (N, K) for already-tokenized texts, in order (batched, right-padded)."""
     from tqdm import tqdm
 

@@ -50,6 +50,7 @@ import numpy as np
 import torch
 
 from gpt2kit.errors import UserError
+from gpt2kit.io import parse_jsonl
 from gpt2kit.tokenizer import get_tokenizer
 
 IGNORE_INDEX = -100
@@ -86,13 +87,7 @@ def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
         except csv.Error as e:
             raise UserError(f"{path}:{reader.line_num}: malformed CSV ({e})") from None
     elif suffix == ".jsonl":
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+        for lineno, rec in parse_jsonl(text.splitlines(), str(path)):
             if not isinstance(rec, dict):
                 raise UserError(f"{path}:{lineno}: each line must be a JSON object, got {type(rec).__name__}")
             records.append((f"{path}:{lineno}", rec))

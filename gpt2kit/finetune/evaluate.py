@@ -14,11 +14,13 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from gpt2kit.eval.scoring import autocast_context, batches_per_rank, distributed_sum
+from gpt2kit.distributed import all_reduce_sum
+from gpt2kit.eval.scoring import autocast_context, batches_per_rank
 from gpt2kit.finetune.data import (
     IGNORE_INDEX, ClassificationData, SFTExample, classification_batch, sft_batch,
 )
 from gpt2kit.finetune.metrics import accuracy, confusion_matrix, macro_f1
+from gpt2kit.tokenizer import EOT_ID
 
 
 def _rank_chunks(n_items: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
@@ -31,7 +33,7 @@ def _rank_chunks(n_items: int, batch_size: int, rank: int, world_size: int) -> l
 @torch.no_grad()
 def evaluate_classifier(model: torch.nn.Module, data: ClassificationData, *, batch_size: int,
                         device: torch.device | str, autocast_dtype: torch.dtype | None = None,
-                        rank: int = 0, world_size: int = 1, pad_id: int = 50256) -> dict:
+                        rank: int = 0, world_size: int = 1, pad_id: int = EOT_ID) -> dict:
     """``{"loss", "accuracy", "macro_f1", "count", "confusion"}`` of a classifier over all of ``data``."""
     K = len(data.vocab)
     was_training = model.training
@@ -50,7 +52,7 @@ def evaluate_classifier(model: torch.nn.Module, data: ClassificationData, *, bat
             confusion += confusion_matrix(logits.argmax(dim=-1), batch["labels"], K)
     finally:
         model.train(was_training)
-    totals = distributed_sum([float(loss_sum)] + confusion.flatten().double().tolist(), device)
+    totals = all_reduce_sum([float(loss_sum)] + confusion.flatten().double().tolist(), device)
     loss_total = totals[0]
     confusion = torch.tensor([round(x) for x in totals[1:]], dtype=torch.int64).reshape(K, K)
     count = int(confusion.sum())
@@ -61,7 +63,7 @@ def evaluate_classifier(model: torch.nn.Module, data: ClassificationData, *, bat
 @torch.no_grad()
 def evaluate_sft(model: torch.nn.Module, examples: Sequence[SFTExample], *, batch_size: int,
                  device: torch.device | str, autocast_dtype: torch.dtype | None = None,
-                 rank: int = 0, world_size: int = 1, pad_id: int = 50256) -> dict:
+                 rank: int = 0, world_size: int = 1, pad_id: int = EOT_ID) -> dict:
     """``{"loss", "tokens", "nll_sum"}``: mean cross-entropy over every response token of ``examples``."""
     was_training = model.training
     model.eval()
@@ -81,5 +83,5 @@ def evaluate_sft(model: torch.nn.Module, examples: Sequence[SFTExample], *, batc
             tokens += int((y != IGNORE_INDEX).sum())
     finally:
         model.train(was_training)
-    nll, n = distributed_sum([float(nll_sum), float(tokens)], device)
+    nll, n = all_reduce_sum([float(nll_sum), float(tokens)], device)
     return {"loss": nll / n if n else float("nan"), "tokens": int(round(n)), "nll_sum": nll}

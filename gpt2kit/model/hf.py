@@ -15,7 +15,7 @@ import torch
 from gpt2kit.errors import UserError, torch_load_error
 from gpt2kit.model.config import GPT2_VOCAB_SIZE, GPTConfig
 from gpt2kit.io import atomic_write_text, atomic_write_with
-from gpt2kit.tokenizer import hf_tokenizer_files
+from gpt2kit.tokenizer import EOT_ID, hf_tokenizer_files
 
 # gpt2kit key (per block, after "transformer.h.{i}.") -> (HF key, transpose?)
 _BLOCK_KEYS: list[tuple[str, bool]] = [
@@ -99,8 +99,8 @@ def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "use_cache": True,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "bos_token_id": EOT_ID,
+        "eos_token_id": EOT_ID,
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
@@ -225,7 +225,7 @@ def write_hf_dir(sd: dict[str, torch.Tensor], cfg: GPTConfig, out_dir: Path, wit
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict_to_hf(sd, cfg).items()}
     atomic_write_with(out_dir / "model.safetensors", lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     atomic_write_text(out_dir / "config.json", json.dumps(config_to_hf(cfg), indent=2) + "\n")
-    gen = {"bos_token_id": 50256, "eos_token_id": 50256}
+    gen = {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID}
     atomic_write_text(out_dir / "generation_config.json", json.dumps(gen, indent=2) + "\n")
     if with_tokenizer:
         for name, text in hf_tokenizer_files().items():

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from gpt2kit.checkpoint import unwrap_model
 from gpt2kit.errors import UserError
-from gpt2kit.io import atomic_write_text
+from gpt2kit.io import atomic_write_text, parse_jsonl
 
 # dense peak FLOP/s per device: {precision: value}; tf32 is what float32 matmuls run at with TF32 allowed
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
@@ -143,13 +143,7 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict[str, Any]]:
     if not path.is_file():
         raise UserError(f"{path}: no metrics file; is {run_dir} a run directory written by `gpt2kit train`?")
     out = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    for lineno, rec in parse_jsonl(path.read_text(encoding="utf-8").splitlines(), str(path)):
         if not isinstance(rec, dict) or "step" not in rec:
             raise UserError(f"{path}:{lineno}: a metrics line needs an object with \"step\"")
         out.append(rec)

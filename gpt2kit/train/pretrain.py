@@ -22,14 +22,13 @@ from gpt2kit.train.loop import train
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.train.metrics import gpt_flops_per_token
 from gpt2kit.train.state import ResumePoint, find_resume
-from gpt2kit.checkpoint import load_model, model_state_dict
+from gpt2kit.checkpoint import export_hf
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
 from gpt2kit.eval.loss import all_reduce_loss, mean_loss
 from gpt2kit.eval.scoring import autocast_context
 from gpt2kit.generate import generate
 from gpt2kit.model import GPT
-from gpt2kit.model.hf import write_hf_dir
 from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
 
 
@@ -176,13 +175,6 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
     finally:
         if own_env:
             teardown(env)
-
-
-def export_hf(checkpoint: str | Path, out_dir: Path) -> None:
-    """Write a checkpoint's model in Hugging Face GPT-2 format (config.json + model.safetensors)."""
-    loaded = load_model(checkpoint)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_hf_dir(model_state_dict(loaded.model), loaded.config, out_dir)
 
 
 def summary_line(result: TrainResult, out: str) -> str:

@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from gpt2kit import GPT, load_model
-from gpt2kit.generate import _bf16_packing_available, generate, packed_cpu_linears, sample_next
+from gpt2kit.fastpath import _bf16_packing_available, packed_cpu_linears
+from gpt2kit.generate import generate, sample_next
 
 
 @pytest.fixture

@@ -22,7 +22,7 @@ from gpt2kit.checkpoint_finetune import RECORD_KEY, RECORD_VERSION, finetune_rec
 from gpt2kit.finetune.config import ClassifyConfig, FinetuneConfig, SFTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.train.config import resolve_config
-from gpt2kit.distributed import DistEnv, setup_distributed, teardown
+from gpt2kit.distributed import DistEnv, distributed
 from gpt2kit.train.loop import train
 from gpt2kit.train.optim import decay_param_groups
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
@@ -165,10 +165,8 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune a classifier as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
-    own_env = env is None
-    env = env or setup_distributed(cfg.device)
-    say = (log or print) if env.is_main else (lambda msg: None)
-    try:
+    with distributed(cfg.device, env) as env:
+        say = (log or print) if env.is_main else (lambda msg: None)
         backbone = _base_model(cfg, resume)
         max_len = _max_length(cfg, backbone)
         if cfg.labels:
@@ -251,9 +249,6 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
         results = {k: _finite(v) for k, v in results.items()}
         say(f"wrote {_write_results(cfg.out, results)}")
         return results
-    finally:
-        if own_env:
-            teardown(env)
 
 
 # --------------------------------------------------------------------------------------------------- SFT
@@ -273,10 +268,8 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
     """Instruction-tune as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
     import numpy as np
 
-    own_env = env is None
-    env = env or setup_distributed(cfg.device)
-    say = (log or print) if env.is_main else (lambda msg: None)
-    try:
+    with distributed(cfg.device, env) as env:
+        say = (log or print) if env.is_main else (lambda msg: None)
         model = _base_model(cfg, resume)
         max_len = _max_length(cfg, model)
         template = get_template(cfg.template)
@@ -355,9 +348,6 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
         }
         say(f"wrote {_write_results(cfg.out, results)}")
         return results
-    finally:
-        if own_env:
-            teardown(env)
 
 
 __all__ = ["classify_loss", "resolve_finetune_config", "run_classify", "run_sft", "sft_loss"]

@@ -16,7 +16,7 @@ import torch
 from gpt2kit.errors import UserError
 from gpt2kit.model.config import SHAPE_KEYS
 from gpt2kit.train.config import PRESETS, TrainConfig, get_preset, resolve_config
-from gpt2kit.distributed import DistEnv, setup_distributed, teardown
+from gpt2kit.distributed import DistEnv, distributed
 from gpt2kit.train.lm_loss import FusedLossGPT
 from gpt2kit.train.loop import train
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
@@ -126,10 +126,8 @@ def make_sampler(cfg: TrainConfig) -> Callable[[EvalContext], list[str]]:
 def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                     log: Callable[[str], None] | None = None) -> TrainResult:
     """Pretrain (or continue) the model ``cfg`` describes on ``cfg.data``; rank 0 prints and writes."""
-    own_env = env is None
-    env = env or setup_distributed(cfg.device)
-    say = (log or print) if env.is_main else (lambda msg: None)
-    try:
+    with distributed(cfg.device, env) as env:
+        say = (log or print) if env.is_main else (lambda msg: None)
         if not cfg.data:
             raise UserError("--data: required; a directory written by `gpt2kit prepare`")
         manifest = read_manifest(cfg.data)
@@ -172,9 +170,6 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             export_hf(result.checkpoint, Path(cfg.out) / "hf")
             say(f"wrote Hugging Face model to {Path(cfg.out) / 'hf'}")
         return result
-    finally:
-        if own_env:
-            teardown(env)
 
 
 def summary_line(result: TrainResult, out: str) -> str:

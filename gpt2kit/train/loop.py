@@ -83,9 +83,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     say = _rank0_printer(log, env)
     checkpointer = Checkpointer(cfg.out, cfg.keep_last, env)
     resume = checkpointer.resume_point(cfg.resume, resume)
-    if task.grad_accum_steps < 1:
-        raise ValueError(f"grad_accum_steps must be >= 1, got {task.grad_accum_steps}")
-    _set_matmul_precision(cfg, env.device)
+    _check_and_configure(cfg, task, env.device)
 
     # ---- set up: the model (the checkpoint's weights when resuming), its wrapped form, the optimizer, the state
     model = task.model
@@ -107,9 +105,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     last_ckpt = resume.path if resume is not None else None
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
     speed = _Speedometer(task.flops_per_token, env, autocast_dtype, cfg.tf32)
-    say(f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {cfg.dtype} | compile "
-        f"{'on' if cfg.compile else 'off'} | steps {state.step} -> {cfg.last_step} (schedule {cfg.schedule_steps}) "
-        f"| MFU vs {speed.peak_source}")
+    say(_header(cfg, task, env, state.step, speed.peak_source))
     if state.step >= cfg.last_step:
         say(f"already at step {state.step} >= --max-steps {cfg.last_step}; nothing to train "
             "(raise --max-steps to continue)")
@@ -402,7 +398,15 @@ def _closing(bar: tqdm, metrics: MetricsWriter) -> Iterator[None]:
         metrics.close()
 
 
-def _set_matmul_precision(cfg: LoopConfig, device: torch.device) -> None:
+def _header(cfg: LoopConfig, task: TrainTask, env: DistEnv, step: int, peak_source: str) -> str:
+    return (f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {cfg.dtype} | compile "
+            f"{'on' if cfg.compile else 'off'} | steps {step} -> {cfg.last_step} (schedule {cfg.schedule_steps}) "
+            f"| MFU vs {peak_source}")
+
+
+def _check_and_configure(cfg: LoopConfig, task: TrainTask, device: torch.device) -> None:
+    if task.grad_accum_steps < 1:
+        raise ValueError(f"grad_accum_steps must be >= 1, got {task.grad_accum_steps}")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
         torch.backends.cudnn.allow_tf32 = cfg.tf32

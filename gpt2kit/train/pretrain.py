@@ -123,6 +123,13 @@ def make_sampler(cfg: TrainConfig) -> Callable[[EvalContext], list[str]]:
     return sample
 
 
+def initial_model(cfg: TrainConfig) -> GPT:
+    """The weights a new run starts from: ``cfg.model`` initialised from ``cfg.seed`` (a resumed run then loads its
+    checkpoint over them)."""
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (FSDP shards them as they are)
+    return GPT(cfg.model)
+
+
 def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                     log: Callable[[str], None] | None = None) -> TrainResult:
     """Pretrain (or continue) the model ``cfg`` describes on ``cfg.data``; rank 0 prints and writes."""
@@ -144,8 +151,7 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         if cfg.hellaswag:
             path = hellaswag_path(None if cfg.hellaswag == "download" else cfg.hellaswag)
             examples = load_examples(path, limit=cfg.hellaswag_limit)
-        torch.manual_seed(cfg.seed)  # the same initial weights on every rank (FSDP shards them as they are)
-        model = GPT(gcfg)
+        model = initial_model(cfg)
         tokens_per_step = cfg.batch_size * gcfg.block_size * A * env.world_size
         say(f"model: {model.num_params() / 1e6:.2f}M parameters (L={gcfg.n_layer}, H={gcfg.n_head}, C={gcfg.n_embd}, "
             f"T={gcfg.block_size}) | data: {manifest['splits']['train']['tokens']:,} train tokens in {cfg.data} | "

@@ -28,7 +28,7 @@ import torch
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
 from gpt2kit.io import iter_jsonl
-from gpt2kit.eval.scoring import batches_per_rank, fit_row, model_block_size, score_rows
+from gpt2kit.eval.scoring import fit_row, model_block_size, score_rows, sharded_batches
 from gpt2kit.eval.download import cache_root, resolve_data_file
 from gpt2kit.tokenizer import get_tokenizer
 
@@ -135,48 +135,28 @@ def score_hellaswag(
     rank scores its share and, when torch.distributed is initialised, the counts are summed over
     ranks so every rank returns the global figures.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    was_training = model.training
-    model.eval()
     block_size = model_block_size(model)
-    mine = list(examples[rank::world_size])
-    n_batches = batches_per_rank(len(examples), batch_size, world_size)
     correct = correct_norm = correct_bytes = 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(mine), desc="hellaswag", unit="ex", dynamic_ncols=True)
-    try:
-        for b in range(n_batches):
-            chunk = mine[b * batch_size : (b + 1) * batch_size]
-            if not chunk:
-                # a dummy pass keeps forward counts equal across ranks (a wrapped model may sync inside)
-                if examples:
-                    score_rows(model, _example_rows(examples[0], block_size), device=device,
-                               autocast_dtype=autocast_dtype)
-                continue
-            rows, spans = [], []
-            for ex in chunk:
-                spans.append((len(rows), len(ex.endings)))
-                rows.extend(_example_rows(ex, block_size))
-            nll, tokens, _ = score_rows(model, rows, device=device, autocast_dtype=autocast_dtype)
-            for ex, (start, k) in zip(chunk, spans):
-                total = nll[start : start + k]  # (k,) summed loss of each ending
-                per_token = total / tokens[start : start + k]  # (k,)
-                n_bytes = torch.tensor([len(e.encode("utf-8")) for e in ex.endings], dtype=torch.float64)
-                per_byte = total / n_bytes  # (k,) = -loglik per byte; lowest wins
-                correct += int(int(total.argmin()) == ex.label)
-                correct_norm += int(int(per_token.argmin()) == ex.label)
-                correct_bytes += int(int(per_byte.argmin()) == ex.label)
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    n = len(mine)
+    for chunk in sharded_batches(examples, batch_size, rank, world_size, model=model, desc="hellaswag",
+                                 progress=progress):
+        if not chunk:  # a padding pass (see sharded_batches)
+            if examples:
+                score_rows(model, _example_rows(examples[0], block_size), device=device, autocast_dtype=autocast_dtype)
+            continue
+        rows, spans = [], []
+        for ex in chunk:
+            spans.append((len(rows), len(ex.endings)))
+            rows.extend(_example_rows(ex, block_size))
+        nll, tokens, _ = score_rows(model, rows, device=device, autocast_dtype=autocast_dtype)
+        for ex, (start, k) in zip(chunk, spans):
+            total = nll[start : start + k]  # (k,) summed loss of each ending
+            per_token = total / tokens[start : start + k]  # (k,)
+            n_bytes = torch.tensor([len(e.encode("utf-8")) for e in ex.endings], dtype=torch.float64)
+            per_byte = total / n_bytes  # (k,) = -loglik per byte; lowest wins
+            correct += int(int(total.argmin()) == ex.label)
+            correct_norm += int(int(per_token.argmin()) == ex.label)
+            correct_bytes += int(int(per_byte.argmin()) == ex.label)
+    n = len(examples[rank::world_size])
     if world_size > 1:
         correct, correct_norm, correct_bytes, n = (
             int(round(v)) for v in all_reduce_sum([correct, correct_norm, correct_bytes, n], device)

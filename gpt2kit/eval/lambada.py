@@ -24,7 +24,7 @@ import torch
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
 from gpt2kit.io import iter_jsonl
-from gpt2kit.eval.scoring import batches_per_rank, fit_row, model_block_size, safe_exp, score_rows
+from gpt2kit.eval.scoring import fit_row, model_block_size, safe_exp, score_rows, sharded_batches
 from gpt2kit.eval.download import cache_root, resolve_data_file
 from gpt2kit.tokenizer import get_tokenizer
 
@@ -97,39 +97,21 @@ def score_lambada(
     ``batch_size`` passages share a forward pass; with ``world_size > 1`` and torch.distributed
     initialised, ranks score disjoint passages and every rank returns the global figures.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    was_training = model.training
-    model.eval()
     block_size = model_block_size(model)
-    mine = list(examples[rank::world_size])
-    n_batches = batches_per_rank(len(examples), batch_size, world_size)
     correct, nll_sum, tokens = 0, 0.0, 0
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(mine), desc="lambada", unit="ex", dynamic_ncols=True)
-    try:
-        for b in range(n_batches):
-            chunk = mine[b * batch_size : (b + 1) * batch_size]
-            if not chunk:
-                if examples:  # dummy pass: equal forward counts across ranks
-                    score_rows(model, [_row(examples[0], block_size)], device=device, autocast_dtype=autocast_dtype)
-                continue
-            nll, n_tok, greedy = score_rows(
-                model, [_row(ex, block_size) for ex in chunk], device=device, autocast_dtype=autocast_dtype
-            )
-            correct += int(greedy.sum())
-            nll_sum += float(nll.sum())
-            tokens += int(n_tok.sum())
-            if bar is not None:
-                bar.update(len(chunk))
-    finally:
-        if bar is not None:
-            bar.close()
-        model.train(was_training)
-    n = len(mine)
+    for chunk in sharded_batches(examples, batch_size, rank, world_size, model=model, desc="lambada",
+                                 progress=progress):
+        if not chunk:  # a padding pass (see sharded_batches)
+            if examples:
+                score_rows(model, [_row(examples[0], block_size)], device=device, autocast_dtype=autocast_dtype)
+            continue
+        nll, n_tok, greedy = score_rows(
+            model, [_row(ex, block_size) for ex in chunk], device=device, autocast_dtype=autocast_dtype
+        )
+        correct += int(greedy.sum())
+        nll_sum += float(nll.sum())
+        tokens += int(n_tok.sum())
+    n = len(examples[rank::world_size])
     if world_size > 1:
         correct_f, nll_sum, tokens_f, n_f = all_reduce_sum([correct, nll_sum, tokens, n], device)
         correct, tokens, n = int(round(correct_f)), int(round(tokens_f)), int(round(n_f))

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Sequence
+from typing import Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from gpt2kit.tokenizer import EOT_ID
+
+T = TypeVar("T")
 from gpt2kit.checkpoint import unwrap_model
 
 Row = tuple[list[int], list[int]]
@@ -97,6 +100,33 @@ def score_rows(
 def safe_exp(x: float) -> float:
     """``exp(x)``, or inf where it would overflow (a perplexity past e^700 is reported as inf)."""
     return math.exp(x) if x < 700 or math.isnan(x) else float("inf")
+
+
+def sharded_batches(items: Sequence[T], batch_size: int, rank: int, world_size: int, *, model: torch.nn.Module,
+                    desc: str = "eval", progress: bool = False) -> Iterator[list[T]]:
+    """The one sharded scoring driver: this rank's ``items`` (round-robin) in batches, ``model`` in eval mode
+    meanwhile (its mode is restored after).
+
+    Every rank gets the same number of batches: a rank that has run out gets empty ones, on which the caller
+    still runs one forward pass (on any item) and discards it, because a DDP/FSDP-wrapped model may run
+    collectives inside forward and unequal counts would hang.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    mine = list(items[rank::world_size])
+    was_training = model.training
+    model.eval()
+    bar = tqdm(total=len(mine), desc=desc, unit="ex", dynamic_ncols=True) if progress else None
+    try:
+        for b in range(batches_per_rank(len(items), batch_size, world_size)):
+            chunk = mine[b * batch_size : (b + 1) * batch_size]
+            yield chunk
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
 
 
 def batches_per_rank(n_items: int, batch_size: int, world_size: int) -> int:

@@ -15,19 +15,12 @@ import torch
 import torch.nn.functional as F
 
 from gpt2kit.distributed import all_reduce_sum
-from gpt2kit.eval.scoring import autocast_context, batches_per_rank
+from gpt2kit.eval.scoring import autocast_context, sharded_batches
 from gpt2kit.finetune.data import (
     IGNORE_INDEX, ClassificationData, SFTExample, classification_batch, sft_batch,
 )
 from gpt2kit.finetune.metrics import accuracy, confusion_matrix, macro_f1
 from gpt2kit.tokenizer import EOT_ID
-
-
-def _rank_chunks(n_items: int, batch_size: int, rank: int, world_size: int) -> list[list[int]]:
-    """This rank's items (round-robin) in batches, padded with empty batches to the same count on every rank."""
-    mine = list(range(rank, n_items, world_size))
-    chunks = [mine[i:i + batch_size] for i in range(0, len(mine), batch_size)]
-    return chunks + [[]] * (batches_per_rank(n_items, batch_size, world_size) - len(chunks))
 
 
 @torch.no_grad()
@@ -36,22 +29,17 @@ def evaluate_classifier(model: torch.nn.Module, data: ClassificationData, *, bat
                         rank: int = 0, world_size: int = 1, pad_id: int = EOT_ID) -> dict:
     """``{"loss", "accuracy", "macro_f1", "count", "confusion"}`` of a classifier over all of ``data``."""
     K = len(data.vocab)
-    was_training = model.training
-    model.eval()
     confusion = torch.zeros(K, K, dtype=torch.int64)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    try:
-        for chunk in _rank_chunks(len(data), batch_size, rank, world_size):
-            batch = classification_batch(data, chunk or [0], pad_id)
-            batch = {k: v.to(device) for k, v in batch.items()}
-            with autocast_context(device, autocast_dtype):
-                logits, _ = model(batch["idx"], mask=batch["mask"])  # (B, K)
-            if not chunk:
-                continue  # a padding pass: this rank has no items left
-            loss_sum += F.cross_entropy(logits.float(), batch["labels"], reduction="sum").double()
-            confusion += confusion_matrix(logits.argmax(dim=-1), batch["labels"], K)
-    finally:
-        model.train(was_training)
+    for chunk in sharded_batches(range(len(data)), batch_size, rank, world_size, model=model):
+        batch = classification_batch(data, chunk or [0], pad_id)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        with autocast_context(device, autocast_dtype):
+            logits, _ = model(batch["idx"], mask=batch["mask"])  # (B, K)
+        if not chunk:
+            continue  # a padding pass: this rank has no items left
+        loss_sum += F.cross_entropy(logits.float(), batch["labels"], reduction="sum").double()
+        confusion += confusion_matrix(logits.argmax(dim=-1), batch["labels"], K)
     totals = all_reduce_sum([float(loss_sum)] + confusion.flatten().double().tolist(), device)
     loss_total = totals[0]
     confusion = torch.tensor([round(x) for x in totals[1:]], dtype=torch.int64).reshape(K, K)
@@ -65,23 +53,18 @@ def evaluate_sft(model: torch.nn.Module, examples: Sequence[SFTExample], *, batc
                  device: torch.device | str, autocast_dtype: torch.dtype | None = None,
                  rank: int = 0, world_size: int = 1, pad_id: int = EOT_ID) -> dict:
     """``{"loss", "tokens", "nll_sum"}``: mean cross-entropy over every response token of ``examples``."""
-    was_training = model.training
-    model.eval()
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
-    try:
-        for chunk in _rank_chunks(len(examples), batch_size, rank, world_size):
-            batch = sft_batch([examples[i] for i in (chunk or [0])], pad_id)
-            x, y = batch["idx"].to(device), batch["targets"].to(device)  # (B, T) each
-            with autocast_context(device, autocast_dtype):
-                logits, _ = model(x)  # (B, T, V)
-            if not chunk:
-                continue
-            V = logits.size(-1)
-            nll_sum += F.cross_entropy(logits.reshape(-1, V).float(), y.reshape(-1), ignore_index=IGNORE_INDEX,
-                                       reduction="sum").double()
-            tokens += int((y != IGNORE_INDEX).sum())
-    finally:
-        model.train(was_training)
+    for chunk in sharded_batches(range(len(examples)), batch_size, rank, world_size, model=model):
+        batch = sft_batch([examples[i] for i in (chunk or [0])], pad_id)
+        x, y = batch["idx"].to(device), batch["targets"].to(device)  # (B, T) each
+        with autocast_context(device, autocast_dtype):
+            logits, _ = model(x)  # (B, T, V)
+        if not chunk:
+            continue  # a padding pass: this rank has no items left
+        V = logits.size(-1)
+        nll_sum += F.cross_entropy(logits.reshape(-1, V).float(), y.reshape(-1), ignore_index=IGNORE_INDEX,
+                                   reduction="sum").double()
+        tokens += int((y != IGNORE_INDEX).sum())
     nll, n = all_reduce_sum([float(nll_sum), float(tokens)], device)
     return {"loss": nll / n if n else float("nan"), "tokens": int(round(n)), "nll_sum": nll}

@@ -18,7 +18,7 @@ import torch
 
 from gpt2kit import GPT, GPTConfig
 from gpt2kit.checkpoint import model_state_dict
-from gpt2kit.generate import generate
+from gpt2kit.generation import generate
 
 
 def measure_bandwidth(device: torch.device, mb: int = 512) -> float:

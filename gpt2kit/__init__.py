@@ -21,13 +21,13 @@ _LAZY = {
     "GPTConfig": "gpt2kit.model.config",
     "MODEL_PRESETS": "gpt2kit.model.config",
     "load_model": "gpt2kit.checkpoint",
-    "generate": "gpt2kit.generate",
+    "generate": "gpt2kit.generation",
     "get_tokenizer": "gpt2kit.tokenizer",
 }
 
 if TYPE_CHECKING:
     from gpt2kit.checkpoint import load_model
-    from gpt2kit.generate import generate
+    from gpt2kit.generation import generate
     from gpt2kit.model.config import MODEL_PRESETS, GPTConfig
     from gpt2kit.model.gpt import GPT
     from gpt2kit.tokenizer import get_tokenizer

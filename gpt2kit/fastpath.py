@@ -1,6 +1,6 @@
 """The CPU decode fast path: nn.Linear layers run from packed weight copies while generating.
 
-A hardware trick kept at the edge: :func:`gpt2kit.generate.generate` enters :func:`packed_cpu_linears` around
+A hardware trick kept at the edge: :func:`gpt2kit.generation.generate` enters :func:`packed_cpu_linears` around
 its decode loop (``packed=False`` or ``GPT2KIT_PACKED_DECODE=0`` turns it off); the model never knows. It is
 on only where it measured faster: CPU decoding of float32 with several threads, and bfloat16 where oneDNN runs
 it (benchmarks/RESULTS.md has the figures).

@@ -3,7 +3,7 @@ import torch
 
 from gpt2kit import GPT, load_model
 from gpt2kit.fastpath import _bf16_packing_available, packed_cpu_linears
-from gpt2kit.generate import generate, sample_next
+from gpt2kit.generation import generate, sample_next
 
 
 @pytest.fixture
@@ -158,3 +158,10 @@ def test_packed_linear_with_odd_input_width(two_threads):
             packed = net(x)
     assert used
     torch.testing.assert_close(packed, plain, rtol=1e-5, atol=1e-6)
+
+
+def test_package_generate_is_the_function_after_the_module_is_imported():
+    import gpt2kit
+    import gpt2kit.generation
+
+    assert gpt2kit.generate is gpt2kit.generation.generate and callable(gpt2kit.generate)

@@ -35,7 +35,7 @@ from gpt2kit.finetune.data import (
     pack_examples, packed_attn_mask, packed_batch, sft_batch, steps_per_epoch,
 )
 from gpt2kit.finetune.evaluate import evaluate_classifier, evaluate_sft
-from gpt2kit.generate import generate
+from gpt2kit.generation import generate
 from gpt2kit.io import atomic_write_text
 from gpt2kit.model.config import GPTConfig
 from gpt2kit.model.lora import apply_lora

@@ -3,7 +3,7 @@
 
 Used by ``gpt2kit train`` and ``gpt2kit demo``. Validation loss uses the eval package's
 :func:`~gpt2kit.eval.loss.mean_loss` on fixed batches read once; HellaSwag uses
-:func:`~gpt2kit.eval.hellaswag.score_hellaswag`; samples use :func:`gpt2kit.generate.generate`.
+:func:`~gpt2kit.eval.hellaswag.score_hellaswag`; samples use :func:`gpt2kit.generation.generate`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
 from gpt2kit.eval.loss import all_reduce_loss, mean_loss
 from gpt2kit.eval.scoring import autocast_context
-from gpt2kit.generate import generate
+from gpt2kit.generation import generate
 from gpt2kit.model import GPT
 from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
 

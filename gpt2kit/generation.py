@@ -1,6 +1,9 @@
 """Text generation with a preallocated KV cache: greedy, temperature, top-k and top-p sampling.
 
 Shape letters as in :mod:`gpt2kit.model.gpt` (B batch, T prompt length, V vocab).
+
+The module is ``generation``, not ``generate``: importing a submodule binds its name on the package, which
+would hide the function ``gpt2kit.generate`` behind the module of the same name.
 """
 
 from __future__ import annotations

@@ -239,7 +239,7 @@ def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
         return "openai", path.parent  # the TensorFlow prefix, DIR/model.ckpt, as tf.train.latest_checkpoint gives it
     s = str(spec)
     if _looks_local(s):
-        raise UserError(f"no such file or directory: {s}{_did_you_mean(path)}")
+        raise UserError(f"no such checkpoint file or directory: {s}{_did_you_mean(path)}")
     return "hub", s
 
 

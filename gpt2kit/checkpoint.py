@@ -206,7 +206,7 @@ def prune_step_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
-    """Classify a ``--checkpoint`` value: ``("gpt2kit", file)``, ``("huggingface", dir)``, ``("openai", dir)`` or ``("hub", name)``."""
+    """Classify a ``--checkpoint`` value: ``("gpt2kit", file)``, ``("huggingface"|"openai", dir)`` or ``("hub", name)``."""
     path = Path(spec)
     if str(spec).startswith("~"):
         try:

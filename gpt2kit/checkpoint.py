@@ -233,7 +233,7 @@ def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
             raise UserError(f"{path}: has weights but no config.json; copy the model's config.json beside them")
         raise UserError(
             f"{path}: not a gpt2kit run directory (no {CHECKPOINT_DIR}/step_*.pt), a Hugging Face model directory "
-            "(no config.json) nor an OpenAI GPT-2 release (no hparams.json)"
+            f"(no config.json) nor an OpenAI GPT-2 release (no hparams.json){_models_inside(path, str(spec))}"
         )
     if Path(f"{path}.index").is_file() and path.parent.is_dir():
         return "openai", path.parent  # the TensorFlow prefix, DIR/model.ckpt, as tf.train.latest_checkpoint gives it
@@ -241,6 +241,18 @@ def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
     if _looks_local(s):
         raise UserError(f"no such checkpoint file or directory: {s}{_did_you_mean(path)}")
     return "hub", s
+
+
+def _models_inside(path: Path, spec: str) -> str:
+    """``; it holds ...: pass one`` for a directory of model directories (gpt_download.py's ``gpt2/124M``)."""
+    try:
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and (is_hf_dir(p) or is_openai_dir(p)))
+    except OSError:
+        inside = []
+    hint = f"; it holds {', '.join(str(p) for p in inside[:4])}: pass one of them" if inside else ""
+    if not _looks_local(spec):
+        hint += f"; to use the hub's {spec!r}, run from another directory (this one shadows it)"
+    return hint
 
 
 def _is_openai_file(path: Path) -> bool:

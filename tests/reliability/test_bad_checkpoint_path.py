@@ -60,3 +60,14 @@ def test_a_bare_name_that_fails_on_the_hub_says_both(tmp_path, monkeypatch):
         checkpoint.load_model("dmeo")
     assert str(err.value).startswith("dmeo: no such local file or directory (did you mean demo?), and downloading "
                                      "it from the Hugging Face Hub failed (OSError)")
+
+
+def test_a_directory_of_releases_names_them_and_the_hub_name_it_shadows(tmp_path, monkeypatch):
+    # gpt_download.py's models_dir="gpt2" holds gpt2/124M, and shadows the hub's "gpt2" in that directory
+    (tmp_path / "gpt2" / "124M").mkdir(parents=True)
+    (tmp_path / "gpt2" / "124M" / "hparams.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(checkpoint.UserError) as err:
+        resolve_checkpoint("gpt2")
+    assert str(err.value).endswith("; it holds gpt2/124M: pass one of them; to use the hub's 'gpt2', "
+                                   "run from another directory (this one shadows it)")

@@ -5,7 +5,11 @@ A ``--checkpoint`` argument may name:
 - a run directory written by ``gpt2kit train`` (its best checkpoint by validation loss, else the latest),
 - a gpt2kit checkpoint file (``*.pt``; loaded with ``torch.load(weights_only=True)``, never unpickling code),
 - a Hugging Face GPT-2 directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``),
-- a Hugging Face Hub name such as ``gpt2`` (downloaded when the hub is reachable).
+- OpenAI's original GPT-2 release directory (``hparams.json`` + ``model.ckpt.*``; read without TensorFlow),
+- a Hugging Face Hub name such as ``gpt2`` or ``org/name`` (downloaded when the hub is reachable).
+
+A value that looks like a local path (``./x``, ``runs/x`` where ``runs/`` exists, ``x.pt``, ...) is never
+sent to the hub: when it does not exist the error says so, with the closest name beside it.
 
 Checkpoint files are dicts with at least ``format_version``, ``kind``, ``model_config`` and ``model``;
 the trainer adds optimizer, step, loader and RNG state, resolved config and metrics. A fine-tune adds
@@ -16,6 +20,7 @@ checkpoint (a label predictor, not a language model; ``gpt2kit classify`` loads 
 
 from __future__ import annotations
 
+import difflib
 import json
 import re
 from dataclasses import dataclass, field
@@ -26,11 +31,12 @@ import torch
 
 from gpt2kit.errors import UserError, torch_load_error
 from gpt2kit.io import atomic_write_text, atomic_write_with
+from gpt2kit.checkpoint_finetune import language_model_checkpoint
 from gpt2kit.model.config import GPTConfig
 from gpt2kit.model.gpt import GPT
-from gpt2kit.tokenizer import TOKENIZER_ID
-from gpt2kit.checkpoint_finetune import language_model_checkpoint
 from gpt2kit.model.hf import is_hf_dir, read_hf_config, read_hf_state_dict, state_dict_from_hf, write_hf_dir
+from gpt2kit.model.openai import is_openai_dir, read_openai_dir
+from gpt2kit.tokenizer import TOKENIZER_ID
 
 FORMAT_VERSION = 1
 CHECKPOINT_KIND = "gpt2kit-checkpoint"
@@ -49,7 +55,7 @@ class LoadedModel:
     source: str
     """The file or directory the weights were read from."""
     format: str
-    """``gpt2kit`` or ``huggingface``."""
+    """``gpt2kit``, ``huggingface`` or ``openai``."""
     checkpoint: dict[str, Any] = field(default_factory=dict)
     """The whole checkpoint dict (gpt2kit format), minus the model weights; empty for HF weights."""
 
@@ -184,8 +190,15 @@ def prune_step_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
 
 
 def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
-    """Classify a ``--checkpoint`` value: ``("gpt2kit", file)``, ``("huggingface", dir)`` or ``("hub", name)``."""
+    """Classify a ``--checkpoint`` value: ``("gpt2kit", file)``, ``("huggingface"|"openai", dir)`` or ``("hub", name)``."""
     path = Path(spec)
+    if str(spec).startswith("~"):
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # ~user with no such user: left as typed, and reported missing below
+            pass
+    if path.is_file() and path.parent.is_dir() and _is_openai_file(path):
+        return "openai", path.parent  # a file of an OpenAI release (model.ckpt.index, hparams.json, ...)
     if path.is_file():
         return "gpt2kit", path
     if path.is_dir():
@@ -198,24 +211,67 @@ def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
             return "gpt2kit", steps[-1]
         if is_hf_dir(path):
             return "huggingface", path
+        if is_openai_dir(path):
+            return "openai", path
         if (path / "model.safetensors").exists() or (path / "pytorch_model.bin").exists():
             raise UserError(f"{path}: has weights but no config.json; copy the model's config.json beside them")
         raise UserError(
-            f"{path}: not a gpt2kit run directory (no {CHECKPOINT_DIR}/step_*.pt) nor a Hugging Face model directory (no config.json)"
+            f"{path}: not a gpt2kit run directory (no {CHECKPOINT_DIR}/step_*.pt), a Hugging Face model directory "
+            f"(no config.json) nor an OpenAI GPT-2 release (no hparams.json){_models_inside(path, str(spec))}"
         )
+    if Path(f"{path}.index").is_file() and path.parent.is_dir():
+        return "openai", path.parent  # the TensorFlow prefix, DIR/model.ckpt, as tf.train.latest_checkpoint gives it
     s = str(spec)
-    if re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?", s) and not s.endswith((".pt", ".bin", ".safetensors")):
-        return "hub", s
-    raise UserError(f"{spec}: no such checkpoint file or directory")
+    if _looks_local(s):
+        raise UserError(f"no such checkpoint file or directory: {s}{_did_you_mean(path)}")
+    return "hub", s
+
+
+def _models_inside(path: Path, spec: str) -> str:
+    """``; it holds ...: pass one`` for a directory of model directories (gpt_download.py's ``gpt2/124M``)."""
+    try:
+        inside = sorted(p for p in path.iterdir() if p.is_dir() and (is_hf_dir(p) or is_openai_dir(p)))
+    except OSError:
+        inside = []
+    hint = f"; it holds {', '.join(str(p) for p in inside[:4])}: pass one of them" if inside else ""
+    if not _looks_local(spec):
+        hint += f"; to use the hub's {spec!r}, run from another directory (this one shadows it)"
+    return hint
+
+
+def _is_openai_file(path: Path) -> bool:
+    return path.name == "hparams.json" or bool(re.search(r"\.ckpt(\.index|\.meta|\.data-\d+-of-\d+)$", path.name))
+
+
+def _looks_local(spec: str) -> bool:
+    """True unless ``spec`` can only be a hub id: ``name`` or ``org/name`` whose ``org`` is not a local directory."""
+    if not re.fullmatch(r"[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?", spec):
+        return True  # ./x, ../x, /x, ~/x, a/b/c, backslashes: only paths look like that
+    if spec.endswith((".pt", ".pth", ".bin", ".safetensors", ".json", ".index", ".ckpt")):
+        return True
+    return "/" in spec and Path(spec.split("/")[0]).is_dir()  # runs/dmeo beside an existing runs/
+
+
+def _did_you_mean(path: Path) -> str:
+    """`` (did you mean X?)`` naming the closest existing sibling of a missing path, or nothing."""
+    parent = path.parent
+    try:
+        names = [p.name for p in parent.iterdir()] if parent.is_dir() else []
+    except OSError:
+        return ""
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    return f" (did you mean {parent / close[0] if str(parent) != '.' else close[0]}?)" if close else ""
 
 
 def download_hub_model(name: str) -> Path:
     """Fetch a GPT-2 model from the Hugging Face Hub into the local cache; a clear error when offline."""
+    # a hub id may still be a mistyped local name: the error says both, and the closest local name
+    not_local = f"{name}: no such local file or directory{_did_you_mean(Path(name))}"
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
         raise UserError(
-            f"{name}: not a local path, and huggingface_hub is not installed to download it (pip install 'gpt2kit[hf]')"
+            f"{not_local}, and huggingface_hub is not installed to download it from the hub (pip install 'gpt2kit[hf]')"
         ) from None
     try:
         return Path(
@@ -223,7 +279,7 @@ def download_hub_model(name: str) -> Path:
         )
     except Exception as e:
         raise UserError(
-            f"{name}: not a local path, and downloading it from the Hugging Face Hub failed "
+            f"{not_local}, and downloading it from the Hugging Face Hub failed "
             f"({type(e).__name__}); pass a local model directory instead"
         ) from None
 
@@ -234,6 +290,14 @@ def load_hf_model(directory: Path) -> GPT:
     sd = state_dict_from_hf(read_hf_state_dict(directory), cfg, str(directory))
     model = GPT(cfg)
     load_state_dict_checked(model, sd, str(directory))
+    return model
+
+
+def load_openai_model(directory: Path) -> GPT:
+    """A GPT with the weights of OpenAI's original GPT-2 release files (read without TensorFlow)."""
+    hf_sd, cfg = read_openai_dir(directory)
+    model = GPT(cfg)
+    load_state_dict_checked(model, state_dict_from_hf(hf_sd, cfg, str(directory)), str(directory))
     return model
 
 
@@ -257,6 +321,8 @@ def load_model(
         where, kind = download_hub_model(str(where)), "huggingface"
     if kind == "huggingface":
         model, ckpt, fmt = load_hf_model(Path(where)), {}, "huggingface"
+    elif kind == "openai":
+        model, ckpt, fmt = load_openai_model(Path(where)), {}, "openai"
     else:
         full = read_checkpoint(where)
         if "finetune" in full:

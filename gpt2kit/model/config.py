@@ -16,6 +16,15 @@ GPT2_VOCAB_SIZE = 50257
 SHAPE_KEYS = ("n_layer", "n_head", "n_embd", "block_size", "vocab_size", "padded_vocab_size", "bias")
 """GPTConfig fields that fix the weights' shapes: a resumed run must match them."""
 
+# transformers.GPT2Config options whose other values change the architecture gpt2kit implements
+_HF_FIXED_OPTIONS: dict[str, bool] = {
+    "scale_attn_weights": True,
+    "scale_attn_by_inverse_layer_idx": False,
+    "reorder_and_upcast_attn": False,
+    "add_cross_attention": False,
+    "tie_word_embeddings": True,
+}
+
 
 @dataclass
 class GPTConfig:
@@ -79,6 +88,42 @@ class GPTConfig:
         if unknown:
             raise ValueError(f"unknown GPTConfig fields {unknown}; allowed: {sorted(names)}")
         return cls(**d)
+
+    @classmethod
+    def from_hf(cls, hf: Any, dropout: float | None = None) -> "GPTConfig":
+        """The GPTConfig of a ``transformers.GPT2Config`` (or its ``to_dict()``); options gpt2kit lacks are refused.
+
+        Missing dict keys take GPT2Config's defaults. ``dropout``, when given, replaces the config's
+        ``resid_pdrop``/``embd_pdrop``/``attn_pdrop`` (which must otherwise be equal: gpt2kit has one dropout).
+        """
+        d = hf.to_dict() if hasattr(hf, "to_dict") else hf
+        if not isinstance(d, dict):
+            raise ValueError(f"GPTConfig.from_hf needs a transformers.GPT2Config or its dict, got {type(hf).__name__}")
+        if d.get("model_type", "gpt2") != "gpt2":
+            raise ValueError(f"model_type is {d['model_type']!r}; gpt2kit builds only GPT-2 ('gpt2') models")
+        act = d.get("activation_function", "gelu_new")
+        if act not in ("gelu_new", "gelu_pytorch_tanh"):
+            raise ValueError(f"activation_function {act!r} is not supported; GPT-2 uses 'gelu_new' (tanh GELU)")
+        n_embd = d.get("n_embd", 768)
+        if d.get("n_inner") not in (None, 4 * n_embd):
+            raise ValueError(f"n_inner {d['n_inner']} is not supported; gpt2kit's MLP is 4 * n_embd wide (n_inner=None)")
+        for option, gpt2_value in _HF_FIXED_OPTIONS.items():
+            if d.get(option, gpt2_value) != gpt2_value:
+                raise ValueError(f"{option}={d[option]!r} is not supported; gpt2kit's GPT-2 has {option}={gpt2_value!r}")
+        if dropout is None:
+            pdrops = {k: d.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+            if len(set(pdrops.values())) > 1:
+                raise ValueError(f"{pdrops} differ; gpt2kit has one dropout for all three: set them equal")
+            dropout = pdrops["resid_pdrop"]
+        return cls(
+            block_size=d.get("n_positions", d.get("n_ctx", 1024)),
+            vocab_size=d.get("vocab_size", GPT2_VOCAB_SIZE),
+            n_layer=d.get("n_layer", 12),
+            n_head=d.get("n_head", 12),
+            n_embd=n_embd,
+            dropout=dropout,
+            layer_norm_epsilon=d.get("layer_norm_epsilon", 1e-5),
+        )
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":

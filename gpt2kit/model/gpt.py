@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -123,8 +124,12 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """GPT-2 language model with tied input and output embeddings."""
 
-    def __init__(self, config: GPTConfig) -> None:
+    def __init__(self, config: GPTConfig | Any) -> None:
         super().__init__()
+        is_hf = hasattr(config, "to_dict") and getattr(config, "model_type", None) == "gpt2"
+        if not isinstance(config, GPTConfig) and is_hf:
+            # a transformers.GPT2Config, recognised by shape so that the model never imports transformers
+            config = GPTConfig.from_hf(config)
         self.config = config
         Vp = config.padded_vocab_size
         self.transformer = nn.ModuleDict(

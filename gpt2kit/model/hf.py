@@ -57,26 +57,11 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
         raise UserError(
             f"{source}: vocab_size is {vocab}, not GPT-2's {GPT2_VOCAB_SIZE}; gpt2kit uses the GPT-2 tokenizer"
         )
-    act = hf.get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise UserError(f"{source}: activation_function {act!r} is not GPT-2's tanh GELU ('gelu_new')")
-    n_embd = hf["n_embd"]
-    if hf.get("n_inner") not in (None, 4 * n_embd):
-        raise UserError(f"{source}: n_inner {hf['n_inner']} is not 4 * n_embd; gpt2kit's MLP is 4x wide")
-    for flag in ("scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "add_cross_attention"):
-        if hf.get(flag):
-            raise UserError(f"{source}: {flag}=true is not supported by gpt2kit")
     try:
-        return GPTConfig(
-            block_size=hf.get("n_positions", hf.get("n_ctx", 1024)),
-            vocab_size=vocab,
-            n_layer=hf["n_layer"],
-            n_head=hf["n_head"],
-            n_embd=n_embd,
-            layer_norm_epsilon=hf.get("layer_norm_epsilon", 1e-5),
-        )
-    except (KeyError, ValueError) as e:
-        raise UserError(f"{source}: not a valid GPT-2 config ({e})") from None
+        # weights loaded for inference or a new run start without dropout; training sets its own
+        return GPTConfig.from_hf(hf, dropout=0.0)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{source}: not a GPT-2 config gpt2kit can load ({e})") from None
 
 
 def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:

@@ -80,7 +80,7 @@ def _val_batches(cfg: TrainConfig, env: DistEnv) -> list[tuple[torch.Tensor, tor
     from gpt2kit.data.loader import eval_batches
 
     return list(eval_batches(cfg.data, "val", block_size=cfg.block_size, batch_size=cfg.batch_size,
-                             max_batches=cfg.eval_batches, rank=env.rank, world_size=env.world_size))
+                             max_batches=cfg.eval_batches, rank=env.rank, world_size=env.world_size, fit_small=True))
 
 
 def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: list | None

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpt2kit.cli.common import add_device_arguments, positive_int
+from gpt2kit.cli.common import HelpFormatter, add_device_arguments, positive_int
 from gpt2kit.errors import UserError
 
 HELP = "predict labels of texts with a checkpoint from `gpt2kit finetune classify`"
@@ -23,8 +23,7 @@ Texts longer than the classifier's --max-length keep their first tokens, as in t
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = type("Formatter", (argparse.RawDescriptionHelpFormatter,
-                                           argparse.ArgumentDefaultsHelpFormatter), {})
+    p.formatter_class = HelpFormatter
     p.add_argument("--checkpoint", required=True,
                    help="a run directory of `gpt2kit finetune classify` (its best checkpoint) or one of its .pt files")
     p.add_argument("--text", action="append", default=None, help="a text to classify (repeat for several)")

@@ -9,6 +9,23 @@ from gpt2kit.errors import UserError
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only where it says something.
+
+    No ``(default: None)``/``False``/empty, and none where the help already states its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, "", argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsFormatter):
+    """:class:`DefaultsFormatter` that keeps the description's line breaks (for examples)."""
+
+
 def add_checkpoint_argument(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--checkpoint``: a run dir, a gpt2kit checkpoint file, a Hugging Face dir or hub name."""
     p.add_argument(

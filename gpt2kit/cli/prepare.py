@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from gpt2kit.cli.common import nonneg_int, positive_int
+from gpt2kit.cli.common import HelpFormatter, nonneg_int, positive_int
 
 HELP = "tokenize a corpus (files, hf:DATASET, builtin:NAME) into token shards for training"
 DESCRIPTION = """\
@@ -40,21 +40,12 @@ def _fraction(value: str) -> float:
     return f
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's layout; shows defaults except empty ones."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``gpt2kit prepare``."""
     from gpt2kit.data.builtin import BUILTIN_CORPORA
     from gpt2kit.data.prepare import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION
 
-    p.formatter_class = _HelpFormatter
+    p.formatter_class = HelpFormatter
 
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="what to tokenize: " + ", ".join(f"builtin:{n} ({c.description})" for n, c in BUILTIN_CORPORA.items())

@@ -20,6 +20,8 @@ finished run writes ``manifest.json`` last; its presence is what marks a data di
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import multiprocessing as mp
 import os
@@ -33,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
+from gpt2kit import __version__
 from gpt2kit.data.manifest import (
     MANIFEST_KIND,
     MANIFEST_NAME,
@@ -48,6 +51,7 @@ from gpt2kit.data.manifest import (
 from gpt2kit.data.shards import MAX_SHARD_TOKENS, ShardWriter, verify_shard
 from gpt2kit.data.sources import ReadProgress, Source, SourceOptions, iter_documents, resolve_sources
 from gpt2kit.errors import UserError
+from gpt2kit.io import dir_lock
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # as build-nanogpt's FineWeb shards
@@ -441,37 +445,41 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     log = (lambda msg: print(f"prepare: {msg}", file=sys.stderr)) if cfg.progress else (lambda msg: None)
     opts = cfg.source_options
     srcs = resolve_sources(cfg.sources, opts)
-    from gpt2kit import __version__
-
     header = {"kind": MANIFEST_KIND, "format_version": MANIFEST_VERSION, **tokenizer_record(), "dtype": "uint16",
               "shard_format": "llm.c (1024-byte header: int32 magic 20240520, version 1, token count; uint16 tokens)",
               "source": [s.describe(opts) for s in srcs], "settings": cfg.settings(), "gpt2kit_version": __version__}
     out_dir = cfg.out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a directory; choose another --out")
+    created_dir = not out_dir.exists()
+    try:
+        # one prepare per directory: a second one would interleave shards and progress with this one
+        with dir_lock(out_dir, "prepare"):
+            return _prepare_locked(cfg, srcs, header, log)
+    except BaseException:
+        if created_dir:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # nothing was finished: leave no trace (rmdir only removes an empty directory)
+        raise
 
+
+def _prepare_locked(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any],
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_prepare` once ``--out`` is locked."""
+    out_dir = cfg.out_dir
     state = _existing_state(cfg, header, log)
     if state is not None and state.get("complete"):
         return state["manifest"]
-    created_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
     _remove_outputs(out_dir, keep={e["file"] for s in SPLITS for e in (state or _empty_state())["splits"][s]["shards"]}
                     | {PROGRESS_NAME})
     try:
-        manifest = _write(cfg, srcs, header, state or _empty_state(), log)
-    except BaseException as e:
-        if created_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # nothing was finished: leave no trace
-        if isinstance(e, OSError):  # a full disk, above all: the atomic writes kept every finished shard
-            import errno
-
-            full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-            raise UserError(
-                f"{e.filename or out_dir}: {e.strerror or e}; the shards finished so far are kept, re-run the same "
-                f"command to continue {'once there is free space' if full else 'when this is fixed'}"
-            ) from None
-        raise
-    return manifest
+        return _write(cfg, srcs, header, state or _empty_state(), log)
+    except OSError as e:  # a full disk, above all: the atomic writes kept every finished shard
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise UserError(
+            f"{e.filename or out_dir}: {e.strerror or e}; the shards finished so far are kept, re-run the same "
+            f"command to continue {'once there is free space' if full else 'when this is fixed'}"
+        ) from None
 
 
 def _existing_state(cfg: PrepareConfig, header: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:

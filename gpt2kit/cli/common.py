@@ -35,6 +35,27 @@ def add_checkpoint_argument(p: argparse.ArgumentParser, required: bool = True) -
     )
 
 
+def loaded_description(spec: str, loaded) -> str:
+    """Which weights a ``--checkpoint`` value loaded: the file, and for a run directory best or latest, and the step."""
+    from pathlib import Path
+
+    from gpt2kit.checkpoint import best_checkpoint
+
+    if loaded.format != "gpt2kit":
+        return f"loaded {loaded.source} (Hugging Face weights for --checkpoint {spec})"
+    step = loaded.checkpoint.get("step")
+    at = f"step {step}" if step is not None else "no step recorded"
+    if Path(spec).is_dir():
+        best = best_checkpoint(spec)
+        if best is not None and best.resolve() == Path(loaded.source).resolve():
+            val = loaded.checkpoint.get("best_val_loss")
+            which = "the best by validation loss" + (f" ({val:.4f})" if isinstance(val, float) else "")
+        else:
+            which = "the latest (the run has no best by validation loss)"
+        return f"loaded {loaded.source}: {which}, {at}"
+    return f"loaded {loaded.source} ({at})"
+
+
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--dtype``."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (cuda if available)")

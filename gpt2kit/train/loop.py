@@ -345,7 +345,9 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     main = env.is_main
     from tqdm import tqdm
 
-    say = log or (lambda msg: tqdm.write(msg, file=sys.stdout))
+    # in a log file tqdm.write redraws the bar after every message, repeating its final line; print there
+    tty = sys.stderr.isatty()
+    say = log or ((lambda msg: tqdm.write(msg, file=sys.stdout)) if tty else (lambda msg: print(msg, flush=True)))
     say = say if main else (lambda msg: None)
     device = env.device
     run_dir = Path(cfg.out)
@@ -465,7 +467,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
         return path
 
     bar = tqdm(total=last_step, initial=step, desc="train", unit="step", dynamic_ncols=True,
-               disable=not (main and cfg.progress), file=sys.stderr)
+               disable=not (main and cfg.progress), file=sys.stderr, mininterval=0.1 if tty else 60)
     loss_val: float | None = None
     val_loss: float | None = None
     consecutive_bad = 0

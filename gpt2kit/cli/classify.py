@@ -77,6 +77,7 @@ def _read_texts(args: argparse.Namespace, record: dict) -> tuple[list[str], list
 
 def run(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     import torch
 
@@ -84,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.finetune.classifier import load_classifier, predict_logits
     from gpt2kit.finetune.data import encode_texts
 
+    if args.file and args.file != "-" and not Path(args.file).is_file():
+        # before loading the weights: a mistyped path should not wait for them (a directory is not a file either)
+        raise UserError(f"--file {args.file}: file not found")
     device = resolve_device(args.device)
     model, record, source = load_classifier(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
     vocab = list(record["labels"])

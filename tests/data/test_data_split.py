@@ -92,3 +92,17 @@ def test_prepare_then_train_on_a_short_story_with_default_flags(story, tmp_path,
                "--dtype", "float32", "--samples", "0", "--no-progress", "--no-tensorboard"])
     assert rc == 0
     assert "val loss" in capsys.readouterr().out
+
+
+def test_the_advice_for_a_missing_val_split_works_when_followed(story, tmp_path):
+    from gpt2kit.data.loader import eval_batches
+    from gpt2kit.errors import UserError
+
+    out = tmp_path / "mine"
+    prepare([story], out, val_fraction=0.0, **FAST)
+    with pytest.raises(UserError, match="has no 'val' tokens") as err:
+        eval_batches(out, "val", block_size=32, batch_size=2)
+    advice = str(err.value).split("re-run `gpt2kit ")[1].split("`")[0].split()
+    assert advice[:4] == ["prepare", "SOURCE", "--out", str(out)]
+    assert main([advice[0], str(story), *advice[2:], "--workers", "1", "--no-progress"]) == 0
+    assert len(list(eval_batches(out, "val", block_size=32, batch_size=2))) >= 1

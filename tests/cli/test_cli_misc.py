@@ -102,7 +102,8 @@ def test_plot_draws_hellaswag_and_a_log_scale_loss(tmp_path, monkeypatch):
     assert all((run / name).stat().st_size > 1000 for name in ("loss.png", "lr.png", "hellaswag.png"))
     # without HellaSwag scores and without the flag: no hellaswag.png, a linear loss axis
     drawn.clear()
-    other = _metrics_run(tmp_path / "b", hellaswag=False) if (tmp_path / "b").mkdir() is None else None
+    (tmp_path / "b").mkdir()
+    other = _metrics_run(tmp_path / "b", hellaswag=False)
     assert main(["plot", str(other), "--logy"]) == 0 and drawn["loss.png"][0] == "log"
     drawn.clear()
     assert main(["plot", str(other)]) == 0

@@ -239,18 +239,13 @@ def eval_batches(data_dir: str | os.PathLike, split: str = "val", *, block_size:
     Batch k holds windows [k*B, (k+1)*B) of the split (full batches only). The first ``max_batches``
     batches (all when None) are dealt round-robin to the ranks, and every rank yields the same number,
     so the same windows are evaluated whatever the world size when that number divides evenly.
-    ``fit_small``: a split too small for one batch per rank gives one smaller batch per rank instead (and
-    windows shorter than ``block_size`` when it is shorter than one window), so a short story still gets a
-    validation loss. The data is verified when this function is called, before the first batch.
+    ``fit_small``: a split too small for one batch per rank gives one smaller batch per rank instead, so a
+    short story still gets a validation loss (a split shorter than one window stays an error: the model
+    would be scored at a context it is not trained for). The data is verified when this function is called.
     """
     _check_layout(block_size, batch_size, rank, world_size, "batch_size")
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
-    if fit_small:
-        # the split's own length caps the window; T+1 tokens make one window of T inputs
-        n = split_record(read_manifest(data_dir), split, Path(data_dir) / MANIFEST_NAME)["tokens"]
-        if n - 1 >= world_size:
-            block_size = min(block_size, (n - 1) // world_size)
     _, _, tokens, num_windows = _open_split(data_dir, split, block_size, rank, world_size)
     if fit_small and num_windows < batch_size * world_size:
         batch_size = max(1, num_windows // world_size)

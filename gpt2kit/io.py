@@ -1,19 +1,40 @@
-"""Files: atomic writing (write to a temporary name in the same directory, fsync, then rename) and the one
-JSONL reader.
+"""Files: atomic writing (temporary name in the same directory, fsync, rename), the one JSONL reader, and
+the one-command-per-directory lock.
 
 A crash at any moment leaves either the old file or the complete new one, never a half-written file
-under the final name.
+under the final name. Files get the mode ``open()`` would give them (0666 minus the umask), whatever
+the library that wrote the temporary file chose (safetensors writes 0600).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
 from gpt2kit.errors import UserError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; dir_lock then only records the holder
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_NAME = ".gpt2kit.lock"
+
+
+def current_umask() -> int:
+    """This process's umask, read without changing it where the OS allows."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # elsewhere the only way to read it is to set it and set it back
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -25,6 +46,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), 0o666 & ~current_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -92,3 +114,54 @@ def iter_jsonl(path: str | os.PathLike, what: str = "JSONL") -> Iterator[tuple[i
         raise UserError(f"{path}: no such file") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text; expected {what}") from None
+
+
+def _read_holder(path: Path) -> str:
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        parts = path.read_text(encoding="utf-8").split(maxsplit=1)
+        if parts and parts[0].isdigit():
+            return f"`gpt2kit {parts[1].strip()}` (PID {parts[0]})" if len(parts) > 1 else f"PID {parts[0]}"
+    return "another process"
+
+
+@contextlib.contextmanager
+def dir_lock(directory: str | os.PathLike, what: str, flag: str = "--out") -> Iterator[Path]:
+    """Hold ``directory`` for one command (``what``, e.g. ``prepare``); UserError naming the holder's PID if taken.
+
+    The lock is an OS lock (``flock``) on ``directory/.gpt2kit.lock``: the kernel drops it when the holder
+    exits however it exits, so a SIGKILLed command never blocks the next one. The file holds the PID and
+    command for the message; it is removed on release.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise
+            raise UserError(
+                f"{flag} {directory}: in use by {_read_holder(path)}; wait for it to finish or stop it, "
+                f"or choose another {flag}"
+            ) from None
+        # the holder before us may have removed the file between our open and our lock: lock the file
+        # that is there now, or two commands would each hold a lock on a different file
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {what}\n".encode())
+        yield path
+    finally:
+        with contextlib.suppress(OSError):
+            path.unlink()  # while still locked, so no one else holds this file
+        os.close(fd)

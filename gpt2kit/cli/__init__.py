@@ -8,8 +8,10 @@ A :class:`~gpt2kit.errors.UserError` anywhere becomes one ``error:`` line and ex
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import sys
+import typing
 
 from gpt2kit.errors import UserError
 
@@ -37,30 +39,65 @@ def _available() -> dict[str, object]:
     return mods
 
 
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block) with a pointer to ``--help``."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every available subcommand."""
     from gpt2kit import __version__
+    from gpt2kit.cli.common import DefaultsFormatter
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="gpt2kit",
         description="A from-scratch GPT-2 toolkit: prepare data, train, evaluate, sample, export, fine-tune.",
     )
     parser.add_argument("--version", action="version", version=f"gpt2kit {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, mod in _available().items():
-        p = sub.add_parser(
-            name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
-            formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        )
+        p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
+                           formatter_class=DefaultsFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     return parser
 
 
+def _chosen_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost subcommand parser that ``args`` went through (``gpt2kit finetune sft``: sft's)."""
+    current = parser
+    while True:
+        subs = [a for a in current._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs and subs[0].dest else None
+        if chosen is None or chosen not in subs[0].choices:
+            return current
+        current = subs[0].choices[chosen]
+
+
+def unknown_flag_message(parser: argparse.ArgumentParser, extras: list[str]) -> str:
+    """One line for arguments the command does not take, with the closest real flag where there is one."""
+    flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--")]
+    bad = next((x for x in extras if x.startswith("-")), extras[0])
+    name = bad.split("=", 1)[0]
+    if not name.startswith("-"):
+        return f"unexpected argument {bad!r}; {parser.prog} takes no more positional arguments"
+    # --n_layer -> --n-layer: the flags are the config fields' names with dashes
+    spelled = "--" + name.lstrip("-").replace("_", "-")
+    guess = spelled if spelled in flags else next(iter(difflib.get_close_matches(spelled, flags, n=1, cutoff=0.6)), None)
+    hint = f"; did you mean {guess}?" if guess else ""
+    return f"unknown flag {name}{hint}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; returns the exit status."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    if extras:
+        chosen = _chosen_parser(parser, args)
+        chosen.error(unknown_flag_message(chosen, extras))
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gpt2kit.cli.common import add_device_arguments, positive_int
+from gpt2kit.cli.common import HelpFormatter, add_device_arguments, positive_int
 from gpt2kit.errors import UserError
 
 HELP = "predict labels of texts with a checkpoint from `gpt2kit finetune classify`"
@@ -23,8 +23,7 @@ Texts longer than the classifier's --max-length keep their first tokens, as in t
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.formatter_class = type("Formatter", (argparse.RawDescriptionHelpFormatter,
-                                           argparse.ArgumentDefaultsHelpFormatter), {})
+    p.formatter_class = HelpFormatter
     p.add_argument("--checkpoint", required=True,
                    help="a run directory of `gpt2kit finetune classify` (its best checkpoint) or one of its .pt files")
     p.add_argument("--text", action="append", default=None, help="a text to classify (repeat for several)")
@@ -78,6 +77,7 @@ def _read_texts(args: argparse.Namespace, record: dict) -> tuple[list[str], list
 
 def run(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     import torch
 
@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.finetune.classifier import load_classifier, predict_logits
     from gpt2kit.finetune.data import encode_texts
 
+    if args.file and args.file != "-" and not Path(args.file).is_file():
+        # before loading the weights: a mistyped path should not wait for them (a directory is not a file either)
+        raise UserError(f"--file {args.file}: file not found")
     device = resolve_device(args.device)
     model, record, source = load_classifier(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
     vocab = list(record["labels"])

@@ -9,6 +9,23 @@ from gpt2kit.errors import UserError
 DTYPES = ("float32", "bfloat16", "float16")
 
 
+class DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a flag's default only where it says something.
+
+    No ``(default: None)``/``False``/empty, and none where the help already states its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, "", argparse.SUPPRESS) or "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, DefaultsFormatter):
+    """:class:`DefaultsFormatter` that keeps the description's line breaks (for examples)."""
+
+
 def add_checkpoint_argument(p: argparse.ArgumentParser, required: bool = True) -> None:
     """``--checkpoint``: a run dir, a gpt2kit checkpoint file, a Hugging Face dir or hub name."""
     p.add_argument(
@@ -16,6 +33,27 @@ def add_checkpoint_argument(p: argparse.ArgumentParser, required: bool = True) -
         help="a gpt2kit run directory (best, else latest checkpoint), a checkpoint .pt file, "
              "a Hugging Face GPT-2 directory, or a hub name such as gpt2",
     )
+
+
+def loaded_description(spec: str, loaded) -> str:
+    """Which weights a ``--checkpoint`` value loaded: the file, and for a run directory best or latest, and the step."""
+    from pathlib import Path
+
+    from gpt2kit.checkpoint import best_checkpoint
+
+    if loaded.format != "gpt2kit":
+        return f"loaded {loaded.source} (Hugging Face weights for --checkpoint {spec})"
+    step = loaded.checkpoint.get("step")
+    at = f"step {step}" if step is not None else "no step recorded"
+    if Path(spec).is_dir():
+        best = best_checkpoint(spec)
+        if best is not None and best.resolve() == Path(loaded.source).resolve():
+            val = loaded.checkpoint.get("best_val_loss")
+            which = "the best by validation loss" + (f" ({val:.4f})" if isinstance(val, float) else "")
+        else:
+            which = "the latest (the run has no best by validation loss)"
+        return f"loaded {loaded.source}: {which}, {at}"
+    return f"loaded {loaded.source} ({at})"
 
 
 def add_device_arguments(p: argparse.ArgumentParser) -> None:

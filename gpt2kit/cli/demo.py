@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gpt2kit.cli.common import HelpFormatter
+
 HELP = "train a small GPT-2 on the built-in corpus in about 10 minutes on a CPU, then print samples"
 DESCRIPTION = """\
 The whole pipeline on a laptop-class CPU, offline:
@@ -20,8 +22,7 @@ PROMPTS = ("Fellow-Citizens of the Senate and House of Representatives:", "The s
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """--out, --corpus, --fresh, --max-steps, --device, --samples."""
-    p.formatter_class = type("Formatter", (argparse.RawDescriptionHelpFormatter,
-                                           argparse.ArgumentDefaultsHelpFormatter), {})
+    p.formatter_class = HelpFormatter
     p.add_argument("--out", default="runs/demo", help="run directory (the prepared data goes to OUT/data)")
     p.add_argument("--corpus", default="sotu", help="built-in corpus: sotu or moby-dick")
     p.add_argument("--fresh", action="store_true", help="delete OUT's checkpoints and metrics first and train anew")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpt2kit.cli.common import add_checkpoint_argument, add_device_arguments, positive_int
+from gpt2kit.cli.common import DefaultsFormatter, add_checkpoint_argument, add_device_arguments, positive_int
 from gpt2kit.errors import UserError
 
 HELP = "evaluate a model: loss/perplexity, HellaSwag, LAMBADA"
@@ -26,7 +26,7 @@ DESCRIPTION = (
     "See `gpt2kit eval TASK --help`."
 )
 
-_FMT = argparse.ArgumentDefaultsHelpFormatter
+_FMT = DefaultsFormatter
 _METRICS = {
     "loss": ["loss", "perplexity", "bits_per_byte", "tokens", "bytes"],
     "hellaswag": ["acc", "acc_norm", "acc_norm_bytes", "n"],

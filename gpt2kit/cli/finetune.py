@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gpt2kit.cli.common import HelpFormatter
+
 HELP = "fine-tune a checkpoint: text classification (classify) or instruction following (sft), optionally with LoRA"
 DESCRIPTION = """\
 Fine-tune any --checkpoint (a gpt2kit run directory or .pt file, a Hugging Face GPT-2 directory, or a hub
@@ -41,23 +43,19 @@ stored in every checkpoint, so `gpt2kit sample --checkpoint RUN --instruction ".
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Two subcommands, each with one flag per field of its config dataclass."""
     from gpt2kit.finetune.config import DERIVED_FIELDS, ClassifyConfig, SFTConfig
     from gpt2kit.train.config import add_config_arguments
 
-    p.formatter_class = _Formatter
+    p.formatter_class = HelpFormatter
     p.description = DESCRIPTION
     sub = p.add_subparsers(dest="task", metavar="TASK", required=True)
     for name, cls, desc, help_text in (
         ("classify", ClassifyConfig, CLASSIFY_DESCRIPTION, "train a text classifier (CSV/JSONL text + label)"),
         ("sft", SFTConfig, SFT_DESCRIPTION, "instruction-tune on Alpaca or chat records"),
     ):
-        sp = sub.add_parser(name, help=help_text, description=desc, formatter_class=_Formatter)
+        sp = sub.add_parser(name, help=help_text, description=desc, formatter_class=HelpFormatter)
         sp.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
         add_config_arguments(sp, cls, skip=DERIVED_FIELDS)
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-HELP = "plot a run's loss and learning-rate curves (PNG) from its metrics.jsonl"
+HELP = "plot a run's loss, learning-rate and HellaSwag curves (PNG) from its metrics.jsonl"
 DESCRIPTION = (
     "Read RUN_DIR/metrics.jsonl (written by `gpt2kit train`) and write loss.png (training loss per logged "
-    "step, validation loss where measured) and lr.png (the learning-rate schedule as run). Needs matplotlib "
+    "step, validation loss where measured), lr.png (the learning-rate schedule as run) and, when the run "
+    "scored HellaSwag (--hellaswag), hellaswag.png (acc_norm and acc per evaluation). Needs matplotlib "
     "(pip install 'gpt2kit[viz]')."
 )
 
@@ -16,10 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """RUN_DIR and --out."""
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory written by gpt2kit train")
     p.add_argument("--out", default=None, help="directory for the PNG files (default: RUN_DIR)")
+    p.add_argument("--log-scale", "--logy", dest="log_scale", action="store_true",
+                   help="loss on a logarithmic axis (the early drop and the late slope both visible)")
 
 
-def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
-    """Write ``loss.png`` and ``lr.png`` for ``run_dir``; returns their paths."""
+def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False) -> list[str]:
+    """Write ``loss.png``, ``lr.png`` and, when the run has HellaSwag scores, ``hellaswag.png``; returns their paths."""
     from pathlib import Path
 
     from gpt2kit.errors import UserError
@@ -51,8 +54,10 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
         ax.plot(vsteps, vloss, "o-", label="val loss", markersize=3)
         best = min(range(len(vloss)), key=vloss.__getitem__)
         ax.annotate(f"best {vloss[best]:.3f}", (vsteps[best], vloss[best]), textcoords="offset points", xytext=(5, 8))
+    if log_scale:
+        ax.set_yscale("log")
     ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+    ax.set_ylabel("loss (nats/token)" + (", log scale" if log_scale else ""))
     ax.set_title(f"loss — {Path(run_dir).resolve().name}")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -72,11 +77,29 @@ def plot_run(run_dir: str, out_dir: str | None = None) -> list[str]:
     paths.append(str(out / "lr.png"))
     fig.savefig(paths[-1], dpi=120)
     plt.close(fig)
+
+    hsteps, acc_norm = series("hellaswag_acc_norm")
+    if hsteps:
+        fig, ax = plt.subplots(figsize=(8, 3.5))
+        ax.plot(hsteps, acc_norm, "o-", label="acc_norm", markersize=3)
+        asteps, acc = series("hellaswag_acc")
+        if asteps:
+            ax.plot(asteps, acc, "s--", label="acc", markersize=3, alpha=0.7)
+        ax.axhline(0.25, color="gray", linestyle=":", linewidth=1, label="chance (4 endings)")
+        ax.set_xlabel("step")
+        ax.set_ylabel("HellaSwag accuracy")
+        ax.set_title(f"HellaSwag — best acc_norm {max(acc_norm):.3f}")
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(str(out / "hellaswag.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
     return paths
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the PNGs and print their paths."""
-    for path in plot_run(args.run_dir, args.out):
+    for path in plot_run(args.run_dir, args.out, log_scale=args.log_scale):
         print(f"wrote {path}")
     return 0

@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import argparse
 
-from gpt2kit.cli.common import nonneg_int, positive_int
+from gpt2kit.cli.common import HelpFormatter, nonneg_int, positive_int
 
 HELP = "tokenize a corpus (files, hf:DATASET, builtin:NAME) into token shards for training"
 DESCRIPTION = """\
 Tokenize a corpus with the GPT-2 BPE into uint16 token shards plus manifest.json, ready for
-`gpt2kit train`. Every document is preceded by <|endoftext|>; whole documents go to the
-train or val split; shards are written atomically and checksummed. Re-running the same command
-skips the shards already done and verified (an interrupted run continues where it stopped).
+`gpt2kit train`. Every document is preceded by <|endoftext|>; shards are written atomically and
+checksummed. Re-running the same command skips the shards already done and verified (an
+interrupted run continues where it stopped). One prepare at a time per --out.
+
+Every corpus gets a train and a val split: whole documents where they give the val share within
+10%, else the tail of each long document (one .txt file: its last 10%, as nanoGPT). The share is
+1% by default, raised for small corpora to give 50,000 val tokens, up to 10%. One line and the
+manifest's "split" record say how it was split.
 
 SOURCE may be:
   builtin:sotu | builtin:moby-dick   corpora shipped with gpt2kit (offline)
@@ -22,6 +27,7 @@ SOURCE may be:
   hf:NAME                            a Hugging Face dataset, streamed (needs gpt2kit[hf])
 
 Examples:
+  gpt2kit prepare my.txt --out data/mine
   gpt2kit prepare builtin:sotu --out data/sotu
   gpt2kit prepare hf:HuggingFaceFW/fineweb-edu --hf-config sample-10BT --val-tokens 100000000 --out data/edu10b
   gpt2kit prepare hf:roneneldan/TinyStories --out data/tinystories
@@ -40,21 +46,12 @@ def _fraction(value: str) -> float:
     return f
 
 
-class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    """Keeps the description's layout; shows defaults except empty ones."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        if action.default in (None, False):
-            return action.help or ""
-        return super()._get_help_string(action)
-
-
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``gpt2kit prepare``."""
     from gpt2kit.data.builtin import BUILTIN_CORPORA
-    from gpt2kit.data.prepare import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION
+    from gpt2kit.data.prepare import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION, MAX_DEFAULT_VAL_FRACTION
 
-    p.formatter_class = _HelpFormatter
+    p.formatter_class = HelpFormatter
 
     p.add_argument("sources", nargs="+", metavar="SOURCE",
                    help="what to tokenize: " + ", ".join(f"builtin:{n} ({c.description})" for n, c in BUILTIN_CORPORA.items())
@@ -64,9 +61,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="JSON field / Parquet or dataset column that holds the text")
     val = p.add_mutually_exclusive_group()
     val.add_argument("--val-fraction", type=_fraction, default=None, metavar="F",
-                     help=f"share of tokens for the val split, whole documents spread evenly (default {DEFAULT_VAL_FRACTION})")
+                     help=f"share of tokens for the val split (default: {DEFAULT_VAL_FRACTION}, up to "
+                          f"{MAX_DEFAULT_VAL_FRACTION} for small corpora; 0: no val split)")
     val.add_argument("--val-tokens", type=nonneg_int, default=None, metavar="N",
-                     help="instead: the first documents, until N tokens, form the val split (build-nanogpt style)")
+                     help="instead: the first N tokens form the val split (build-nanogpt style)")
     p.add_argument("--shard-tokens", type=positive_int, default=DEFAULT_SHARD_TOKENS, metavar="N", help="tokens per shard")
     p.add_argument("--workers", type=positive_int, default=None, metavar="N",
                    help="tokenizer processes (default: all CPU cores; 1 = in this process)")

@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gpt2kit.checkpoint import load_model
-    from gpt2kit.cli.common import resolve_device, resolve_dtype
+    from gpt2kit.cli.common import loaded_description, resolve_device, resolve_dtype
     from gpt2kit.generation import generate
     from gpt2kit.tokenizer import get_tokenizer
 
@@ -58,6 +58,8 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
     model = loaded.model
+    # stdout is the text itself; which weights made it goes to stderr
+    print(f"sample: {loaded_description(args.checkpoint, loaded)}", file=sys.stderr)
     echo = args.prompt  # what is printed before each continuation
     if args.instruction is not None:
         from gpt2kit.finetune.data import TEMPLATES, template_from_checkpoint

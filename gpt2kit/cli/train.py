@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gpt2kit.cli.common import HelpFormatter
+
 HELP = "pretrain GPT-2 from scratch (one process, or data-parallel under torchrun)"
 DESCRIPTION = """\
 Pretrain GPT-2 on a prepared data directory (gpt2kit prepare). Start from a --preset; every setting
@@ -24,10 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """The preset, --print-config, and one flag per TrainConfig field."""
     from gpt2kit.train.config import PRESET_ALIASES, PRESETS, TrainConfig, add_config_arguments
 
-    class Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-        pass
-
-    p.formatter_class = Formatter  # keep the examples' line breaks
+    p.formatter_class = HelpFormatter  # keep the examples' line breaks
     presets = "\n".join(f"  {k:12s} {(f.__doc__ or '').strip()}" for k, f in PRESETS.items())
     p.description = f"{DESCRIPTION}\npresets:\n{presets}"
     p.add_argument("--preset", choices=[*PRESETS, *PRESET_ALIASES], default=argparse.SUPPRESS,

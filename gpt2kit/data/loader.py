@@ -232,19 +232,23 @@ class TokenLoader:
 
 
 def eval_batches(data_dir: str | os.PathLike, split: str = "val", *, block_size: int, batch_size: int,
-                 max_batches: int | None = None, rank: int = 0, world_size: int = 1
+                 max_batches: int | None = None, rank: int = 0, world_size: int = 1, fit_small: bool = False
                  ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Fixed, unshuffled, deterministic (inputs, targets) batches of int64 (B, T); ranks get disjoint batches.
 
     Batch k holds windows [k*B, (k+1)*B) of the split (full batches only). The first ``max_batches``
     batches (all when None) are dealt round-robin to the ranks, and every rank yields the same number,
     so the same windows are evaluated whatever the world size when that number divides evenly.
-    The data is verified when this function is called, before the first batch.
+    ``fit_small``: a split too small for one batch per rank gives one smaller batch per rank instead, so a
+    short story still gets a validation loss (a split shorter than one window stays an error: the model
+    would be scored at a context it is not trained for). The data is verified when this function is called.
     """
     _check_layout(block_size, batch_size, rank, world_size, "batch_size")
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
     _, _, tokens, num_windows = _open_split(data_dir, split, block_size, rank, world_size)
+    if fit_small and num_windows < batch_size * world_size:
+        batch_size = max(1, num_windows // world_size)
     num_batches = num_windows // batch_size
     if max_batches is not None:
         num_batches = min(num_batches, max_batches)

@@ -101,7 +101,9 @@ def split_record(manifest: dict[str, Any], split: str, path: Path) -> dict[str, 
     rec = manifest["splits"].get(split)
     if rec is None or rec["tokens"] == 0:
         have = ", ".join(f"{k} ({v['tokens']} tokens)" for k, v in manifest["splits"].items())
-        hint = " (prepare with --val-fraction or --val-tokens above 0)" if split == "val" else ""
+        # the settings differ from the directory's, so re-preparing it needs --overwrite too
+        hint = (f" (re-run `gpt2kit prepare SOURCE --out {path.parent} --val-fraction 0.1 --overwrite`)"
+                if split == "val" else "")
         raise UserError(f"{path}: has no {split!r} tokens{hint}; it holds: {have}")
     return rec
 

@@ -3,8 +3,13 @@
 Pipeline: the main process reads documents in order and sends chunks of them to ``workers``
 processes that tokenize (GPT-2 BPE, each document preceded by ``<|endoftext|>``); results come back
 in order, at most a few chunks in flight, so memory stays bounded whatever the corpus size. Each
-document goes whole to the ``train`` or ``val`` split by a deterministic rule, and each split's
-tokens stream into shards of ``shard_tokens`` tokens written atomically.
+split's tokens stream into shards of ``shard_tokens`` tokens written atomically.
+
+Splits (see :class:`_SplitPlanner` and docs/data.md): the first ``HEAD_TOKENS`` tokens are held back
+before anything is written, so a corpus that fits there (any single book) is split knowing its size.
+Whole documents go to ``val`` when they can give the asked share within ``SPLIT_TOLERANCE``; where they
+cannot (one file, a few or very unequal documents), each long document gives its tail to ``val``, as
+nanoGPT's 90/10 cut of a single text. ``manifest.json`` records how (``split``).
 
 Resumability: whenever a shard fills up, the other split's open shard is closed too and the run
 records a *checkpoint* (the document and token offset reached, and the running totals) in
@@ -15,6 +20,8 @@ finished run writes ``manifest.json`` last; its presence is what marks a data di
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import itertools
 import multiprocessing as mp
 import os
@@ -43,11 +50,17 @@ from gpt2kit.data.manifest import (
 from gpt2kit.data.shards import MAX_SHARD_TOKENS, ShardWriter, verify_shard
 from gpt2kit.data.sources import ReadProgress, Source, SourceOptions, iter_documents, resolve_sources
 from gpt2kit.errors import UserError
+from gpt2kit.io import dir_lock
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 from gpt2kit.version import __version__
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # as build-nanogpt's FineWeb shards
 DEFAULT_VAL_FRACTION = 0.01
+"""The default val share for large corpora; smaller ones get up to ``MAX_DEFAULT_VAL_FRACTION``."""
+MAX_DEFAULT_VAL_FRACTION = 0.1  # nanoGPT's and Raschka's share for a single text
+DEFAULT_MIN_VAL_TOKENS = 50_000  # the default share gives at least this many val tokens, up to the 10% above
+SPLIT_TOLERANCE = 0.1  # the val share lands within 10% (relative) of the asked share
+HEAD_TOKENS = 1 << 24  # tokens held back to plan the split knowing the corpus size (32 MiB as uint16)
 _CHUNK_CHARS = 1 << 20  # text per task sent to a worker
 _CHUNK_DOCS = 4096
 _SHARD_RE = re.compile(r"^(train|val)_\d{6}\.bin$")
@@ -72,9 +85,9 @@ class PrepareConfig:
     text_field: str = "text"
     """JSON field / Parquet or dataset column holding the text (``--text-field``)."""
     val_fraction: float | None = None
-    """Share of tokens for validation, whole documents spread evenly (``--val-fraction``); default 0.01."""
+    """Share of tokens for validation (``--val-fraction``); default: 1%, up to 10% for small corpora."""
     val_tokens: int | None = None
-    """Instead: the first documents, until this many tokens, are validation (``--val-tokens``)."""
+    """Instead: the first this many tokens are validation (``--val-tokens``)."""
     shard_tokens: int = DEFAULT_SHARD_TOKENS
     """Tokens per shard (``--shard-tokens``)."""
     workers: int = field(default_factory=default_workers)
@@ -95,8 +108,6 @@ class PrepareConfig:
         self.sources = [str(s) for s in self.sources]
         if self.val_fraction is not None and self.val_tokens is not None:
             raise ValueError("--val-fraction and --val-tokens: give one or the other")
-        if self.val_fraction is None and self.val_tokens is None:
-            self.val_fraction = DEFAULT_VAL_FRACTION
         if self.val_fraction is not None and not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"--val-fraction must be in [0, 1), got {self.val_fraction}")
         if self.val_tokens is not None and self.val_tokens < 0:
@@ -279,17 +290,87 @@ def _usable_prefix(out_dir: Path, state: dict[str, Any], log: Callable[[str], No
     return kept, all_ok
 
 
-class _SplitAssigner:
-    """Decides, document by document, whether a document is validation; deterministic given the order."""
+def default_val_fraction(corpus_tokens: int) -> float:
+    """The val share used when none is asked: 1%, raised to give 50,000 tokens, at most 10%."""
+    if corpus_tokens <= 0:
+        return MAX_DEFAULT_VAL_FRACTION
+    return max(DEFAULT_VAL_FRACTION, min(MAX_DEFAULT_VAL_FRACTION, DEFAULT_MIN_VAL_TOKENS / corpus_tokens))
 
-    def __init__(self, cfg: PrepareConfig) -> None:
-        self.val_fraction, self.val_tokens = cfg.val_fraction, cfg.val_tokens
 
-    def is_val(self, totals: dict[str, int], n: int) -> bool:
+def _whole_document_share(lengths: list[int], fraction: float) -> float:
+    """The val share that whole documents alone give under :meth:`_SplitPlanner.pieces`' rule."""
+    total = val = 0
+    for n in lengths:
+        total += n
+        if fraction * total - val >= n / 2:
+            val += n
+    return val / max(total, 1)
+
+
+class _SplitPlanner:
+    """Decides which tokens of each document are validation; deterministic given the order and ``reference``.
+
+    ``reference`` is the size of the held-back head of the corpus (the whole corpus when it fits), so a
+    re-run, and a resumed run that reads it back from its checkpoint, decide exactly alike.
+    """
+
+    def __init__(self, cfg: PrepareConfig, reference: int, head_lengths: list[int] | None,
+                 whole_only: bool | None = None) -> None:
+        self.val_tokens, self.reference = cfg.val_tokens, reference
+        self.asked_default = cfg.val_tokens is None and cfg.val_fraction is None
+        self.fraction = default_val_fraction(reference) if self.asked_default else (cfg.val_fraction or 0.0)
+        if whole_only is None:  # a resumed run passes what the first run decided on the head
+            # whole documents only, when they land the share within the tolerance on the head of the corpus
+            share = _whole_document_share(head_lengths or [], self.fraction) if self.fraction > 0 else 0.0
+            whole_only = self.fraction > 0 and abs(share - self.fraction) <= SPLIT_TOLERANCE * self.fraction
+        self.whole_only = whole_only
+
+    def pieces(self, totals: dict[str, int], n: int) -> list[tuple[str, int, int]]:
+        """(split, start, end) token ranges of the next document of ``n`` tokens, in document order."""
         if self.val_tokens is not None:
-            return totals["val_tokens"] < self.val_tokens  # the first documents, as build-nanogpt's first shard
-        # keep the validation share at val_fraction as the corpus streams by: whole documents, spread evenly
-        return self.val_fraction > 0 and totals["val_tokens"] < self.val_fraction * (totals["tokens"] + n)
+            # the first val_tokens tokens of the corpus, cut inside a document as build-nanogpt's first shard
+            take = min(n, max(0, self.val_tokens - totals["val_tokens"]))
+            return [p for p in (("val", 0, take), ("train", take, n)) if p[1] < p[2]]
+        f = self.fraction
+        if f <= 0:
+            return [("train", 0, n)]
+        owed = f * (totals["tokens"] + n) - totals["val_tokens"]
+        # a document so long that, whole, it would throw the share off by more than the tolerance
+        long = n > 2 * SPLIT_TOLERANCE * f * max(self.reference, totals["tokens"] + n)
+        if long and (not self.whole_only or totals["tokens"] + n > self.reference):
+            take = min(n, max(0, round(owed)))  # its tail, so that val is back at the asked share
+            return [p for p in (("train", 0, n - take), ("val", n - take, n)) if p[1] < p[2]]
+        # whole documents, spread evenly: one goes to val once val is owed at least half of it
+        return [("val", 0, n)] if owed >= n / 2 else [("train", 0, n)]
+
+    def record(self, totals: dict[str, int]) -> dict[str, Any]:
+        """The manifest's ``split`` record: how the corpus was split, the asked and the actual share."""
+        tokens, val = totals["tokens"], totals["val_tokens"]
+        if self.val_tokens is not None:
+            method, asked = "first_tokens", {"asked_tokens": self.val_tokens}
+        else:
+            cut = totals.get("split_documents", 0)
+            method = ("none" if self.fraction <= 0 else "whole_documents" if cut == 0
+                      else "document_tails" if totals["val_documents"] == cut else "whole_documents+document_tails")
+            asked = {"asked_share": self.fraction, "default": self.asked_default}
+        return {"method": method, **asked, "actual_share": round(val / max(tokens, 1), 6),
+                "val_tokens": val, "documents_split": totals.get("split_documents", 0)}
+
+    def describe(self, totals: dict[str, int]) -> str:
+        """One line saying how the corpus was split."""
+        rec = self.record(totals)
+        actual = f"val {rec['actual_share']:.2%} of {totals['tokens']:,} tokens"
+        if rec["method"] == "first_tokens":
+            return f"{actual}: the first {self.val_tokens:,} tokens (--val-tokens)"
+        asked = f"asked {self.fraction:.2%}" + (" by default for this corpus size" if self.asked_default else "")
+        how = {"none": "no val split (--val-fraction 0)",
+               "whole_documents": f"whole documents ({totals['val_documents']:,} of {totals['documents']:,})",
+               "document_tails": f"the tail of each of {rec['documents_split']:,} long document(s), whole documents "
+                                 "could not give that share",
+               "whole_documents+document_tails": f"the tails of {rec['documents_split']:,} long document(s) and "
+                                                 f"{totals['val_documents'] - rec['documents_split']:,} whole "
+                                                 "document(s), whole documents alone could not give that share"}
+        return f"{actual} ({asked}): {how[rec['method']]}"
 
 
 class _Output:
@@ -364,36 +445,41 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     log = (lambda msg: print(f"prepare: {msg}", file=sys.stderr)) if cfg.progress else (lambda msg: None)
     opts = cfg.source_options
     srcs = resolve_sources(cfg.sources, opts)
-
     header = {"kind": MANIFEST_KIND, "format_version": MANIFEST_VERSION, **tokenizer_record(), "dtype": "uint16",
               "shard_format": "llm.c (1024-byte header: int32 magic 20240520, version 1, token count; uint16 tokens)",
               "source": [s.describe(opts) for s in srcs], "settings": cfg.settings(), "gpt2kit_version": __version__}
     out_dir = cfg.out_dir
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir}: exists and is not a directory; choose another --out")
+    created_dir = not out_dir.exists()
+    try:
+        # one prepare per directory: a second one would interleave shards and progress with this one
+        with dir_lock(out_dir, "prepare"):
+            return _prepare_locked(cfg, srcs, header, log)
+    except BaseException:
+        if created_dir:
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # nothing was finished: leave no trace (rmdir only removes an empty directory)
+        raise
 
+
+def _prepare_locked(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any],
+                    log: Callable[[str], None]) -> dict[str, Any]:
+    """:func:`run_prepare` once ``--out`` is locked."""
+    out_dir = cfg.out_dir
     state = _existing_state(cfg, header, log)
     if state is not None and state.get("complete"):
         return state["manifest"]
-    created_dir = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
     _remove_outputs(out_dir, keep={e["file"] for s in SPLITS for e in (state or _empty_state())["splits"][s]["shards"]}
                     | {PROGRESS_NAME})
     try:
-        manifest = _write(cfg, srcs, header, state or _empty_state(), log)
-    except BaseException as e:
-        if created_dir and not any(out_dir.iterdir()):
-            out_dir.rmdir()  # nothing was finished: leave no trace
-        if isinstance(e, OSError):  # a full disk, above all: the atomic writes kept every finished shard
-            import errno
-
-            full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-            raise UserError(
-                f"{e.filename or out_dir}: {e.strerror or e}; the shards finished so far are kept, re-run the same "
-                f"command to continue {'once there is free space' if full else 'when this is fixed'}"
-            ) from None
-        raise
-    return manifest
+        return _write(cfg, srcs, header, state or _empty_state(), log)
+    except OSError as e:  # a full disk, above all: the atomic writes kept every finished shard
+        full = e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+        raise UserError(
+            f"{e.filename or out_dir}: {e.strerror or e}; the shards finished so far are kept, re-run the same "
+            f"command to continue {'once there is free space' if full else 'when this is fixed'}"
+        ) from None
 
 
 def _existing_state(cfg: PrepareConfig, header: dict[str, Any], log: Callable[[str], None]) -> dict[str, Any] | None:
@@ -443,8 +529,10 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
 
     resume = state["checkpoints"][-1] if state["checkpoints"] else None
     start_doc = resume["doc"] if resume else 0
-    totals = dict(resume["totals"]) if resume else {"tokens": 0, "val_tokens": 0, "documents": 0, "val_documents": 0}
-    assign = _SplitAssigner(cfg)
+    totals = dict(resume["totals"]) if resume else {"tokens": 0, "val_tokens": 0, "documents": 0, "val_documents": 0,
+                                                    "train_documents": 0, "split_documents": 0}
+    totals.setdefault("train_documents", totals["documents"] - totals["val_documents"])  # progress.json of 0.1.0
+    totals.setdefault("split_documents", 0)
     out = _Output(cfg.out_dir, cfg.shard_tokens, state, header)
 
     read = ReadProgress()
@@ -456,38 +544,73 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
     t0, new_tokens, doc = time.perf_counter(), 0, start_doc
     # the worker pool is created (forked) on the first chunk, before the sources start any reader threads
     stream = tokenize_stream(docs, cfg.workers)
-    try:
+
+    def documents() -> Iterator[np.ndarray]:
+        nonlocal new_tokens
         for tokens, lengths in stream:
             ends = np.cumsum(lengths)
             for n, end in zip(lengths.tolist(), ends.tolist()):
-                val = assign.is_val(totals, n)
-                split = "val" if val else "train"
-                before = dict(totals)
-                totals["tokens"] += n
-                totals["documents"] += 1
-                if val:
-                    totals["val_tokens"] += n
-                    totals["val_documents"] += 1
-                # on resume, the checkpoint's document is partly written already; others before it fully
-                skip = resume["offset"] if resume and doc == resume["doc"] else 0
-                if skip and (split != resume["split"] or skip > n):
-                    raise UserError(
-                        f"--out {cfg.out_dir}: the source no longer matches the interrupted run it continues "
-                        f"(document {doc} now goes to another split); pass --overwrite to start afresh"
-                    )
-                out.append(split, tokens[end - n + skip:end], doc, skip, before)
-                doc += 1
+                yield tokens[end - n:end]
             new_tokens += len(tokens)
             bar.update((read.bytes if sized else read.documents) - bar.n)
             rate = new_tokens / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix_str(f"docs={totals['documents']:,} tokens={totals['tokens']:,} {rate:,.0f} tok/s", refresh=False)
+            bar.set_postfix_str(f"docs={totals['documents']:,} tokens={totals['tokens']:,} {rate:,.0f} tok/s",
+                                refresh=False)
+
+    try:
+        doc_iter = documents()
+        head: list[np.ndarray] = []
+        reference = totals.get("reference") if resume else None
+        if reference is None:
+            # hold the head of the corpus back (all of it when it fits), to split knowing its size
+            reference = 0
+            for d in doc_iter:
+                head.append(d)
+                reference += len(d)
+                if reference >= HEAD_TOKENS:
+                    break
+            totals["reference"] = reference
+            whole = reference < HEAD_TOKENS  # the whole corpus is in hand
+            if whole and cfg.val_tokens is not None and 0 < reference <= cfg.val_tokens:
+                raise UserError(
+                    f"--val-tokens {cfg.val_tokens}: the corpus has only {reference:,} tokens, so none would be left "
+                    f"to train on; pass a smaller --val-tokens, e.g. --val-tokens {reference // 10}, or leave it out"
+                )
+            planner = _SplitPlanner(cfg, reference, [len(d) for d in head])
+            totals["whole_only"] = int(planner.whole_only)  # checkpoints carry the plan, so a resume decides alike
+        else:
+            planner = _SplitPlanner(cfg, reference, None, whole_only=bool(totals.get("whole_only", 0)))
+        for tokens in itertools.chain(head, doc_iter):
+            n = len(tokens)
+            pieces = planner.pieces(totals, n)
+            before = dict(totals)
+            totals["tokens"] += n
+            totals["documents"] += 1
+            for split, a, b in pieces:
+                totals[f"{split}_documents"] += 1
+                if split == "val":
+                    totals["val_tokens"] += b - a
+            totals["split_documents"] += len(pieces) > 1
+            # on resume, the checkpoint's document is partly written already; others before it fully
+            skip = resume["offset"] if resume and doc == resume["doc"] else 0
+            if skip > n:
+                raise UserError(
+                    f"--out {cfg.out_dir}: the source no longer matches the interrupted run it continues "
+                    f"(document {doc} is shorter now); pass --overwrite to start afresh"
+                )
+            for split, a, b in pieces:
+                if b > skip:
+                    out.append(split, tokens[max(a, skip):b], doc, max(a, skip), before)
+            doc += 1
+        head.clear()
         if totals["documents"] == 0:
             where = ", ".join(cfg.sources)
             raise UserError(f"{where}: no documents found (the corpus is empty); check the source and --text-field")
         if totals["tokens"] == totals["val_tokens"]:
+            # only when the corpus outgrew the held-back head, so this is known only now
             raise UserError(
-                f"--out {cfg.out_dir}: every one of the {totals['tokens']} tokens went to validation; "
-                "lower --val-tokens/--val-fraction (and pass --overwrite)"
+                f"--val-tokens {cfg.val_tokens}: the corpus has only {totals['tokens']:,} tokens, so none are left to "
+                f"train on; pass --val-tokens {totals['tokens'] // 10} --overwrite"
             )
         if out.open:  # the final shards get their own checkpoint, so a later corruption of them only redoes the tail
             out.checkpoint({"doc": totals["documents"], "offset": 0, "split": "train", "totals": dict(totals)})
@@ -497,9 +620,11 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
     finally:
         stream.close()  # stops the worker processes now, also on errors
         bar.close()
-    state["splits"]["train"]["documents"] = totals["documents"] - totals["val_documents"]
+    log(planner.describe(totals))
+    state["splits"]["train"]["documents"] = totals["train_documents"]
     state["splits"]["val"]["documents"] = totals["val_documents"]
-    manifest = {**header, "documents": totals["documents"], "tokens": totals["tokens"], **state}
+    manifest = {**header, "documents": totals["documents"], "tokens": totals["tokens"], "split": planner.record(totals),
+                **state}
     write_manifest(cfg.out_dir / MANIFEST_NAME, manifest)
     (cfg.out_dir / PROGRESS_NAME).unlink(missing_ok=True)
     elapsed = time.perf_counter() - t0

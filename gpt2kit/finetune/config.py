@@ -13,7 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from gpt2kit.model.lora import LoRAConfig
+from gpt2kit.model.lora_config import LoRAConfig
 from gpt2kit.train.config import LoopConfig, _nonneg, _positive
 
 DERIVED_FIELDS = ("schedule_steps", "eval_every", "save_every", "total_batch_tokens", "eval_batches")

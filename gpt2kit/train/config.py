@@ -62,7 +62,7 @@ class LoopConfig:
     """Global batch per optimizer step in tokens; gradient accumulation = this / (batch_size * block_size *
     world_size). Default: one micro-batch per device."""
     max_steps: int | None = None
-    """Stop after this optimizer step (default: schedule_steps); does not change the learning-rate schedule."""
+    """Stop after this optimizer step (default: the end of the learning-rate schedule); does not change the schedule."""
     schedule_steps: int = 1000
     """Length of the learning-rate schedule in optimizer steps (warmup + decay to min_lr_ratio * lr)."""
     warmup_steps: int = 100
@@ -401,7 +401,9 @@ def add_config_arguments(
         default = getattr(ref, f.name) if ref is not None else (
             f.default if f.default is not dataclasses.MISSING else None)
         help_text = docs.get(f.name, "")
-        help_text = (help_text + f" [default: {default}]").replace("%", "%%")
+        if default not in (None, ""):  # None/empty mean "not set"; the docstring says what happens then
+            help_text += f" [default: {default}]"
+        help_text = help_text.replace("%", "%%")
         kw: dict[str, Any] = dict(dest=f.name, default=argparse.SUPPRESS, help=help_text)
         args = typing.get_args(hint)
         optional = type(None) in args

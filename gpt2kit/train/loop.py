@@ -380,13 +380,19 @@ def _fmt_rate(x: float) -> str:
 
 def _progress_bar(cfg: LoopConfig, env: DistEnv, step: int) -> tqdm:
     return tqdm(total=cfg.last_step, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                disable=not (env.is_main and cfg.progress), file=sys.stderr)
+                disable=not (env.is_main and cfg.progress), file=sys.stderr,
+                mininterval=0.1 if sys.stderr.isatty() else 60)
 
 
 def _rank0_printer(log: Callable[[str], None] | None, env: DistEnv) -> Callable[[str], None]:
     if not env.is_main:
         return lambda msg: None
-    return log or (lambda msg: tqdm.write(msg, file=sys.stdout))
+    if log is not None:
+        return log
+    # in a log file tqdm.write redraws the bar after every message, repeating its final line; print there
+    if sys.stderr.isatty():
+        return lambda msg: tqdm.write(msg, file=sys.stdout)
+    return lambda msg: print(msg, flush=True)
 
 
 @contextlib.contextmanager

@@ -84,7 +84,8 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any],
 def _val_batches(cfg: TrainConfig, env: DistEnv) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's fixed validation batches, read (and verified) once for the whole run."""
     return list(eval_batches(cfg.data, "val", block_size=cfg.model.block_size, batch_size=cfg.batch_size,
-                             max_batches=cfg.eval_batches, rank=env.rank, world_size=env.world_size))
+                             max_batches=cfg.eval_batches, rank=env.rank, world_size=env.world_size,
+                             fit_small=True))
 
 
 def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: list | None

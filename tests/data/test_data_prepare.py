@@ -52,14 +52,16 @@ def test_val_fraction_is_deterministic_spread_and_close_to_target(tmp_path, json
     assert b["splits"] == a["splits"]
 
 
-def test_val_tokens_takes_the_first_whole_documents(tmp_path, jsonl_corpus, docs, h):
+def test_val_tokens_takes_exactly_the_first_tokens(tmp_path, jsonl_corpus, docs, h):
     out = tmp_path / "out"
     man = prepare([jsonl_corpus], out, val_tokens=40, **FAST)
-    sizes = [len(h.encode(d)) + 1 for d in docs]
-    k = int(np.searchsorted(np.cumsum(sizes), 40)) + 1  # documents until at least 40 tokens
-    assert man["splits"]["val"]["tokens"] == sum(sizes[:k]) >= 40
-    assert h.documents_of(h.split_stream(out, "val")) == docs[:k]
-    assert h.documents_of(h.split_stream(out, "train")) == docs[k:]
+    # as build-nanogpt's first shard: the first 40 tokens of the corpus, the document crossing 40 cut there
+    whole = np.concatenate([[EOT_ID] + h.encode(d) for d in docs]).astype(np.uint16)
+    val, train = h.split_stream(out, "val"), h.split_stream(out, "train")
+    assert man["splits"]["val"]["tokens"] == 40 and np.array_equal(val, whole[:40])
+    assert np.array_equal(train, whole[40:])
+    assert man["split"] == {"method": "first_tokens", "asked_tokens": 40, "actual_share": round(40 / len(whole), 6),
+                            "val_tokens": 40, "documents_split": 1}
 
 
 def test_two_workers_write_the_same_bytes_as_one(tmp_path, jsonl_corpus, monkeypatch, h):
@@ -181,9 +183,25 @@ def test_bad_jsonl_line_names_the_line_and_leaves_no_finished_output(tmp_path, b
     assert "manifest.json" not in left and not [n for n in left if ".tmp." in n]
 
 
-def test_everything_in_val_is_refused(tmp_path, jsonl_corpus):
-    with pytest.raises(UserError, match="went to validation"):
-        prepare([jsonl_corpus], tmp_path / "out", val_tokens=10**9, **FAST)
+def test_val_tokens_above_the_corpus_is_refused_with_advice_that_works(tmp_path, jsonl_corpus):
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="--val-tokens 1000000000: the corpus has only") as err:
+        prepare([jsonl_corpus], out, val_tokens=10**9, **FAST)
+    assert not out.exists(), "nothing was written, so the advice needs no --overwrite"
+    advised = int(str(err.value).split("e.g. --val-tokens ")[1].split(",")[0])
+    man = prepare([jsonl_corpus], out, val_tokens=advised, **FAST)  # following the advice works
+    assert man["splits"]["val"]["tokens"] == advised and man["splits"]["train"]["tokens"] > 0
+
+
+def test_val_tokens_above_a_streamed_corpus_advises_overwrite_and_that_works(tmp_path, jsonl_corpus, monkeypatch):
+    monkeypatch.setattr(prep, "HEAD_TOKENS", 50)  # the corpus outgrows the held-back head: known only at the end
+    out = tmp_path / "out"
+    with pytest.raises(UserError, match="none are left to train on") as err:
+        prepare([jsonl_corpus], out, val_tokens=10**9, **FAST)
+    advice = str(err.value).split("; pass ")[1].split()
+    assert advice[0] == "--val-tokens" and advice[2] == "--overwrite"
+    man = prepare([jsonl_corpus], out, val_tokens=int(advice[1]), overwrite=True, **FAST)
+    assert man["splits"]["val"]["tokens"] == int(advice[1]) and man["splits"]["train"]["tokens"] > 0
 
 
 def test_invalid_settings_name_the_flag(tmp_path, jsonl_corpus):

@@ -434,3 +434,74 @@ def test_bad_checkpoint_is_one_clear_error(tmp_path, ckpt, capsys, case):
     line = one_line_error(["sample", "--checkpoint", target, "--max-new-tokens", "2"], capsys)
     assert str(target) in line
     assert re.search(pattern, line), line
+
+
+# ------------------------------------------------------------------------------------- flags and values
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["train", "--batchsize", "8"], "gpt2kit train: error: unknown flag --batchsize; did you mean --batch-size?"),
+    (["train", "--n_layer", "2"], "gpt2kit train: error: unknown flag --n_layer; did you mean --n-layer?"),
+    (["finetune", "sft", "--max_steps=3"], "gpt2kit finetune sft: error: unknown flag --max_steps; did you mean --max-steps?"),
+    (["train", "--lr=abc"], "gpt2kit train: error: argument --lr: invalid float value: 'abc'"),
+    (["prepare", "x.txt", "--out", "d", "--shard-tokens", "many"], "gpt2kit prepare: error: argument --shard-tokens: 'many' is not an integer"),
+])
+def test_unknown_flag_or_bad_value_is_one_line_naming_the_flag(argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2
+    assert err.splitlines() == [f"{line} (see {' '.join(['gpt2kit'] + argv[:2 if argv[0] == 'finetune' else 1])} --help)"]
+
+
+def test_a_suggested_flag_is_one_the_command_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--n_layer", "2"])
+    suggested = capsys.readouterr().err.split("did you mean ")[1].split("?")[0]
+    assert main(["train", "--preset", "demo-cpu", "--out", "x", suggested, "2", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_layer"] == 2
+
+
+# ------------------------------------------------------------------------------------- one command per directory
+
+
+def test_second_prepare_into_a_directory_in_use_is_refused_naming_the_holder(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    corpus = write_corpus(tmp_path / "corpus.jsonl", num_docs=10, words_per_doc=40)
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom gpt2kit.io import dir_lock\n"
+         f"with dir_lock({str(out)!r}, 'prepare'):\n    print('held', flush=True)\n    time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        line = one_line_error(["prepare", corpus, "--out", out, "--workers", "1", "--no-progress"], capsys)
+        assert line == (f"gpt2kit prepare: error: --out {out}: in use by `gpt2kit prepare` (PID {holder.pid}); "
+                        "wait for it to finish or stop it, or choose another --out")
+        assert not (out / "manifest.json").exists()
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # the kernel releases the lock of a killed holder
+        holder.wait()
+    assert (out / ".gpt2kit.lock").exists(), "a killed holder leaves its lock file behind"
+    assert main(["prepare", str(corpus), "--out", str(out), "--workers", "1", "--no-progress"]) == 0
+    assert not (out / ".gpt2kit.lock").exists(), "the lock file is removed on release"
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["eval", "hellaswag", "--checkpoint", "{ckpt}", "--data", "{dir}"], r"--data {dir}: no such file"),
+    (["eval", "lambada", "--checkpoint", "{ckpt}", "--data", "{dir}"], r"--data {dir}: no such file"),
+    (["classify", "--checkpoint", "{ckpt}", "--file", "{dir}"], r"--file {dir}: file not found"),
+    (["finetune", "sft", "--checkpoint", "{ckpt}", "--train", "{dir}", "--val", "{dir}", "--out", "{tmp}/run"],
+     r"{dir}: file not found"),
+])
+def test_a_directory_where_a_file_is_expected_is_file_not_found(argv, pattern, tmp_path, ckpt, capsys):
+    folder = tmp_path / "folder.jsonl"
+    folder.mkdir()
+    fill = {"{ckpt}": str(ckpt), "{dir}": str(folder), "{tmp}": str(tmp_path)}
+    argv = [fill.get(a, a.replace("{tmp}", str(tmp_path))) for a in argv]
+    line = one_line_error(argv, capsys)
+    assert re.search(pattern.replace("{dir}", re.escape(str(folder))), line), line

@@ -460,12 +460,31 @@ def create_app(served: ServedModel) -> FastAPI:
                 yield _sse(e.payload())
                 yield "data: [DONE]\n\n"
             finally:
-                gen.cancel()  # a client that left (or any early exit): its rows are freed before the next step
+                gen.cancel()
 
-        return StreamingResponse(events(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return _Stream(gen, events(), media_type="text/event-stream",
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that cancels its generation however it ends.
+
+    A client that disconnects makes the next write fail; the event generator itself would only be closed
+    whenever it is garbage-collected, so the cancel happens here, at once, and the rows are freed before the
+    engine's next step.
+    """
+
+    def __init__(self, gen: Generation, content: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.gen = gen
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.gen.cancel()
 
 
 def _plain_message(m: Any) -> Any:

@@ -130,7 +130,9 @@ class Engine:
         self.packed = packed
         cfg = model.config
         self.block_size = cfg.block_size
-        self._caches = [RowCache(c.k, c.v) for c in model.make_cache(max_batch, cfg.block_size)]
+        # zeroed, not empty: masked-out keys still enter the attention product, and 0 * NaN from uninitialised
+        # memory would poison every row (stale values of earlier requests are finite and harmless)
+        self._caches = [RowCache(c.k.zero_(), c.v.zero_()) for c in model.make_cache(max_batch, cfg.block_size)]
         self._rows: list[Request] = []  # row i of the cache belongs to _rows[i]; engine thread only
         self._waiting: collections.deque[Request] = collections.deque()
         self._cv = threading.Condition()
@@ -139,6 +141,7 @@ class Engine:
         self._stopping = False
         self._thread: threading.Thread | None = None
         self.counts = collections.Counter()  # finished requests by reason, read by /health
+        self.peak_active = 0  # most rows decoded together so far
 
     # ----------------------------------------------------------------------------------------- public side
     def start(self) -> None:
@@ -174,9 +177,10 @@ class Engine:
         return req
 
     def stats(self) -> dict[str, int]:
-        """Active and waiting requests, and finished ones by reason."""
+        """Active and waiting requests, the most decoded together so far, and finished ones by reason."""
         with self._cv:
-            return {"active": self._inflight - len(self._waiting), "waiting": len(self._waiting), **self.counts}
+            return {"active": self._inflight - len(self._waiting), "waiting": len(self._waiting),
+                    "peak_active": self.peak_active, **self.counts}
 
     @property
     def draining(self) -> bool:
@@ -231,6 +235,7 @@ class Engine:
             return
         i = len(self._rows)
         self._rows.append(req)
+        self.peak_active = max(self.peak_active, len(self._rows))
         idx = torch.tensor([req.prompt], dtype=torch.long, device=self._caches[0].k.device)  # (1, T)
         logits, _ = self.model(idx, cache=[c.row(i) for c in self._caches], pos=0, last_only=True)
         req.cache_len = idx.size(1)

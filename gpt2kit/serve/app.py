@@ -169,8 +169,8 @@ def parse_prompts(body: dict[str, Any], tokenizer: Any) -> list[list[int]]:
         if isinstance(p, str):
             out.append(tokenizer.encode(p) if p else [tokenizer.eot])  # "" starts from <|endoftext|>, as sample
         elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-            if not all(0 <= t < tokenizer.n_vocab for t in p):
-                raise ApiError(400, f"'prompt' token ids must be in [0, {tokenizer.n_vocab})", "prompt")
+            if not all(0 <= t < tokenizer.vocab_size for t in p):
+                raise ApiError(400, f"'prompt' token ids must be in [0, {tokenizer.vocab_size})", "prompt")
             out.append(list(p))
         else:
             raise bad
@@ -344,6 +344,11 @@ def create_app(served: ServedModel) -> FastAPI:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
         return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error ({type(exc).__name__}: {exc}); the server keeps running", None,
+                        "internal_error", "server_error").response()
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -48,19 +48,24 @@ class Server:
     """A `python -m gpt2kit serve` child process on 127.0.0.1 and a free port it chose itself."""
 
     def __init__(self, checkpoint: Path, *flags: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpt2kit", "serve", "--checkpoint", str(checkpoint), "--port", "0", *flags],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-        )
+        # stderr goes to a file, not a pipe nobody drains (a full pipe would block the server)
+        self.log = Path(checkpoint).parent / f"serve-{time.monotonic_ns()}.log"
+        with open(self.log, "w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "gpt2kit", "serve", "--checkpoint", str(checkpoint), "--port", "0", *flags],
+                stdout=subprocess.DEVNULL, stderr=err, text=True,
+            )
         deadline = time.monotonic() + START_TIMEOUT_S
         line = ""
-        while time.monotonic() < deadline:  # the first stderr line names the address once it listens
-            line = self.proc.stderr.readline()
-            if "serving" in line or not line:
+        while time.monotonic() < deadline and self.proc.poll() is None:  # the first line names the address
+            text = self.log.read_text()
+            line = text.split("\n")[0]
+            if "serving" in line and "\n" in text:
                 break
+            time.sleep(0.05)
         if "serving" not in line:
             self.stop()
-            raise RuntimeError(f"gpt2kit serve did not start: {line}")
+            raise RuntimeError(f"gpt2kit serve did not start: {self.log.read_text()[-2000:]}")
         self.url = line.split(" at ")[1].split()[0]  # http://127.0.0.1:PORT/v1
         assert self.url.startswith("http://127.0.0.1:")
         self.base = self.url[: -len("/v1")]
@@ -85,7 +90,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        self.proc.stderr.close()
         return self.proc.returncode
 
 

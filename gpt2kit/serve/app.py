@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -143,11 +143,18 @@ def parse_common(body: dict[str, Any], served: ServedModel, allowed: set[str], d
         temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
         top_p=_number(body, "top_p", 0.0, 1.0, None, lo_open=True),
         top_k=_int(body, "top_k", 1, None),
-        seed=_field(body, "seed", (int,), "an integer"),
+        seed=_seed(body),
         stop=stops,
         stream=_field(body, "stream", (bool,), "true or false", False),
         n=_int(body, "n", 1, 1),
     )
+
+
+def _seed(body: dict[str, Any]) -> int | None:
+    seed = _field(body, "seed", (int,), "an integer")
+    if seed is not None and not -2**63 <= seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ApiError(400, f"'seed' must be in [-2**63, 2**64), got {seed}", "seed")
+    return seed
 
 
 def parse_prompts(body: dict[str, Any], tokenizer: Any) -> list[list[int]]:
@@ -319,7 +326,7 @@ async def _wait_all(gen: Generation, request: Request) -> None:
             if await gen.next_event(timeout=0.5) is None and await request.is_disconnected():
                 gen.cancel()
                 return
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, ApiError):
         gen.cancel()
         raise
 
@@ -355,15 +362,18 @@ def create_app(served: ServedModel) -> FastAPI:
         return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", None,
                         "not_found" if exc.status_code == 404 else None).response()
 
-    @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        if served.api_key is not None and request.url.path.startswith("/v1/"):
-            header = request.headers.get("authorization", "")
-            token = header[7:] if header.lower().startswith("bearer ") else ""
-            if not hmac.compare_digest(token.encode(), served.api_key.encode()):
-                return ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with "
-                                     "the key given to `gpt2kit serve --api-key`", None, "invalid_api_key").response()
-        return await call_next(request)
+    async def auth(request: Request) -> None:
+        # a dependency of the /v1 routes rather than a middleware: an http middleware would relay every
+        # streamed chunk through one more task and queue
+        if served.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), served.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the "
+                                "key given to `gpt2kit serve --api-key`", None, "invalid_api_key")
+
+    v1 = [Depends(auth)]
 
     async def read_body(request: Request) -> dict[str, Any]:
         raw = await request.body()
@@ -379,12 +389,12 @@ def create_app(served: ServedModel) -> FastAPI:
     async def health() -> dict[str, Any]:
         return {"status": "draining" if served.engine.draining else "ok", **served.engine.stats()}
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", dependencies=v1)
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0,
                                             "owned_by": "gpt2kit", "max_model_len": block_size}]}
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", dependencies=v1)
     async def completions(request: Request):
         body = await read_body(request)
         common = parse_common(body, served, COMMON_FIELDS | {"prompt", "echo", "logprobs", "best_of", "suffix"}, 16)
@@ -395,7 +405,7 @@ def create_app(served: ServedModel) -> FastAPI:
         check_fits(prompts, common.max_tokens, block_size, "prompt")
         return await respond(request, prompts, common, chat=False)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", dependencies=v1)
     async def chat_completions(request: Request):
         body = await read_body(request)
         if served.template is None:
@@ -418,6 +428,11 @@ def create_app(served: ServedModel) -> FastAPI:
         return await respond(request, [ids], common, chat=True)
 
     async def respond(request: Request, prompts: list[list[int]], common: Common, chat: bool):
+        engine = served.engine
+        if len(prompts) * common.n > engine.max_batch + engine.max_queue:
+            raise ApiError(400, f"{len(prompts)} prompt(s) x n={common.n} asks for {len(prompts) * common.n} "
+                                f"sequences; this server takes at most {engine.max_batch + engine.max_queue} at "
+                                "once: send fewer prompts or a smaller n", "n")
         gen = Generation(served, prompts, common)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())

@@ -40,11 +40,11 @@ def _run(engine: Engine, jobs: list[tuple[list[int], SamplingParams]], stagger_s
 
 def test_batched_tokens_equal_generate_alone(model):
     g = torch.Generator().manual_seed(1)
-    lengths = [1, 3, 5, 7, 9, 11, 13, 2, 4, 6, 8, 10, 12, 14, 15, 16, 30, 17]
+    lengths = [1, 3, 5, 7, 9, 11, 2, 4, 6, 8, 16, 30]
     prompts = [torch.randint(0, 50257, (n,), generator=g).tolist() for n in lengths]
     jobs = []
     for i, p in enumerate(prompts):
-        max_tokens = 12 + 3 * (i % 5)  # rows leave at different steps
+        max_tokens = 6 + 3 * (i % 5)  # rows leave at different steps
         if i % 2:
             params = SamplingParams(max_tokens, temperature=0)
         else:
@@ -56,7 +56,7 @@ def test_batched_tokens_equal_generate_alone(model):
         out = generate(model, torch.tensor([p]), sp.max_tokens, temperature=sp.temperature, top_k=sp.top_k,
                        top_p=sp.top_p, seed=sp.seed)
         expected.append(out[0, len(p):].tolist())
-    engine = Engine(model, max_batch=8, max_queue=32)  # fewer slots than requests: some wait, then join
+    engine = Engine(model, max_batch=6, max_queue=32)  # fewer slots than requests: some wait, then join
     engine.start()
     try:
         outs, reasons = _run(engine, jobs, stagger_s=0.002)
@@ -64,7 +64,7 @@ def test_batched_tokens_equal_generate_alone(model):
         engine.stop(timeout=60)
     assert reasons == ["length"] * len(jobs)
     assert outs == expected
-    assert engine.peak_active == 8
+    assert engine.peak_active == 6
 
 
 def test_stop_token_cancel_and_queue_limit(model):

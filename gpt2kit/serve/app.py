@@ -203,7 +203,6 @@ class Choice:
     """One generated sequence: its tokens, decoded text and where it stopped."""
 
     index: int
-    prompt_tokens: int
     stops: list[str]
     tokenizer: Any
     tokens: int = 0
@@ -264,7 +263,7 @@ class Generation:
         try:
             for p in prompts:
                 for j in range(common.n):
-                    c = Choice(len(self.choices), len(p), common.stop, served.tokenizer)
+                    c = Choice(len(self.choices), common.stop, served.tokenizer)
                     params = SamplingParams(
                         max_tokens=common.max_tokens, temperature=common.temperature, top_k=common.top_k,
                         top_p=common.top_p, seed=None if common.seed is None else common.seed + j,

@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "export": "gpt2kit.cli.export",
     "finetune": "gpt2kit.cli.finetune",
     "classify": "gpt2kit.cli.classify",
+    "chat": "gpt2kit.cli.chat",
+    "serve": "gpt2kit.cli.serve",
     "plot": "gpt2kit.cli.plot",
     "demo": "gpt2kit.cli.demo",
 }

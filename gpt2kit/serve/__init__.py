@@ -1,0 +1,1 @@
+"""Serving: the continuous-batching engine (:mod:`.engine`) and the OpenAI-compatible HTTP API (:mod:`.app`)."""

@@ -1,0 +1,517 @@
+"""An OpenAI-compatible HTTP API over the batching :class:`~gpt2kit.serve.engine.Engine` (FastAPI).
+
+Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
+Streaming answers are server-sent events in OpenAI's chunk format ending with ``data: [DONE]``; the last chunk
+before it carries ``usage``. Every error is ``{"error": {"message", "type", "param", "code"}}``.
+
+Text lives here, not in the engine: token ids are decoded incrementally (a character split over two tokens
+waits for its second half) and ``stop`` strings are matched on the decoded text, holding back the few
+characters that could still become a stop string.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import hmac
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from gpt2kit.errors import UserError
+from gpt2kit.finetune.data import PromptTemplate
+from gpt2kit.serve.engine import Draining, Engine, QueueFull, SamplingParams
+from gpt2kit.serve.prompts import chat_prompt_ids
+
+MAX_STOP_STRINGS = 4
+RETRY_AFTER_S = 1
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI's JSON error object."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
+        self.headers = headers
+
+    def payload(self) -> dict[str, Any]:
+        """OpenAI's error object."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self) -> JSONResponse:
+        """The JSON error response."""
+        return JSONResponse(self.payload(), status_code=self.status, headers=self.headers)
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """What the API serves: a name, the engine that owns the model, its tokenizer and chat template."""
+
+    name: str
+    engine: Engine
+    tokenizer: Any
+    template: PromptTemplate | None
+    """The checkpoint's instruction template; None for a base model (no chat endpoint)."""
+    api_key: str | None = None
+
+
+# ------------------------------------------------------------------------------------------ parameters
+def _field(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str, default: Any = None) -> Any:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise ApiError(400, f"'{name}' must be {what}, got {json.dumps(value)[:80]}", name)
+    return value
+
+
+def _number(body: dict[str, Any], name: str, lo: float, hi: float, default: float | None,
+            lo_open: bool = False) -> float | None:
+    value = _field(body, name, (int, float), "a number", default)
+    if value is None:
+        return None
+    if not (lo < value if lo_open else lo <= value) or value > hi:
+        raise ApiError(400, f"'{name}' must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}", name)
+    return float(value)
+
+
+def _int(body: dict[str, Any], name: str, lo: int, default: int | None) -> int | None:
+    value = _field(body, name, (int,), "an integer", default)
+    if value is not None and value < lo:
+        raise ApiError(400, f"'{name}' must be >= {lo}, got {value}", name)
+    return value
+
+
+@dataclass
+class Common:
+    """Parameters shared by both generation endpoints, checked."""
+
+    max_tokens: int | None
+    temperature: float
+    top_p: float | None
+    top_k: int | None
+    seed: int | None
+    stop: list[str]
+    stream: bool
+    n: int
+
+
+COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "n",
+                 "stream_options", "user", "presence_penalty", "frequency_penalty", "logit_bias"}
+
+
+def parse_common(body: dict[str, Any], served: ServedModel, allowed: set[str], default_max: int | None) -> Common:
+    """Check the fields both endpoints share; an :class:`ApiError` names the first bad one."""
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, f"unrecognized request argument: '{unknown[0]}' (supported: {', '.join(sorted(allowed))})",
+                       unknown[0])
+    model = _field(body, "model", (str,), "a string")
+    if model is not None and model != served.name:
+        raise ApiError(404, f"model '{model}' is not served here; this server serves '{served.name}' "
+                            "(GET /v1/models)", "model", "model_not_found")
+    for name in ("presence_penalty", "frequency_penalty"):
+        if _number(body, name, -2.0, 2.0, 0.0) != 0.0:
+            raise ApiError(400, f"'{name}' is not supported; leave it out or 0", name)
+    if body.get("logit_bias"):
+        raise ApiError(400, "'logit_bias' is not supported; leave it out", "logit_bias")
+    stop = body.get("stop")
+    if stop is None:
+        stops = []
+    elif isinstance(stop, str):
+        stops = [stop]
+    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= MAX_STOP_STRINGS:
+        stops = list(stop)
+    else:
+        raise ApiError(400, f"'stop' must be a string or a list of up to {MAX_STOP_STRINGS} strings", "stop")
+    if any(s == "" for s in stops):
+        raise ApiError(400, "'stop' strings must not be empty", "stop")
+    stream_options = _field(body, "stream_options", (dict,), "an object", {})
+    if set(stream_options) - {"include_usage"}:
+        raise ApiError(400, "'stream_options' supports only include_usage (usage is always sent)", "stream_options")
+    return Common(
+        max_tokens=_int(body, "max_tokens", 1, default_max),
+        temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
+        top_p=_number(body, "top_p", 0.0, 1.0, None, lo_open=True),
+        top_k=_int(body, "top_k", 1, None),
+        seed=_seed(body),
+        stop=stops,
+        stream=_field(body, "stream", (bool,), "true or false", False),
+        n=_int(body, "n", 1, 1),
+    )
+
+
+def _seed(body: dict[str, Any]) -> int | None:
+    seed = _field(body, "seed", (int,), "an integer")
+    if seed is not None and not -2**63 <= seed < 2**64:  # what torch.Generator.manual_seed takes
+        raise ApiError(400, f"'seed' must be in [-2**63, 2**64), got {seed}", "seed")
+    return seed
+
+
+def parse_prompts(body: dict[str, Any], tokenizer: Any) -> list[list[int]]:
+    """``prompt``: a string, a list of strings, a list of token ids or a list of token-id lists."""
+    prompt = body.get("prompt")
+    bad = ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of "
+                        "token-id lists", "prompt")
+    if isinstance(prompt, str):
+        prompts: list[Any] = [prompt]
+    elif isinstance(prompt, list) and prompt:
+        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
+            prompts = [prompt]
+        else:
+            prompts = prompt
+    else:
+        raise bad
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            out.append(tokenizer.encode(p) if p else [tokenizer.eot])  # "" starts from <|endoftext|>, as sample
+        elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
+            if not all(0 <= t < tokenizer.vocab_size for t in p):
+                raise ApiError(400, f"'prompt' token ids must be in [0, {tokenizer.vocab_size})", "prompt")
+            out.append(list(p))
+        else:
+            raise bad
+    return out
+
+
+def check_fits(prompts: list[list[int]], max_tokens: int, block_size: int, param: str) -> None:
+    """A 400 with the numbers when a prompt, or prompt plus ``max_tokens``, does not fit the context."""
+    for i, p in enumerate(prompts):
+        which = f"prompt {i}" if len(prompts) > 1 else "the prompt"
+        if len(p) >= block_size:
+            raise ApiError(400, f"{which} has {len(p)} tokens; the model's context holds {block_size} tokens, "
+                                "prompt and completion together: shorten the prompt", param, "context_length_exceeded")
+        if len(p) + max_tokens > block_size:
+            raise ApiError(400, f"{which} ({len(p)} tokens) + max_tokens ({max_tokens}) = {len(p) + max_tokens} "
+                                f"tokens, more than the model's context of {block_size}: set max_tokens to at "
+                                f"most {block_size - len(p)}", "max_tokens", "context_length_exceeded")
+
+
+# ------------------------------------------------------------------------------------------ generation
+@dataclass
+class Choice:
+    """One generated sequence: its tokens, decoded text and where it stopped."""
+
+    index: int
+    stops: list[str]
+    tokenizer: Any
+    tokens: int = 0
+    text: str = ""
+    sent: int = 0
+    """Characters of ``text`` already streamed."""
+    finish_reason: str | None = None
+    request: Any = None
+    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+
+    def add(self, token: int) -> None:
+        """Append a generated token; a stop string ends the choice and cuts the text before it."""
+        if self.finish_reason is not None:  # tokens the engine made before it saw the cancel
+            return
+        self.tokens += 1
+        if token == self.tokenizer.eot:
+            return
+        self.text += self.decoder.decode(self.tokenizer.decode_bytes([token]))
+        self._match_stop()
+
+    def end(self, reason: str) -> None:
+        """The engine finished the sequence (``stop``, ``length``, ``cancelled`` or an error)."""
+        if self.finish_reason is not None:
+            return
+        self.text += self.decoder.decode(b"", final=True)
+        self._match_stop()
+        if self.finish_reason is None:
+            self.finish_reason = reason
+
+    def _match_stop(self) -> None:
+        if self.finish_reason is not None or not self.stops:
+            return
+        hits = [i for i in (self.text.find(s, max(0, self.sent - len(s))) for s in self.stops) if i >= 0]
+        if hits:
+            self.text = self.text[:min(hits)]
+            self.finish_reason = "stop"
+            if self.request is not None:
+                self.request.cancel()
+
+    def fresh_text(self) -> str:
+        """Text not streamed yet that can no longer turn into a stop string."""
+        hold = 0 if self.finish_reason is not None else max((len(s) - 1 for s in self.stops), default=0)
+        upto = max(self.sent, len(self.text) - hold)
+        piece, self.sent = self.text[self.sent:upto], upto
+        return piece
+
+
+class Generation:
+    """The choices of one HTTP request, fed by engine callbacks through an asyncio queue."""
+
+    def __init__(self, served: ServedModel, prompts: list[list[int]], common: Common) -> None:
+        self.served = served
+        self.prompt_tokens = sum(len(p) for p in prompts)
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue = asyncio.Queue()
+        self.choices: list[Choice] = []
+        engine = served.engine
+        try:
+            for p in prompts:
+                for j in range(common.n):
+                    c = Choice(len(self.choices), common.stop, served.tokenizer)
+                    params = SamplingParams(
+                        max_tokens=common.max_tokens, temperature=common.temperature, top_k=common.top_k,
+                        top_p=common.top_p, seed=None if common.seed is None else common.seed + j,
+                        stop_token=served.tokenizer.eot,
+                    )
+                    c.request = engine.submit(p, params, self._callback(c, "token"), self._callback(c, "end"))
+                    self.choices.append(c)
+        except (QueueFull, Draining) as e:
+            self.cancel()
+            if isinstance(e, Draining):
+                raise ApiError(503, "the server is shutting down; retry on another instance", None,
+                               "shutting_down", "server_error") from None
+            raise ApiError(503, f"the server is busy: more than {engine.max_queue} requests are waiting; retry "
+                                f"in {RETRY_AFTER_S} s", None, "queue_full", "server_error",
+                           headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+
+    def _callback(self, choice: Choice, kind: str):
+        def push(value: Any) -> None:  # runs on the engine thread
+            self.loop.call_soon_threadsafe(self.events.put_nowait, (choice, kind, value))
+        return push
+
+    def cancel(self) -> None:
+        """Stop every choice still generating (the client left)."""
+        for c in self.choices:
+            if c.request is not None:
+                c.request.cancel()
+
+    @property
+    def finished(self) -> bool:
+        """Every choice has a finish reason."""
+        return all(c.finish_reason is not None for c in self.choices)
+
+    async def next_event(self, timeout: float | None = None) -> Choice | None:
+        """Apply the next engine event; returns the choice it changed (None on timeout)."""
+        try:
+            choice, kind, value = await asyncio.wait_for(self.events.get(), timeout)
+        except asyncio.TimeoutError:
+            return None
+        if kind == "token":
+            choice.add(value)
+        else:
+            if value.startswith("error"):
+                raise ApiError(500, f"generation failed ({value}); the server keeps running", None,
+                               "generation_failed", "server_error")
+            choice.end(value)
+        return choice
+
+    def usage(self) -> dict[str, int]:
+        """Prompt and completion tokens of all choices."""
+        completion = sum(c.tokens for c in self.choices)
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": completion,
+                "total_tokens": self.prompt_tokens + completion}
+
+
+async def _wait_all(gen: Generation, request: Request) -> None:
+    """Wait for every choice; cancel them if the client disconnects meanwhile."""
+    try:
+        while not gen.finished:
+            if await gen.next_event(timeout=0.5) is None and await request.is_disconnected():
+                gen.cancel()
+                return
+    except (asyncio.CancelledError, ApiError):
+        gen.cancel()
+        raise
+
+
+def _sse(obj: Any) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+# ------------------------------------------------------------------------------------------ the app
+def create_app(served: ServedModel) -> FastAPI:
+    """The FastAPI app; its lifespan starts the engine and, at shutdown, lets it finish every request."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        served.engine.start()
+        yield
+        await asyncio.to_thread(served.engine.stop)
+
+    app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None)
+    block_size = served.engine.block_size
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return exc.response()
+
+    @app.exception_handler(Exception)
+    async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        return ApiError(500, f"internal error ({type(exc).__name__}: {exc}); the server keeps running", None,
+                        "internal_error", "server_error").response()
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return ApiError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}", None,
+                        "not_found" if exc.status_code == 404 else None).response()
+
+    async def auth(request: Request) -> None:
+        # a dependency of the /v1 routes rather than a middleware: an http middleware would relay every
+        # streamed chunk through one more task and queue
+        if served.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), served.api_key.encode()):
+            raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY' with the "
+                                "key given to `gpt2kit serve --api-key`", None, "invalid_api_key")
+
+    v1 = [Depends(auth)]
+
+    async def read_body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"the request body is not valid JSON ({e})") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "the request body must be a JSON object")
+        return body
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "draining" if served.engine.draining else "ok", **served.engine.stats()}
+
+    @app.get("/v1/models", dependencies=v1)
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0,
+                                            "owned_by": "gpt2kit", "max_model_len": block_size}]}
+
+    @app.post("/v1/completions", dependencies=v1)
+    async def completions(request: Request):
+        body = await read_body(request)
+        common = parse_common(body, served, COMMON_FIELDS | {"prompt", "echo", "logprobs", "best_of", "suffix"}, 16)
+        for name, ok in (("echo", (None, False)), ("logprobs", (None,)), ("best_of", (None, 1)), ("suffix", (None,))):
+            if body.get(name) not in ok:
+                raise ApiError(400, f"'{name}' is not supported; leave it out", name)
+        prompts = parse_prompts(body, served.tokenizer)
+        check_fits(prompts, common.max_tokens, block_size, "prompt")
+        return await respond(request, prompts, common, chat=False)
+
+    @app.post("/v1/chat/completions", dependencies=v1)
+    async def chat_completions(request: Request):
+        body = await read_body(request)
+        if served.template is None:
+            raise ApiError(400, f"model '{served.name}' has no chat template: it is a base model, not an "
+                                "instruction-tuned checkpoint from `gpt2kit finetune sft`; use /v1/completions "
+                                "to continue text", "messages", "no_chat_template")
+        if "max_completion_tokens" in body:  # the newer name of max_tokens
+            body.setdefault("max_tokens", body.pop("max_completion_tokens"))
+        common = parse_common(body, served, COMMON_FIELDS | {"messages"}, None)
+        messages = body.get("messages")
+        if isinstance(messages, list):
+            messages = [_plain_message(m) for m in messages]
+        try:
+            ids = chat_prompt_ids(messages, served.template, served.tokenizer)
+        except UserError as e:
+            raise ApiError(400, str(e), "messages") from None
+        if common.max_tokens is None:  # OpenAI's default: as long as the context allows
+            common.max_tokens = max(1, block_size - len(ids))
+        check_fits([ids], common.max_tokens, block_size, "messages")
+        return await respond(request, [ids], common, chat=True)
+
+    async def respond(request: Request, prompts: list[list[int]], common: Common, chat: bool):
+        engine = served.engine
+        if len(prompts) * common.n > engine.max_batch + engine.max_queue:
+            raise ApiError(400, f"{len(prompts)} prompt(s) x n={common.n} asks for {len(prompts) * common.n} "
+                                f"sequences; this server takes at most {engine.max_batch + engine.max_queue} at "
+                                "once: send fewer prompts or a smaller n", "n")
+        gen = Generation(served, prompts, common)
+        rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        created = int(time.time())
+        obj = "chat.completion" if chat else "text_completion"
+        head = {"id": rid, "object": obj + (".chunk" if chat and common.stream else ""), "created": created,
+                "model": served.name}
+        if not common.stream:
+            await _wait_all(gen, request)
+            if chat:
+                choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
+                            "logprobs": None, "finish_reason": c.finish_reason} for c in gen.choices]
+            else:
+                choices = [{"index": c.index, "text": c.text, "logprobs": None, "finish_reason": c.finish_reason}
+                           for c in gen.choices]
+            return {**head, "choices": choices, "usage": gen.usage()}
+
+        def chunk(c: Choice, text: str | None, first: bool = False) -> str:
+            if chat:
+                delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
+                    {"content": text} if text else {})
+                choice = {"index": c.index, "delta": delta, "logprobs": None, "finish_reason": None}
+            else:
+                choice = {"index": c.index, "text": text or "", "logprobs": None, "finish_reason": None}
+            if c.finish_reason is not None and not first:
+                choice["finish_reason"] = c.finish_reason
+            return _sse({**head, "choices": [choice]})
+
+        async def events() -> AsyncIterator[str]:
+            try:
+                if chat:
+                    for c in gen.choices:
+                        yield chunk(c, None, first=True)
+                ended: set[int] = set()
+                while len(ended) < len(gen.choices):
+                    c = await gen.next_event()
+                    text = c.fresh_text()
+                    if c.finish_reason is not None and c.index not in ended:
+                        ended.add(c.index)
+                        yield chunk(c, text)
+                    elif text:
+                        yield chunk(c, text)
+                yield _sse({**head, "choices": [], "usage": gen.usage()})
+                yield "data: [DONE]\n\n"
+            except ApiError as e:
+                yield _sse(e.payload())
+                yield "data: [DONE]\n\n"
+            finally:
+                gen.cancel()
+
+        return _Stream(gen, events(), media_type="text/event-stream",
+                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    return app
+
+
+class _Stream(StreamingResponse):
+    """A streaming response that cancels its generation however it ends.
+
+    A client that disconnects makes the next write fail; the event generator itself would only be closed
+    whenever it is garbage-collected, so the cancel happens here, at once, and the rows are freed before the
+    engine's next step.
+    """
+
+    def __init__(self, gen: Generation, content: AsyncIterator[str], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.gen = gen
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.gen.cancel()
+
+
+def _plain_message(m: Any) -> Any:
+    """OpenAI's content-part lists (``[{"type": "text", "text": ...}]``) joined into one string."""
+    if isinstance(m, dict) and isinstance(m.get("content"), list):
+        parts = m["content"]
+        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+            return {**m, "content": "".join(p["text"] for p in parts)}
+    if isinstance(m, dict) and m.get("role") == "developer":  # OpenAI's newer name for the system role
+        return {**m, "role": "system"}
+    return m

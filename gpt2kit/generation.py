@@ -20,6 +20,13 @@ from gpt2kit.model.gpt import GPT
 PACKED_ENV = "GPT2KIT_PACKED_DECODE"
 """Set to 0 to decode through nn.Linear's own products (the packed CPU fast path off) where ``packed`` is not given."""
 
+
+def packed_by_default() -> bool:
+    """Whether decoding uses the packed CPU fast path when the caller does not say: yes unless the environment
+    sets ``GPT2KIT_PACKED_DECODE`` to 0/false/no/off."""
+    return os.environ.get(PACKED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -139,7 +146,7 @@ def generate(
     cache_len = 0
     stack = contextlib.ExitStack()
     if packed is None:
-        packed = os.environ.get(PACKED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
+        packed = packed_by_default()
     if packed:
         stack.enter_context(packed_cpu_linears(model))
     try:

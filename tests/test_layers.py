@@ -9,7 +9,8 @@ Layers, lowest first (a module may import its own layer and those below):
 4. eval
 5. train
 6. finetune
-7. cli, the package's ``__init__``/``__main__`` (lazy imports allowed: they keep start-up fast)
+7. serve (the batching engine and the HTTP app)
+8. cli, the package's ``__init__``/``__main__`` (lazy imports allowed: they keep start-up fast)
 
 Outside cli/ (and the package ``__init__``), imports of gpt2kit live at the top of the module.
 """
@@ -31,6 +32,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gpt2kit.eval",),
     ("gpt2kit.train",),
     ("gpt2kit.finetune",),
+    ("gpt2kit.serve",),
     ("gpt2kit.cli", "gpt2kit.__main__"),
 ]
 TOP = len(LAYERS) - 1

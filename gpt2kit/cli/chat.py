@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import load_model
     from gpt2kit.cli.common import resolve_device, resolve_dtype
     from gpt2kit.finetune.data import template_from_checkpoint
-    from gpt2kit.generate import generate
+    from gpt2kit.generation import generate
     from gpt2kit.serve.prompts import trim_conversation
     from gpt2kit.tokenizer import get_tokenizer
 

@@ -6,10 +6,10 @@ L cached length, nh heads, hs head size, V vocab.
 A background thread owns the model. Each turn of its loop it
 
 1. admits waiting requests into free slots: each prompt is prefilled on its own into its row of the cache,
-   exactly as :func:`gpt2kit.generate.generate` prefills a single prompt, and its first token is sampled;
+   exactly as :func:`gpt2kit.generation.generate` prefills a single prompt, and its first token is sampled;
 2. runs one decode step for every active row together: each row feeds its newest token at its own position,
    writes its keys and values at its own length and attends to its own prefix only (:class:`RowCache`);
-3. samples each row with :func:`gpt2kit.generate.sample_next` and the request's own ``torch.Generator``, so
+3. samples each row with :func:`gpt2kit.generation.sample_next` and the request's own ``torch.Generator``, so
    a seeded request draws the same random numbers as ``gpt2kit sample`` with that seed, whoever shares its batch;
 4. retires finished and cancelled rows: the last row moves into the freed one, so rows 0..B-1 stay dense.
 
@@ -27,7 +27,8 @@ from typing import Callable
 
 import torch
 
-from gpt2kit.generate import packed_cpu_linears, sample_next
+from gpt2kit.fastpath import packed_cpu_linears
+from gpt2kit.generation import packed_by_default, sample_next
 from gpt2kit.model.gpt import GPT, KVCache
 
 
@@ -119,7 +120,7 @@ class RowCache:
 class Engine:
     """The batching scheduler: ``submit`` from any thread, one background thread decodes."""
 
-    def __init__(self, model: GPT, *, max_batch: int = 16, max_queue: int = 64, packed: bool = True) -> None:
+    def __init__(self, model: GPT, *, max_batch: int = 16, max_queue: int = 64, packed: bool | None = None) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         if max_queue < 0:
@@ -127,7 +128,7 @@ class Engine:
         self.model = model.eval()
         self.max_batch = max_batch
         self.max_queue = max_queue
-        self.packed = packed
+        self.packed = packed_by_default() if packed is None else packed
         cfg = model.config
         self.block_size = cfg.block_size
         # zeroed, not empty: masked-out keys still enter the attention product, and 0 * NaN from uninitialised

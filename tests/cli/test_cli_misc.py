@@ -15,7 +15,7 @@ import torch
 from gpt2kit.cli import build_parser, main
 
 COMMANDS = ["prepare", "train", "eval", "eval loss", "eval hellaswag", "eval lambada", "sample", "export",
-            "finetune", "finetune classify", "finetune sft", "classify", "plot", "demo"]
+            "finetune", "finetune classify", "finetune sft", "classify", "plot", "demo", "serve", "chat"]
 
 
 def test_help_and_prepare_never_import_torch(tmp_path):

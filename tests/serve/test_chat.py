@@ -14,7 +14,7 @@ import torch
 from gpt2kit.checkpoint import load_model
 from gpt2kit.cli import main
 from gpt2kit.finetune.data import TEMPLATES
-from gpt2kit.generate import generate
+from gpt2kit.generation import generate
 from gpt2kit.serve.prompts import chat_prompt_ids, trim_conversation
 from gpt2kit.tokenizer import get_tokenizer
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gpt2kit import GPTConfig
-from gpt2kit.generate import generate
+from gpt2kit.generation import generate
 from gpt2kit.model.gpt import GPT
 from gpt2kit.serve.engine import Engine, QueueFull, SamplingParams
 

@@ -1,9 +1,43 @@
-"""Shared fixtures: tiny models only, so the whole suite runs on a 2-core CPU."""
+"""Shared fixtures: tiny models only, so the whole suite runs on a 2-core CPU.
+
+Tests that take the ``device`` fixture form the GPU tier: they run on ``GPT2KIT_TEST_DEVICE`` (default cpu),
+so ``GPT2KIT_TEST_DEVICE=cuda pytest -m device`` runs them on a GPU (``make gpu-check`` does).
+"""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+TEST_DEVICE = os.environ.get("GPT2KIT_TEST_DEVICE", "cpu")
+if TEST_DEVICE.startswith("cuda"):
+    # cuBLAS is run-to-run deterministic only with a fixed workspace; it must be set before cuBLAS starts, and the
+    # GPU tier compares resumed runs bitwise
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: takes the device fixture (the GPU tier; GPT2KIT_TEST_DEVICE)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device of the GPU tier: GPT2KIT_TEST_DEVICE (cpu, cuda, cuda:N), default cpu."""
+    try:
+        dev = torch.device(TEST_DEVICE)
+    except RuntimeError:
+        pytest.fail(f"GPT2KIT_TEST_DEVICE={TEST_DEVICE!r} is not a device name; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"GPT2KIT_TEST_DEVICE={TEST_DEVICE} but torch.cuda.is_available() is False; unset it on a CPU")
+    return dev
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
+from gpt2kit.device import collective_device
 from gpt2kit.tokenizer import EOT_ID
 
 Row = tuple[list[int], list[int]]
@@ -106,10 +107,7 @@ def distributed_sum(values: list[float], device: torch.device | str) -> list[flo
 
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return list(values)
-    dev = torch.device(device)
-    if dist.get_backend() == "nccl" and dev.type != "cuda":
-        dev = torch.device("cuda", torch.cuda.current_device())
-    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device(dist.get_backend(), device))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 

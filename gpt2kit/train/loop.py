@@ -55,6 +55,7 @@ from gpt2kit.checkpoint import (
     BEST_FILE, CHECKPOINT_DIR, list_step_checkpoints, load_state_dict_checked, model_state_dict,
     prune_step_checkpoints, save_checkpoint, step_checkpoint_path, write_best,
 )
+from gpt2kit.device import pinned_transfer, set_tf32
 from gpt2kit.errors import UserError
 from gpt2kit.train.config import LoopConfig
 from gpt2kit.train.distributed import (
@@ -196,7 +197,7 @@ class _StopSignals:
 def to_device(batch: Any, device: torch.device) -> Any:
     """``batch`` (tensors, tuples, lists, dicts) with every tensor on ``device``."""
     if isinstance(batch, torch.Tensor):
-        if device.type == "cuda":
+        if pinned_transfer(device.type):
             return batch.pin_memory().to(device, non_blocking=True)
         return batch.to(device)
     if isinstance(batch, dict):
@@ -350,9 +351,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     device = env.device
     run_dir = Path(cfg.out)
     autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    set_tf32(device.type, cfg.tf32)
     A = task.grad_accum_steps
     if A < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {A}")

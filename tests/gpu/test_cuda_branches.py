@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import gpt2kit
-from gpt2kit.checkpoint import read_checkpoint, save_checkpoint
 from gpt2kit.device import (
     collective_backend, collective_device, cuda_rng_states, ddp_device_ids, pinned_transfer, set_cuda_rng_states,
     set_tf32,
@@ -45,6 +44,8 @@ def _names_cuda(node: ast.AST) -> bool:
         if isinstance(sub, ast.Constant) and isinstance(sub.value, str) and sub.value.startswith("cuda"):
             return True
         if isinstance(sub, ast.Attribute) and sub.attr in ("cuda", "cudnn"):
+            return True
+        if isinstance(sub, ast.Name) and sub.id == "cuda":  # a torch.cuda passed in (or a fake of it)
             return True
     return False
 
@@ -179,8 +180,8 @@ def test_cuda_rng_states_with_a_fake_cuda(tmp_path):
     # through a weights-only checkpoint, as the trainer saves them, and back onto a machine with two GPUs
     state = rng_state()
     state["cuda"] = cuda_rng_states(FakeCuda(2))
-    save_checkpoint(tmp_path / "c.pt", {"rng": [state]})
-    saved = read_checkpoint(tmp_path / "c.pt")["rng"][0]["cuda"]
+    torch.save({"rng": [state]}, tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)["rng"][0]["cuda"]
     target = FakeCuda(2)
     target.states = [torch.zeros(16, dtype=torch.uint8)] * 2
     assert set_cuda_rng_states(saved, target) is True

@@ -9,12 +9,22 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from gpu_tier_settings import TINY_SHAPE
 
 HELLASWAG = [
     ("The whale rose from the sea and", ["dived again.", "ate the ship's cat.", "sang.", "flew to the moon."]),
     ("Ishmael walked along the harbour, then he", ["sat down.", "found an inn.", "swam to Nantucket.", "slept."]),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _restore_tf32():
+    """The trainer sets the process-wide TF32 flags on CUDA (--tf32, on by default); a later test comparing
+    float32 results at 1e-4 must not inherit them."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
 @pytest.fixture(scope="session")

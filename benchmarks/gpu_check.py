@@ -355,19 +355,22 @@ def step_demo(c: Check) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)
     train_s = 3.0 if c.dry else DEMO_TRAIN_S
     deadline = time.monotonic() + c.budget("demo")
-    began: list[float] = []
+    timers: list[threading.Timer] = []
 
     def on_line(line: str, proc: subprocess.Popen) -> None:
-        # the loop's start line: from here it trains, and the SIGTERM handler is installed
-        if not began and f" x {c.device}" in line and line.startswith("world "):
-            began.append(time.monotonic())
-            threading.Timer(train_s, lambda: proc.poll() is None and proc.send_signal(signal.SIGTERM)).start()
+        # the loop's start line: from here it trains, and its SIGTERM handler is installed
+        if not timers and f" x {c.device}" in line and line.startswith("world "):
+            timers.append(threading.Timer(train_s, lambda: proc.poll() is None and proc.send_signal(signal.SIGTERM)))
+            timers[0].daemon = True
+            timers[0].start()
 
     dtype = ["--dtype", "float32"] if c.dry else []  # see _torchrun_step
     rc, lines = c.run("demo", [c.python, "-m", "gpt2kit", "train", "--preset", "demo-cpu", "--data", str(c.data),
                                "--out", str(run_dir), "--device", c.device, *dtype, "--no-progress",
                                "--no-tensorboard"],
                       deadline - time.monotonic(), on_line=on_line)
+    for t in timers:
+        t.cancel()  # it finished the schedule first
     _need(rc, lines, "gpt2kit train --preset demo-cpu")
     records = _metrics(run_dir)
     last = records[-1] if records else {}

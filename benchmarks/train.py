@@ -137,19 +137,21 @@ def run_loop(args, device) -> dict:
     return res.metrics[-1]
 
 
-def find_batch_size(candidates: list[int], attempt: Callable[[int], Any]) -> tuple[int | None, Any, dict[str, str]]:
+def find_batch_size(candidates: list[int], attempt: Callable[[int], Any],
+                    cleanup: Callable[[], None] | None = None) -> tuple[int | None, Any, dict[str, str]]:
     """The first of ``candidates`` (largest first) whose ``attempt(B)`` runs without running out of memory:
-    (B or None, what the attempt returned, {B: "ok" or "out of memory"})."""
+    (B or None, what the attempt returned, {B: "ok" or "out of memory"}); ``cleanup`` runs after each failure."""
     tried: dict[str, str] = {}
     for B in candidates:
         try:
             result = attempt(B)
         except torch.OutOfMemoryError:
             tried[str(B)] = "out of memory"
-            free_memory()
-            continue
-        tried[str(B)] = "ok"
-        return B, result, tried
+        else:
+            tried[str(B)] = "ok"
+            return B, result, tried
+        # here, past the except block: its traceback no longer holds the failed attempt's tensors
+        (cleanup or free_memory)()
     return None, None, tried
 
 
@@ -158,6 +160,12 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def reset_compiled() -> None:
+    """Forget compiled code too: the next micro-batch then compiles for its own static shape, not a dynamic one."""
+    torch._dynamo.reset()
+    free_memory()
 
 
 def random_batch(B: int, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -239,7 +247,7 @@ def main() -> int:
 
     if args.batch_search:
         candidates = sorted({int(b) for b in args.batch_search.split(",")}, reverse=True)
-        B, models, tried = find_batch_size(candidates, build_ours)
+        B, models, tried = find_batch_size(candidates, build_ours, reset_compiled if args.compile else None)
         report["batch_search"] = tried
         print(f"micro-batch search: {', '.join(f'B={b} {r}' for b, r in tried.items())}")
         if B is None:

@@ -165,3 +165,29 @@ def test_checkpoint_saved_on_device_loads_and_resumes_on_cpu(device, tiny_train_
     more = run_pretraining(cfg, point)
     assert more.step == 3 and [r["step"] for r in more.metrics] == [1, 2, 3]
     assert len(list_step_checkpoints(res.checkpoint.parent.parent)) >= 1
+
+
+def test_out_of_memory_on_the_device_is_one_clear_error(device, tiny_train_cfg):
+    if device.type != "cuda":
+        pytest.skip("a real out-of-memory needs a GPU; tests/train fakes it on the CPU")
+    from gpt2kit.errors import UserError
+    from gpt2kit.train.loop import TrainTask, train
+
+    class HugeBatches:
+        def next_batch(self):
+            x = torch.zeros(1 << 20, TINY_SHAPE["block_size"], dtype=torch.long)  # logits: 16M x 50304 floats
+            return x, x
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    cfg = tiny_train_cfg("oom", device=str(device), max_steps=1)
+    model = GPT(cfg.model_config())
+    task = TrainTask(model=model, model_config=model.config.to_dict(), train_data=HugeBatches())
+    with pytest.raises(UserError, match=r"out of memory on cuda.*--batch-size"):
+        train(cfg, task)
+    del model, task
+    torch.cuda.empty_cache()

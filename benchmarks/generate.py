@@ -7,11 +7,16 @@ the packed CPU weights (gpt2kit.fastpath.packed_cpu_linears) bring.
 
     python benchmarks/generate.py                       # gpt2 preset, random weights, current device
     python benchmarks/generate.py --preset tiny --new-tokens 16   # quick check
+    python benchmarks/generate.py --device cuda --dtypes bfloat16 --batch-sizes 1,16 --json gen.json
+
+The unpacked column is measured on CPU only (the packed weights are a CPU path). --json writes every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import time
 
 import torch
@@ -65,6 +70,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write every figure to this JSON file")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -85,6 +91,9 @@ def main() -> None:
     print(f"device={device} threads={torch.get_num_threads()} preset={args.preset} params={n_params:,} "
           f"prompt={args.prompt_tokens} new_tokens={args.new_tokens} torch={torch.__version__}")
     print(f"measured copy bandwidth: {bw:.1f} GB/s")
+    report = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "preset": args.preset, "params": n_params, "prompt_tokens": args.prompt_tokens,
+              "new_tokens": args.new_tokens, "copy_bandwidth_gbs": bw, "torch": str(torch.__version__), "runs": []}
     print(f"{'dtype':>9} {'batch':>5} {'unpacked tok/s':>15} {'gpt2kit tok/s':>14} {'transformers tok/s':>19} "
           f"{'ratio':>6} {'weights GB/s (b=1)':>19}")
     for dtype_name in args.dtypes.split(","):
@@ -98,9 +107,11 @@ def main() -> None:
             idx = torch.randint(0, cfg.vocab_size, (B, args.prompt_tokens), device=device)
             t_ours = time_it(lambda: generate(ours, idx, args.new_tokens, temperature=0), device, args.repeats)
             tps_ours = B * args.new_tokens / t_ours
-            t_plain = time_it(lambda: generate(ours, idx, args.new_tokens, temperature=0, packed=False), device,
-                              args.repeats)
-            tps_plain = B * args.new_tokens / t_plain
+            tps_plain = float("nan")
+            if device.type == "cpu":
+                t_plain = time_it(lambda: generate(ours, idx, args.new_tokens, temperature=0, packed=False), device,
+                                  args.repeats)
+                tps_plain = B * args.new_tokens / t_plain
             tps_hf = float("nan")
             if theirs is not None:
                 mask = torch.ones_like(idx)
@@ -114,6 +125,16 @@ def main() -> None:
             weights_gbs = bytes_per_token * (tps_ours / B) / 1e9
             bound = f"{weights_gbs:6.1f} ({weights_gbs / bw:4.0%} of copy bw)" if B == 1 else ""
             print(f"{dtype_name:>9} {B:>5} {tps_plain:>15.1f} {tps_ours:>14.1f} {tps_hf:>19.1f} {tps_ours / tps_hf:>5.2f}x {bound:>19}")
+            report["runs"].append({
+                "dtype": dtype_name, "batch_size": B, "gpt2kit_tokens_per_s": tps_ours,
+                "unpacked_tokens_per_s": None if math.isnan(tps_plain) else tps_plain,
+                "transformers_tokens_per_s": None if math.isnan(tps_hf) else tps_hf,
+                "ratio_vs_transformers": None if math.isnan(tps_hf) else tps_ours / tps_hf,
+                "weights_gbs": weights_gbs if B == 1 else None})
+            if args.json:
+                from gpt2kit.io import atomic_write_text
+
+                atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

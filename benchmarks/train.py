@@ -7,6 +7,9 @@ compiled, the fused output-layer loss (gpt2kit.train.lm_loss); gpt2kit-plain is 
 transformers has the plain 50257 vocabulary and is run two ways: its own ``labels=`` loss (how its Trainer
 trains) and transformers-ce (logits, then one cross-entropy on pre-shifted targets). Rounds alternate
 between the models so that load from other processes hits both alike; the best round of each is reported.
+With --batch-search the largest micro-batch that fits is found first (each try that runs out of memory
+is freed and the next smaller one tried); transformers then runs at the same micro-batch, or at half or a
+quarter of it when that does not fit. --json writes every figure to a file.
 MFU uses 6N + 12·L·H·Q·T FLOPs per token against a table peak on NVIDIA GPUs or the matmul peak measured on
 CPU (best of the rounds, printed), and the share of the CPUs other processes used meanwhile is printed.
 
@@ -16,16 +19,20 @@ reports what its metrics logged, so loop overhead is visible.
     python benchmarks/train.py                                   # L=4 H=4 C=256 T=256 B=8, float32, CPU
     python benchmarks/train.py --dtype bfloat16
     python benchmarks/train.py --preset gpt2 --batch-size 16 --no-hf   # on a GPU
+    python benchmarks/train.py --preset gpt2 --dtype bfloat16 --compile --batch-search 64,32,16 --device cuda
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
+import json
 import os
 import statistics
 import sys
 import tempfile
 import time
+from typing import Any, Callable
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # huge pages for large CPU tensors (as gpt2kit train does)
 
@@ -131,6 +138,44 @@ def run_loop(args, device) -> dict:
     return res.metrics[-1]
 
 
+def find_batch_size(candidates: list[int], attempt: Callable[[int], Any],
+                    cleanup: Callable[[], None] | None = None) -> tuple[int | None, Any, dict[str, str]]:
+    """The first of ``candidates`` (largest first) whose ``attempt(B)`` runs without running out of memory:
+    (B or None, what the attempt returned, {B: "ok" or "out of memory"}); ``cleanup`` runs after each failure."""
+    tried: dict[str, str] = {}
+    for B in candidates:
+        try:
+            result = attempt(B)
+        except torch.OutOfMemoryError:
+            tried[str(B)] = "out of memory"
+        else:
+            tried[str(B)] = "ok"
+            return B, result, tried
+        # here, past the except block: its traceback no longer holds the failed attempt's tensors
+        (cleanup or free_memory)()
+    return None, None, tried
+
+
+def free_memory() -> None:
+    """Give back what a failed attempt held (the caching allocator keeps freed blocks otherwise)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def reset_compiled() -> None:
+    """Forget compiled code too: the next micro-batch then compiles for its own static shape, not a dynamic one."""
+    torch._dynamo.reset()
+    free_memory()
+
+
+def random_batch(B: int, T: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) (B, T) each: one fixed random batch, the same for every model."""
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, 50257, (B, T + 1), generator=g)
+    return tokens[:, :-1].to(device), tokens[:, 1:].to(device)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default=None, help="take the model shape from a training preset (e.g. gpt2)")
@@ -139,6 +184,8 @@ def main() -> int:
     ap.add_argument("--n-embd", type=int, default=256)
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=8, help="micro-batch B")
+    ap.add_argument("--batch-search", default=None, metavar="B1,B2,...",
+                    help="try these micro-batches, largest first, and use the first that does not run out of memory")
     ap.add_argument("--padded-vocab-size", type=int, default=50304)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     ap.add_argument("--compile", action="store_true", help="torch.compile gpt2kit's model")
@@ -146,10 +193,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first")
     ap.add_argument("--rounds", type=int, default=5, help="alternating rounds; the best of each model counts")
-    ap.add_argument("--no-hf", action="store_true", help="skip transformers (default on GPU)")
+    ap.add_argument("--no-hf", action="store_true", help="skip transformers")
     ap.add_argument("--no-loop", action="store_true", help="skip the run of the real training loop")
     ap.add_argument("--no-plain", action="store_true",
                     help="skip gpt2kit-plain (the model's own forward loss instead of the fused training loss)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="also write every figure to this JSON file")
     args = ap.parse_args()
 
     from gpt2kit.distributed import resolve_device
@@ -165,31 +213,57 @@ def main() -> int:
     device = resolve_device(args.device)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
-    L, H, C, T, B = args.n_layer, args.n_head, args.n_embd, args.block_size, args.batch_size
+    L, H, C, T = args.n_layer, args.n_head, args.n_embd, args.block_size
     peak, source = peak_flops(device, torch.bfloat16 if args.dtype == "bfloat16" else torch.float32)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    report: dict[str, Any] = {"device": device_name, "n_layer": L, "n_head": H, "n_embd": C, "block_size": T,
+                              "dtype": args.dtype, "compile": args.compile, "torch": str(torch.__version__)}
+
+    def build_ours(B: int) -> dict[str, tuple]:
+        """gpt2kit's step(s) at micro-batch B, warmed up (compiled when --compile)."""
+        torch.manual_seed(0)
+        x, y = random_batch(B, T, device)
+        ours = GPT(GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, padded_vocab_size=args.padded_vocab_size))
+        ours.to(device)
+        n_ours = matmul_params(ours, ours.transformer.wpe.weight) - (args.padded_vocab_size - 50257) * C
+        if args.compile:
+            built = {"gpt2kit": (make_step(torch.compile(ours), lambda m, a, b: m(a, b)[1], device, args.dtype),
+                                 n_ours, x, y)}
+        else:
+            from gpt2kit.train.lm_loss import FusedLossGPT
+
+            # what gpt2kit train runs by default (fused output layer + loss), and the model's own forward loss
+            built = {"gpt2kit": (make_step(FusedLossGPT(ours), lambda m, a, b: m(a, b)[1], device, args.dtype),
+                                 n_ours, x, y)}
+            if not args.no_plain:
+                torch.manual_seed(0)
+                plain = GPT(ours.config).to(device)
+                built["gpt2kit-plain"] = (make_step(plain, lambda m, a, b: m(a, b)[1], device, args.dtype),
+                                          n_ours, x, y)
+        for step, _, bx, by in built.values():
+            for _ in range(args.warmup):
+                step(bx, by)
+        _sync(device)
+        return built
+
+    if args.batch_search:
+        candidates = sorted({int(b) for b in args.batch_search.split(",")}, reverse=True)
+        B, models, tried = find_batch_size(candidates, build_ours, reset_compiled if args.compile else None)
+        report["batch_search"] = tried
+        print(f"micro-batch search: {', '.join(f'B={b} {r}' for b, r in tried.items())}")
+        if B is None:
+            print(f"error: gpt2kit ran out of memory at every micro-batch in {candidates}; try smaller ones",
+                  file=sys.stderr)
+            _write_json(args.json, report)
+            return 1
+        args.batch_size = B
+    else:
+        B = args.batch_size
+        models = build_ours(B)
+    report["batch_size"] = B
     print(f"device {device} ({torch.get_num_threads()} threads) | L={L} H={H} C={C} T={T} B={B} | {args.dtype}"
           f" | compile {'on' if args.compile else 'off'} | peak: {source}")
-
-    torch.manual_seed(0)
-    g = torch.Generator().manual_seed(0)
-    tokens = torch.randint(0, 50257, (B, T + 1), generator=g)
-    x, y = tokens[:, :-1].to(device), tokens[:, 1:].to(device)
-
-    ours = GPT(GPTConfig(n_layer=L, n_head=H, n_embd=C, block_size=T, padded_vocab_size=args.padded_vocab_size))
-    ours.to(device)
-    n_ours = matmul_params(ours, ours.transformer.wpe.weight) - (args.padded_vocab_size - 50257) * C
-    if args.compile:
-        models = {"gpt2kit": (make_step(torch.compile(ours), lambda m, a, b: m(a, b)[1], device, args.dtype), n_ours)}
-    else:
-        from gpt2kit.train.lm_loss import FusedLossGPT
-
-        # what gpt2kit train runs by default (fused output layer + loss), and the model's own forward loss
-        models = {"gpt2kit": (make_step(FusedLossGPT(ours), lambda m, a, b: m(a, b)[1], device, args.dtype), n_ours)}
-        if not args.no_plain:
-            torch.manual_seed(0)
-            plain = GPT(ours.config).to(device)
-            models["gpt2kit-plain"] = (make_step(plain, lambda m, a, b: m(a, b)[1], device, args.dtype), n_ours)
-    use_hf = not args.no_hf and device.type == "cpu"
+    use_hf = not args.no_hf
     if use_hf:
         import torch.nn.functional as F
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -204,18 +278,33 @@ def main() -> int:
             logits = m(input_ids=a).logits  # (B, T, V)
             return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), b.reshape(-1))
 
-        # transformers' own training path: labels=inputs, shifted inside the model (its Trainer does this)
-        hf = hf_model()
-        models["transformers"] = (make_step(hf, lambda m, a, b: m(input_ids=a, labels=a).loss, device, args.dtype),
-                                  matmul_params(hf, hf.transformer.wpe.weight))
-        # and a kinder variant: logits, then one cross-entropy on our pre-shifted targets
-        hf2 = hf_model()
-        models["transformers-ce"] = (make_step(hf2, hf_manual, device, args.dtype),
-                                     matmul_params(hf2, hf2.transformer.wpe.weight))
-    fpt = {name: flops_per_token(L, H, C // H, T, n) for name, (_, n) in models.items()}
-    for name, (step, _) in models.items():
-        for _ in range(args.warmup):
-            step(x, y)
+        def build_hf(hb: int) -> dict[str, tuple]:
+            hx, hy = random_batch(hb, T, device)
+            # transformers' own training path: labels=inputs, shifted inside the model (its Trainer does this)
+            hf = hf_model()
+            built = {"transformers": (make_step(hf, lambda m, a, b: m(input_ids=a, labels=a).loss, device,
+                                                args.dtype), matmul_params(hf, hf.transformer.wpe.weight), hx, hy)}
+            # and a kinder variant: logits, then one cross-entropy on our pre-shifted targets
+            hf2 = hf_model()
+            built["transformers-ce"] = (make_step(hf2, hf_manual, device, args.dtype),
+                                        matmul_params(hf2, hf2.transformer.wpe.weight), hx, hy)
+            for step, _, bx, by in built.values():
+                for _ in range(args.warmup):
+                    step(bx, by)
+            _sync(device)
+            return built
+
+        # transformers may need more memory than gpt2kit at the same batch: then it runs at the largest that fits
+        hf_b, hf_models, hf_tried = find_batch_size([b for b in (B, B // 2, B // 4) if b >= 1], build_hf)
+        report["transformers_batch_size"] = hf_b
+        if hf_b is None:
+            print(f"transformers ran out of memory at micro-batch {B}, {B // 2} and {B // 4}; not compared")
+            use_hf = False
+        else:
+            if hf_b != B:
+                print(f"transformers runs at micro-batch {hf_b} ({B} ran out of memory); tokens/s still compare")
+            models.update(hf_models)
+    fpt = {name: flops_per_token(L, H, C // H, T, n) for name, (_, n, _, _) in models.items()}
     times: dict[str, list[float]] = {name: [] for name in models}
     from gpt2kit.train.metrics import measure_matmul_flops
 
@@ -223,7 +312,7 @@ def main() -> int:
     peaks = [peak] if peak else []
     load0 = other_load()
     for _ in range(args.rounds):
-        for name, (step, _) in models.items():
+        for name, (step, _, x, y) in models.items():
             times[name].append(time_steps(step, x, y, device, args.steps))
         if device.type == "cpu":  # the peak too is taken at the best moment, like the models' rates
             peaks.append(measure_matmul_flops.__wrapped__(peak_dtype, seconds=0.3))
@@ -234,25 +323,44 @@ def main() -> int:
         if load is not None:
             print(f"other processes kept {load:.2f} of {os.cpu_count()} CPUs busy on average during the rounds "
                   "(timings under load are lower than on an idle machine)")
+    report.update(peak_flops=peak, peak_source=source, other_load=load, models={})
     rate = {}
     for name, ts in times.items():
-        rate[name] = B * T / min(ts)
+        n_tok = models[name][2].numel()
+        rate[name] = n_tok / min(ts)
         mfu = fpt[name] * rate[name] / peak if peak else None
-        median = B * T / statistics.median(ts)
+        median = n_tok / statistics.median(ts)
+        report["models"][name] = {"tokens_per_s": rate[name], "median_tokens_per_s": median, "mfu": mfu,
+                                  "flops_per_token": fpt[name], "batch_size": models[name][2].size(0)}
         print(f"{name:15s} {rate[name]:9.0f} tokens/s (best of {args.rounds}; median {median:.0f})"
               f"  {fpt[name] / 1e6:.1f} MFLOP/token" + (f"  MFU {mfu:.1%}" if mfu is not None else ""))
     if use_hf:
+        report["ratio_vs_transformers"] = rate["gpt2kit"] / rate["transformers"]
+        report["ratio_vs_transformers_ce"] = rate["gpt2kit"] / rate["transformers-ce"]
         print(f"ratio gpt2kit / transformers: {rate['gpt2kit'] / rate['transformers']:.2f}x tokens/s "
               f"({rate['gpt2kit'] / rate['transformers-ce']:.2f}x against transformers-ce)")
     if peak:
-        print(f"gpt2kit MFU: {fpt['gpt2kit'] * rate['gpt2kit'] / peak:.1%} of {source}")
+        report["mfu"] = fpt["gpt2kit"] * rate["gpt2kit"] / peak
+        print(f"gpt2kit MFU: {report['mfu']:.1%} of {source}")
+    _write_json(args.json, report)
     if not args.no_loop:
+        del models
+        free_memory()
         rec = run_loop(args, device)
         # against the same peak as the lines above (the loop's own MFU uses the peak it measured at its start)
         mfu = fpt["gpt2kit"] * rec["tokens_per_s"] / peak if peak else None
+        report["loop"] = {"tokens_per_s": rec["tokens_per_s"], "mfu": mfu, "loss": rec.get("loss")}
         print(f"gpt2kit train loop: {rec['tokens_per_s']:.0f} tokens/s over {args.steps} logged steps"
               + (f", MFU {mfu:.1%}" if mfu is not None else "") + " (includes data, lr, clip, metrics)")
+        _write_json(args.json, report)
     return 0
+
+
+def _write_json(path: str | None, report: dict[str, Any]) -> None:
+    if path:
+        from gpt2kit.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(report, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
+from gpt2kit.device import collective_backend, collective_device, ddp_device_ids
 from gpt2kit.errors import UserError
 
 
@@ -82,7 +83,9 @@ def setup_distributed(device: str = "auto") -> DistEnv:
     world_size = _env_int("WORLD_SIZE", 1)
     rank = _env_int("RANK", 0)
     local_rank = _env_int("LOCAL_RANK", 0)
-    if world_size <= 1:
+    if "WORLD_SIZE" not in os.environ:
+        # not launched by torchrun: a world of one without a process group. Under `torchrun --nproc_per_node=1`
+        # the group (NCCL on a GPU) and the DDP/FSDP wrapping are set up as for many ranks, so one GPU checks them
         return DistEnv(device=resolve_device(device))
     if device in ("auto", "cuda") and torch.cuda.is_available():
         if local_rank >= torch.cuda.device_count():
@@ -98,7 +101,7 @@ def setup_distributed(device: str = "auto") -> DistEnv:
         if dev.type == "cuda":
             dev = torch.device("cuda", local_rank)
             torch.cuda.set_device(dev)
-        backend = "nccl" if dev.type == "cuda" else "gloo"
+        backend = collective_backend(dev.type)
     owns = False
     if not dist.is_initialized():
         kw: dict[str, Any] = dict(backend=backend, timeout=datetime.timedelta(minutes=30))
@@ -142,7 +145,7 @@ def wrap_model(model: nn.Module, env: DistEnv, *, parallel: str = "ddp", compile
     Under FSDP, ``model`` itself is sharded in place (its parameters become DTensors); build the
     optimizer from it after this call.
     """
-    if env.distributed and parallel == "fsdp":
+    if env.backend is not None and parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
         blocks = getattr(getattr(model, "transformer", None), "h", None)
@@ -152,9 +155,8 @@ def wrap_model(model: nn.Module, env: DistEnv, *, parallel: str = "ddp", compile
         return torch.compile(model) if compile else model
     if compile:
         model = torch.compile(model)
-    if env.distributed:
-        ids = [env.device.index] if env.device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    if env.backend is not None:
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ddp_device_ids(env.device))
     return model
 
 
@@ -188,10 +190,7 @@ def all_reduce_sum(values: list[float], device: torch.device | str) -> list[floa
     """``values`` summed over ranks (float64; unchanged in a world of one)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return list(values)
-    dev = torch.device(device)
-    if dist.get_backend() == "nccl" and dev.type != "cuda":
-        dev = torch.device("cuda", torch.cuda.current_device())
-    t = torch.tensor(values, dtype=torch.float64, device=dev)
+    t = torch.tensor(values, dtype=torch.float64, device=collective_device(dist.get_backend(), device))
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.tolist()
 

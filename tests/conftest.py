@@ -1,18 +1,35 @@
-"""Shared fixtures: tiny models only, so the whole suite runs on a 2-core CPU."""
+"""Shared fixtures: tiny models only, so the whole suite runs on a 2-core CPU.
+
+Tests that take the ``device`` fixture form the GPU tier: they run on ``GPT2KIT_TEST_DEVICE`` (default cpu),
+so ``GPT2KIT_TEST_DEVICE=cuda pytest -m device`` runs them on a GPU (``make gpu-check`` does).
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+TEST_DEVICE = os.environ.get("GPT2KIT_TEST_DEVICE", "cpu")
+if TEST_DEVICE.startswith("cuda"):
+    # cuBLAS is run-to-run deterministic only with a fixed workspace; it must be set before cuBLAS starts, and the
+    # GPU tier compares resumed runs bitwise
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: takes the device fixture (the GPU tier; GPT2KIT_TEST_DEVICE)")
+
 
 # The slow tier: whole training/fine-tuning runs, subprocesses, torchrun and the crash suite. `make test-fast`
 # (pytest -m "not slow") runs the rest, the unit tests, for the edit-run loop; `make test` runs everything.
 SLOW = (
     "reliability/", "train/test_train_loop.py", "train/test_train_cli.py", "eval/test_eval_cli.py",
     "eval/test_eval_distributed.py", "finetune/test_classify.py", "finetune/test_sft.py", "cli/",
-    "data/test_data_cli.py",
+    "data/test_data_cli.py", "gpu/test_compile_paths.py", "test_gpu_check.py", "serve/test_server.py", "serve/test_chat.py",
+    "serve/test_cli.py",
 )
 
 
@@ -22,6 +39,20 @@ def pytest_collection_modifyitems(config, items):
         rel = Path(item.fspath).relative_to(root).as_posix()
         if any(rel.startswith(prefix) for prefix in SLOW):
             item.add_marker(pytest.mark.slow)
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """The device of the GPU tier: GPT2KIT_TEST_DEVICE (cpu, cuda, cuda:N), default cpu."""
+    try:
+        dev = torch.device(TEST_DEVICE)
+    except RuntimeError:
+        pytest.fail(f"GPT2KIT_TEST_DEVICE={TEST_DEVICE!r} is not a device name; use cpu or cuda")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"GPT2KIT_TEST_DEVICE={TEST_DEVICE} but torch.cuda.is_available() is False; unset it on a CPU")
+    return dev
 
 
 @pytest.fixture

@@ -57,6 +57,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from gpt2kit.device import pinned_transfer, set_tf32
 from gpt2kit.distributed import (
     DistEnv, all_reduce_mean, any_rank, gather_objects, gradient_sync, is_fsdp, setup_distributed, wrap_model,
 )
@@ -185,7 +186,7 @@ def train_step(wrapped: nn.Module, task: TrainTask, params: list[nn.Parameter], 
 def to_device(batch: Any, device: torch.device) -> Any:
     """``batch`` (tensors, tuples, lists, dicts) with every tensor on ``device``."""
     if isinstance(batch, torch.Tensor):
-        if device.type == "cuda":
+        if pinned_transfer(device.type):
             return batch.pin_memory().to(device, non_blocking=True)
         return batch.to(device)
     if isinstance(batch, dict):
@@ -413,9 +414,7 @@ def _header(cfg: LoopConfig, task: TrainTask, env: DistEnv, step: int, peak_sour
 def _check_and_configure(cfg: LoopConfig, task: TrainTask, device: torch.device) -> None:
     if task.grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {task.grad_accum_steps}")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-        torch.backends.cudnn.allow_tf32 = cfg.tf32
+    set_tf32(device.type, cfg.tf32)
 
 
 def _unwrap_ddp(wrapped: nn.Module) -> nn.Module:

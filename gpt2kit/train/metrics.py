@@ -21,8 +21,11 @@ from gpt2kit.checkpoint import unwrap_model
 from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_write_text, parse_jsonl
 
-# dense peak FLOP/s per device: {precision: value}; tf32 is what float32 matmuls run at with TF32 allowed
+# dense peak FLOP/s per device: {precision: value}; tf32 is what float32 matmuls run at with TF32 allowed.
+# Keys are matched as substrings of torch.cuda.get_device_name in this order, so a variant comes before its base
+# name ("NVIDIA H200 NVL" is the 600 W PCIe card; "NVIDIA H100 80GB HBM3" is the SXM part).
 GPU_PEAK_FLOPS: dict[str, dict[str, float]] = {
+    "H200 NVL": {"bfloat16": 835e12, "tf32": 417.5e12, "float32": 60e12},
     "H200": {"bfloat16": 989e12, "tf32": 494.5e12, "float32": 67e12},
     "H100 NVL": {"bfloat16": 835e12, "tf32": 417.5e12, "float32": 60e12},
     "H100 PCIe": {"bfloat16": 756e12, "tf32": 378e12, "float32": 51e12},
@@ -60,15 +63,19 @@ def measure_matmul_flops(dtype: torch.dtype = torch.float32, size: int = 2048, s
     return best
 
 
+def gpu_peak_flops(device_name: str, precision: str) -> tuple[float | None, str]:
+    """(dense peak FLOP/s of the GPU called ``device_name`` at bfloat16/tf32/float32, its source); None when unknown."""
+    for key, table in GPU_PEAK_FLOPS.items():
+        if key in device_name:
+            return table[precision], f"{key} {precision} dense peak {table[precision] / 1e12:.0f} TFLOP/s (spec sheet)"
+    return None, f"no peak FLOP/s known for {device_name}; MFU not reported"
+
+
 def peak_flops(device: torch.device, dtype: torch.dtype, tf32: bool = True) -> tuple[float | None, str]:
     """(peak FLOP/s of one device for this precision, where that figure comes from); None when unknown."""
     if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
         prec = "bfloat16" if dtype == torch.bfloat16 else ("tf32" if tf32 else "float32")
-        for key, table in GPU_PEAK_FLOPS.items():
-            if key in name:
-                return table[prec], f"{key} {prec} dense peak {table[prec] / 1e12:.0f} TFLOP/s (spec sheet)"
-        return None, f"no peak FLOP/s known for {name}; MFU not reported"
+        return gpu_peak_flops(torch.cuda.get_device_name(device), prec)
     if device.type == "cpu":
         rate = measure_matmul_flops(dtype)
         return rate, f"measured CPU {str(dtype).replace('torch.', '')} matmul peak {rate / 1e9:.1f} GFLOP/s"

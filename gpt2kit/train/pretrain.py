@@ -158,7 +158,7 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             f"T={gcfg.block_size}) | data: {manifest['splits']['train']['tokens']:,} train tokens in {cfg.data} | "
             f"{tokens_per_step:,} tokens/step = {cfg.batch_size} x {gcfg.block_size} x {A} accum x "
             f"{env.world_size} ranks")
-        fsdp = cfg.parallel == "fsdp" and env.distributed
+        fsdp = cfg.parallel == "fsdp" and env.backend is not None
         # compiled runs let torch.compile fuse the model's own loss; FSDP needs the model's forward hooks
         fused = cfg.fused_loss and not cfg.compile and not fsdp
         task = TrainTask(

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from gpt2kit.checkpoint import list_step_checkpoints, read_checkpoint
+from gpt2kit.device import cuda_rng_states, set_cuda_rng_states
 from gpt2kit.errors import UserError
 
 
@@ -24,15 +25,12 @@ def rng_state() -> dict[str, Any]:
     """This process's python, numpy, torch and CUDA random states as plain data and tensors."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    cuda: list[torch.Tensor] = []
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        cuda = [s.clone() for s in torch.cuda.get_rng_state_all()]
     return {
         "python": {"version": int(version), "state": [int(x) for x in mt], "gauss": gauss},
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state().clone(),
-        "cuda": cuda,
+        "cuda": cuda_rng_states(),
     }
 
 
@@ -44,9 +42,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     np.random.set_state((npy["kind"], npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"],
                          npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    cuda = state.get("cuda") or []
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda)
+    set_cuda_rng_states(state.get("cuda") or [])
 
 
 def seed_everything(seed: int) -> None:

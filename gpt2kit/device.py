@@ -1,0 +1,67 @@
+"""CUDA-only decisions, written as functions of the device type so that CPU tests reach their logic.
+
+The training code branches on CUDA in a few places: pinned, non-blocking host-to-device copies, the TF32
+matmul flags, the collective backend, DDP's ``device_ids``, the device a NCCL collective needs, and the
+CUDA random states kept in checkpoints. Each decision is one function here that takes the device type (or
+the ``torch.cuda`` module, which a test replaces by a fake), so the CPU suite calls it with ``"cuda"``; the
+call sites keep only the part that needs a GPU to run. ``tests/gpu/test_cuda_branches.py`` fails when a
+CUDA branch elsewhere in gpt2kit is not registered there with the test that reaches it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+
+def pinned_transfer(device_type: str) -> bool:
+    """Whether host batches go to the device through pinned memory with ``non_blocking=True`` (CUDA only)."""
+    # a pinned source lets the copy overlap the previous step's kernels; on CPU "pinning" is a wasted copy
+    return device_type == "cuda"
+
+
+def set_tf32(device_type: str, enabled: bool) -> bool:
+    """Allow (or forbid) TF32 for float32 matmuls and cuDNN on CUDA runs; returns whether any flag was set."""
+    if device_type != "cuda":
+        return False  # the flags are process-wide: a CPU run must not change what a later CUDA run gets
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    return True
+
+
+def collective_backend(device_type: str) -> str:
+    """The torch.distributed backend for ranks on this device type: NCCL for CUDA, gloo otherwise."""
+    return "nccl" if device_type == "cuda" else "gloo"
+
+
+def ddp_device_ids(device: torch.device) -> list[int] | None:
+    """DDP's ``device_ids``: the rank's one CUDA device; None for CPU modules (DDP refuses ids there) and for a
+    CUDA device without an index (DDP then takes the module's device)."""
+    return [device.index] if device.type == "cuda" and device.index is not None else None
+
+
+def collective_device(backend: str, device: torch.device | str,
+                      current_cuda_index: Callable[[], int] = torch.cuda.current_device) -> torch.device:
+    """The device a collective's tensor must live on: NCCL reduces only CUDA tensors, gloo takes ``device``."""
+    dev = torch.device(device)
+    if backend == "nccl" and dev.type != "cuda":
+        return torch.device("cuda", current_cuda_index())
+    return dev
+
+
+def cuda_rng_states(cuda: Any = torch.cuda) -> list[torch.Tensor]:
+    """Copies of every CUDA device's RNG state, or [] when CUDA was never initialised in this process."""
+    # asking for the states would initialise CUDA in a process that never used it (seconds, and memory)
+    if cuda.is_available() and cuda.is_initialized():
+        return [s.clone() for s in cuda.get_rng_state_all()]
+    return []
+
+
+def set_cuda_rng_states(states: list[torch.Tensor], cuda: Any = torch.cuda) -> bool:
+    """Restore :func:`cuda_rng_states`; False (nothing set) without CUDA or with another device count."""
+    # a checkpoint from a machine with another GPU count (or a CPU run) cannot continue those streams
+    if not states or not cuda.is_available() or len(states) != cuda.device_count():
+        return False
+    cuda.set_rng_state_all(states)
+    return True

@@ -65,3 +65,25 @@ def set_cuda_rng_states(states: list[torch.Tensor], cuda: Any = torch.cuda) -> b
         return False
     cuda.set_rng_state_all(states)
     return True
+
+
+def native_bf16(device_type: str, cuda: Any = torch.cuda) -> bool:
+    """Whether this machine computes bfloat16 matmuls natively on ``device_type`` (not emulated in float32)."""
+    if device_type == "cuda":
+        return bool(cuda.is_available() and cuda.is_bf16_supported())
+    if device_type == "cpu":
+        # oneDNN reports bf16 support only with AVX-512 BF16 or AMX; elsewhere autocast emulates bfloat16 and a
+        # step takes several times as long as in float32
+        try:
+            return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+def autocast_dtype_for(dtype: str, device_type: str, cuda: Any = torch.cuda) -> torch.dtype | None:
+    """The autocast dtype for ``--dtype`` on this device: bfloat16, or None (plain float32); ``auto`` asks
+    :func:`native_bf16`."""
+    if dtype == "bfloat16" or (dtype == "auto" and native_bf16(device_type, cuda)):
+        return torch.bfloat16
+    return None

@@ -15,19 +15,13 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
+from gpt2kit.device import native_bf16
+
 PACKED_MAX_ROWS = 16
 """Decoding steps of at most this many rows (batch x new positions) use the packed weights."""
 
 # nn.Linear -> (weight version, data pointer, parts, packed weight: see _packed)
 _PACKED: "weakref.WeakKeyDictionary[nn.Linear, tuple]" = weakref.WeakKeyDictionary()
-
-
-def _bf16_packing_available() -> bool:
-    """oneDNN's prepacked linear (what torch.compile's CPU backend uses) is present and runs bfloat16 here."""
-    try:
-        return torch.backends.mkldnn.is_available() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
 
 
 def _packed(linear: nn.Linear, parts: int) -> torch.Tensor:
@@ -78,7 +72,7 @@ def packed_cpu_linears(model: nn.Module) -> Iterator[bool]:
         and not hasattr(model, "_orig_mod")  # not under torch.compile
         and all(m.weight.device.type == "cpu" for m in linears)
         and (dtypes == {torch.float32} and parts > 1
-             or dtypes == {torch.bfloat16} and _bf16_packing_available())
+             or dtypes == {torch.bfloat16} and native_bf16("cpu"))
     )
     if not usable:
         yield False

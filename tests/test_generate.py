@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from gpt2kit import GPT, load_model
-from gpt2kit.fastpath import _bf16_packing_available, packed_cpu_linears
+from gpt2kit.device import native_bf16
+from gpt2kit.fastpath import packed_cpu_linears
 from gpt2kit.generation import generate, sample_next
 
 
@@ -125,7 +126,7 @@ def test_packed_weights_follow_weight_updates(model, two_threads):
     torch.testing.assert_close(after, plain, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.skipif(not _bf16_packing_available(), reason="this CPU has no oneDNN bfloat16")
+@pytest.mark.skipif(not native_bf16("cpu"), reason="this CPU has no oneDNN bfloat16")
 def test_packed_bfloat16_matches_plain(model):
     model = model.to(torch.bfloat16)
     x = torch.randint(0, 50257, (2, 1))

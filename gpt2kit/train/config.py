@@ -45,8 +45,10 @@ class LoopConfig:
     """Random seed for weights, data order and dropout."""
     device: str = "auto"
     """cpu, cuda, cuda:N, mps, or auto (under torchrun each rank uses cuda:LOCAL_RANK)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Compute precision: bfloat16 runs matmuls under torch.autocast (weights and optimizer stay float32)."""
+    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
+    """Compute precision: bfloat16 runs matmuls under torch.autocast (weights and optimizer stay float32); auto
+    picks bfloat16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), else
+    float32 (emulated bfloat16 is many times slower)."""
     compile: bool = False
     """torch.compile the model (needs a C++ compiler on CPU; the first steps are slow while it compiles)."""
     tf32: bool = True
@@ -291,7 +293,7 @@ def demo_cpu() -> TrainConfig:
     return TrainConfig(
         preset="demo-cpu", out="runs/demo", model=_pretraining_model("demo-cpu"), batch_size=8,
         total_batch_tokens=None, lr=3e-3, min_lr_ratio=0.1, warmup_steps=30, schedule_steps=1600,
-        lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, dtype="bfloat16",
+        lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, dtype="auto",
         compile=False, log_every=10, eval_every=200, eval_batches=20, save_every=400, keep_last=2, samples=2,
         sample_tokens=48, sample_prompt="The ",
     )

@@ -57,7 +57,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from gpt2kit.device import pinned_transfer, set_tf32
+from gpt2kit.device import autocast_dtype_for, pinned_transfer, set_tf32
 from gpt2kit.distributed import (
     DistEnv, all_reduce_mean, any_rank, gather_objects, gradient_sync, is_fsdp, setup_distributed, wrap_model,
 )
@@ -104,9 +104,9 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     checkpointer.tidy(resume, state.step, state.best_val_loss)
     checkpointer.write_config(cfg.to_dict())
     last_ckpt = resume.path if resume is not None else None
-    autocast_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else None
+    autocast_dtype = autocast_dtype_for(cfg.dtype, env.device.type)
     speed = _Speedometer(task.flops_per_token, env, autocast_dtype, cfg.tf32)
-    say(_header(cfg, task, env, state.step, speed.peak_source))
+    say(_header(cfg, task, env, state.step, speed.peak_source, autocast_dtype))
     if state.step >= cfg.last_step:
         say(f"already at step {state.step} >= --max-steps {cfg.last_step}; nothing to train "
             "(raise --max-steps to continue)")
@@ -405,8 +405,12 @@ def _closing(bar: tqdm, metrics: MetricsWriter) -> Iterator[None]:
         metrics.close()
 
 
-def _header(cfg: LoopConfig, task: TrainTask, env: DistEnv, step: int, peak_source: str) -> str:
-    return (f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {cfg.dtype} | compile "
+def _header(cfg: LoopConfig, task: TrainTask, env: DistEnv, step: int, peak_source: str,
+            autocast_dtype: torch.dtype | None) -> str:
+    precision = "bfloat16" if autocast_dtype == torch.bfloat16 else "float32"
+    if cfg.dtype == "auto":
+        precision += " (--dtype auto)"
+    return (f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {precision} | compile "
             f"{'on' if cfg.compile else 'off'} | steps {step} -> {cfg.last_step} (schedule {cfg.schedule_steps}) "
             f"| MFU vs {peak_source}")
 

@@ -16,8 +16,8 @@ import torch
 
 import gpt2kit
 from gpt2kit.device import (
-    collective_backend, collective_device, cuda_rng_states, ddp_device_ids, pinned_transfer, set_cuda_rng_states,
-    set_tf32,
+    autocast_dtype_for, collective_backend, collective_device, cuda_rng_states, ddp_device_ids, native_bf16,
+    pinned_transfer, set_cuda_rng_states, set_tf32,
 )
 from gpt2kit.errors import UserError
 
@@ -35,6 +35,8 @@ CUDA_BRANCHES = {
     "default_fused_adamw": "test_fused_adamw_default_on_cuda",
     "resolve_device": "test_resolve_device_with_and_without_cuda",
     "setup_distributed": "test_setup_distributed_on_fake_gpus_and_in_a_world_of_one",
+    "native_bf16": "test_auto_dtype_follows_native_bf16",
+    "autocast_dtype_for": "test_auto_dtype_follows_native_bf16",
 }
 
 
@@ -267,3 +269,30 @@ def test_setup_distributed_on_fake_gpus_and_in_a_world_of_one(monkeypatch):
     finally:
         del wrapped
         teardown(env)
+
+
+class _Bf16Cuda:
+    def __init__(self, available: bool, bf16: bool) -> None:
+        self._available, self._bf16 = available, bf16
+
+    def is_available(self) -> bool:
+        return self._available
+
+    def is_bf16_supported(self) -> bool:
+        return self._bf16
+
+
+def test_auto_dtype_follows_native_bf16(monkeypatch):
+    # CUDA: bfloat16 exactly where the GPU has it (A100/H100 yes; a V100 or no GPU at all: float32)
+    assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(True, True)) == torch.bfloat16
+    assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(True, False)) is None
+    assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(False, False)) is None
+    # an explicit choice is kept whatever the hardware
+    assert autocast_dtype_for("bfloat16", "cpu") == torch.bfloat16
+    assert autocast_dtype_for("float32", "cuda", _Bf16Cuda(True, True)) is None
+    # CPU: oneDNN's answer decides
+    for has in (True, False):
+        monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda has=has: has)
+        assert native_bf16("cpu") is (has and torch.backends.mkldnn.is_available())
+        assert autocast_dtype_for("auto", "cpu") == (torch.bfloat16 if native_bf16("cpu") else None)
+    assert native_bf16("mps") is False

@@ -82,3 +82,17 @@ def test_muon_preset_is_gpt2_with_muon_and_wsd():
     assert muon.model == base.model and muon.total_batch_tokens == base.total_batch_tokens
     assert (muon.optimizer, muon.lr_schedule, base.optimizer, base.lr_schedule) == ("muon", "wsd", "adamw", "cosine")
     assert muon.preset == "gpt2-muon" and muon.out == "runs/gpt2-muon"
+
+
+def test_lrs_given_on_resume_take_effect_over_the_saved_group_values():
+    # load_state_dict restores each group's saved lr; apply_schedule reads the base lrs from the config instead
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32))
+    old = LoopConfig(optimizer="muon", muon_lr=0.05, lr=1e-3, warmup_steps=0, lr_schedule="constant")
+    saved = build_optimizer(model, old, torch.device("cpu"))
+    apply_schedule(saved, 0, old)
+    new = LoopConfig(**{**old.to_dict(), "muon_lr": 0.01, "lr": 2e-4})
+    opt = build_optimizer(model, new, torch.device("cpu"))
+    opt.load_state_dict(saved.state_dict())
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 1e-3, 1e-3]  # the saved values came back
+    assert apply_schedule(opt, 0, new) == 2e-4
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 2e-4, 2e-4]

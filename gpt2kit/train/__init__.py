@@ -4,7 +4,8 @@
 - :mod:`gpt2kit.train.loop` — ``train(cfg, TrainTask, env)``: the one loop (pretraining and fine-tuning).
 - :mod:`gpt2kit.train.task` — ``TrainTask``, ``EvalContext``, ``TrainResult``: what a job hands the loop.
 - :mod:`gpt2kit.train.checkpointer` — ``Checkpointer``: saving, resuming, pruning, best.json, repairs after a kill.
-- :mod:`gpt2kit.train.optim` — ``build_optimizer(model, cfg, device)``; :mod:`gpt2kit.train.schedule` — ``lr_at``.
+- :mod:`gpt2kit.train.optim` — ``build_optimizer(model, cfg, device)`` (AdamW, or Muon + AdamW as one) and
+  ``apply_schedule``; :mod:`gpt2kit.train.schedule` — ``lr_at`` (cosine, linear, constant, wsd).
 - :mod:`gpt2kit.train.state` — ``RunState``, RNG state capture, ``--resume`` resolution.
 - torchrun environment, DDP/FSDP wrapping and collectives live below train and eval, in :mod:`gpt2kit.distributed`.
 - :mod:`gpt2kit.train.metrics` — ``metrics.jsonl``, TensorBoard, MFU.

@@ -12,7 +12,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.nn as nn
 
 from gpt2kit.checkpoint import (
@@ -23,6 +22,7 @@ from gpt2kit.distributed import DistEnv, barrier
 from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_write_text
 from gpt2kit.model.config import SHAPE_KEYS
+from gpt2kit.train.optim import Optimizer, load_optimizer_state
 from gpt2kit.train.state import ResumePoint, find_resume
 
 SAMPLES_FILE = "samples.jsonl"
@@ -64,9 +64,9 @@ class Checkpointer:
             )
         load_state_dict_checked(model, point.checkpoint["model"], str(point.path))
 
-    def restore_optimizer(self, point: ResumePoint, model: nn.Module, optimizer: torch.optim.Optimizer,
-                          fsdp: bool) -> None:
-        """Load the optimizer state saved with the checkpoint (the same --parallel mode is required)."""
+    def restore_optimizer(self, point: ResumePoint, model: nn.Module, optimizer: Optimizer, fsdp: bool) -> None:
+        """Load the optimizer state saved with the checkpoint (the same --parallel mode and --optimizer are
+        required)."""
         ckpt = point.checkpoint
         fmt = ckpt.get("optimizer_format", "index")
         if (fmt == "fqn") != fsdp:
@@ -79,7 +79,7 @@ class Checkpointer:
                 set_optimizer_state_dict(model, optimizer, ckpt["optimizer"],
                                          options=StateDictOptions(full_state_dict=True))
             else:
-                optimizer.load_state_dict(ckpt["optimizer"])
+                load_optimizer_state(optimizer, ckpt["optimizer"])
         except (ValueError, KeyError, RuntimeError) as e:
             raise UserError(f"--resume: {point.path}: optimizer state does not fit this model ({e})") from None
 
@@ -106,7 +106,7 @@ class Checkpointer:
             with open(self.run_dir / SAMPLES_FILE, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"step": step, "samples": list(texts)}) + "\n")
 
-    def save(self, step: int, model: nn.Module, optimizer: torch.optim.Optimizer, fsdp: bool,
+    def save(self, step: int, model: nn.Module, optimizer: Optimizer, fsdp: bool,
              payload: dict[str, Any], new_best_val_loss: float | None = None) -> Path:
         """Write ``step``'s checkpoint (``payload`` plus model and optimizer state), record it as the best when
         ``new_best_val_loss`` is given, prune old ones; collective (every rank calls it)."""
@@ -185,7 +185,7 @@ class Checkpointer:
             prune_step_checkpoints(self.run_dir, self.keep_last)
 
 
-def _model_and_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+def _model_and_optimizer_state(model: nn.Module, optimizer: Optimizer,
                                fsdp: bool) -> tuple[dict[str, Any], dict[str, Any], str]:
     """(model weights, optimizer state, optimizer format); collective under FSDP, full on rank 0."""
     if fsdp:

@@ -3,9 +3,10 @@
 - :class:`LoopConfig` holds what every training job needs (optimizer, schedule, batch, precision, logging,
   evaluation and checkpoint cadence, run directory, resume). Fine-tuning configs subclass it.
 - :class:`TrainConfig` adds the model (a :class:`~gpt2kit.model.config.GPTConfig`) and the pretraining data.
-- Presets (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``demo-cpu``; ``gpt2-124m`` is another name
-  for ``gpt2``) are functions in :data:`PRESETS` returning a :class:`TrainConfig`; each takes its model from the
-  model preset of the same name (:data:`~gpt2kit.model.config.MODEL_PRESETS`).
+- Presets (``gpt2``, ``gpt2-muon``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``, ``demo-cpu``; ``gpt2-124m``
+  is another name for ``gpt2``, ``gpt2-124m-muon`` for ``gpt2-muon``) are functions in :data:`PRESETS` returning
+  a :class:`TrainConfig`; each takes its model from the model preset of the same name
+  (:data:`~gpt2kit.model.config.MODEL_PRESETS`; ``gpt2-muon`` trains ``gpt2``).
 - :func:`add_config_arguments` turns every field into a flag (``n_layer`` -> ``--n-layer``) whose help is the
   field's docstring; the model's fields are flags of their own (:data:`MODEL_FLAGS`), so flags stay flat, and so
   does the saved form (:meth:`TrainConfig.to_dict`, train_config.json). :func:`overrides_from_args` returns only
@@ -73,8 +74,28 @@ class LoopConfig:
     """Peak learning rate."""
     min_lr_ratio: float = 0.1
     """Final learning rate as a fraction of lr."""
-    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    """Decay shape after warmup."""
+    lr_schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
+    """Decay shape after warmup; wsd (warmup-stable-decay): constant, then a linear decay to min_lr_ratio over
+    the last decay_fraction of schedule_steps (a run stopped before its decay can be extended with --resume auto
+    --schedule-steps N)."""
+    decay_fraction: float = 0.2
+    """With --lr-schedule wsd: the share of schedule_steps, at the end, over which lr decays linearly."""
+    optimizer: Literal["adamw", "muon"] = "adamw"
+    """adamw for every parameter, or muon: torch.optim.Muon for the blocks' attention and MLP weights, AdamW
+    (--lr, --beta1/2, --weight-decay) for embeddings, output layer, LayerNorms, biases, heads and LoRA adapters."""
+    muon_lr: float = 0.02
+    """Muon's peak learning rate (follows the same schedule as --lr); ~0.02 with --muon-adjust-lr-fn original,
+    about AdamW's lr with match_rms_adamw."""
+    muon_momentum: float = 0.95
+    """Muon's (Nesterov) momentum."""
+    muon_momentum_warmup_steps: int = 0
+    """Ramp Muon's momentum linearly from 0.85 to --muon-momentum over this many steps (0: constant)."""
+    muon_weight_decay: float = 0.0
+    """Muon's decoupled weight decay: each step multiplies the matrices by 1 - muon_lr(t) * this."""
+    muon_adjust_lr_fn: Literal["original", "match_rms_adamw"] = "original"
+    """How Muon scales its lr per matrix of shape (out, in): original (Keller Jordan) multiplies by
+    sqrt(max(1, out/in)); match_rms_adamw (Moonshot) by 0.2 * sqrt(max(out, in)), so the update's RMS matches
+    AdamW's and AdamW's lr and weight decay carry over."""
     weight_decay: float = 0.1
     """AdamW weight decay, applied to 2-D parameters (matmul weights, embeddings) only."""
     beta1: float = 0.9
@@ -115,7 +136,8 @@ class LoopConfig:
         _positive(self, "batch_size", "log_every", "eval_batches", "save_every", "keep_last", "max_skipped_steps")
         if self.schedule_steps is not None:  # None: computed later (fine-tuning reads it off the data)
             _positive(self, "schedule_steps")
-        _nonneg(self, "warmup_steps", "eval_every", "weight_decay", "grad_clip")
+        _nonneg(self, "warmup_steps", "eval_every", "weight_decay", "grad_clip", "muon_momentum_warmup_steps",
+                "muon_weight_decay")
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError(f"--max-steps must be >= 0, got {self.max_steps}")
         if self.total_batch_tokens is not None and self.total_batch_tokens <= 0:
@@ -129,6 +151,15 @@ class LoopConfig:
                 raise ValueError(f"--{name} must be in [0, 1), got {getattr(self, name)}")
         if not self.eps > 0:
             raise ValueError(f"--eps must be > 0, got {self.eps}")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"--decay-fraction must be in (0, 1], got {self.decay_fraction}")
+        if not self.muon_lr > 0:
+            raise ValueError(f"--muon-lr must be > 0, got {self.muon_lr}")
+        if not 0.0 <= self.muon_momentum < 1.0:
+            raise ValueError(f"--muon-momentum must be in [0, 1), got {self.muon_momentum}")
+        if self.optimizer == "muon" and self.parallel == "fsdp":
+            raise ValueError("--optimizer muon with --parallel fsdp: Muon orthogonalizes whole matrices; FSDP shards "
+                             "them — use --parallel ddp or --optimizer adamw")
         if self.schedule_steps is not None and self.warmup_steps > self.schedule_steps:
             raise ValueError(
                 f"--warmup-steps ({self.warmup_steps}) must be <= --schedule-steps ({self.schedule_steps})"
@@ -253,11 +284,11 @@ def _with_flag_names(message: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- presets
 
-def _gpt2_recipe(preset: str, **kw: Any) -> TrainConfig:
+def _gpt2_recipe(preset: str, model: str | None = None, **kw: Any) -> TrainConfig:
     """The GPT-2/GPT-3 small recipe as in build-nanogpt: 0.5M-token batches, 10B tokens, bf16, compile; the model
-    is the model preset of the same name."""
+    is the model preset ``model`` (default: the one of the same name)."""
     base = dict(
-        preset=preset, out=f"runs/{preset}", model=_pretraining_model(preset),
+        preset=preset, out=f"runs/{preset}", model=_pretraining_model(model or preset),
         batch_size=64, total_batch_tokens=524_288, lr=6e-4, min_lr_ratio=0.1, warmup_steps=715,
         schedule_steps=19_073, lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95, eps=1e-8,
         grad_clip=1.0, dtype="bfloat16", compile=True, tf32=True, fused_adamw=None,
@@ -288,6 +319,14 @@ def gpt2_xl() -> TrainConfig:
                         warmup_steps=358)
 
 
+def gpt2_muon() -> TrainConfig:
+    """GPT-2 124M with Muon (lr 0.02, momentum 0.95 ramped from 0.85 over 300 steps) for the blocks' matrices,
+    AdamW (lr 6e-4) for the rest, and the WSD schedule (decay over the last 30%); not yet measured at this size."""
+    return _gpt2_recipe("gpt2-muon", model="gpt2", optimizer="muon", muon_lr=0.02, muon_momentum=0.95,
+                        muon_momentum_warmup_steps=300, muon_weight_decay=0.0, muon_adjust_lr_fn="original",
+                        lr_schedule="wsd", decay_fraction=0.3)
+
+
 def demo_cpu() -> TrainConfig:
     """The README demo: a small GPT-2 trained for about 7.5 minutes on 2 CPU cores (settings measured, see docs/training.md)."""
     return TrainConfig(
@@ -301,6 +340,7 @@ def demo_cpu() -> TrainConfig:
 
 PRESETS: dict[str, Callable[[], TrainConfig]] = {
     "gpt2": gpt2,
+    "gpt2-muon": gpt2_muon,
     "gpt2-medium": gpt2_medium,
     "gpt2-large": gpt2_large,
     "gpt2-xl": gpt2_xl,
@@ -308,8 +348,11 @@ PRESETS: dict[str, Callable[[], TrainConfig]] = {
 }
 """Training presets by name: the same names as the model presets they train."""
 
-PRESET_ALIASES: dict[str, str] = {k: v for k, v in MODEL_PRESET_ALIASES.items() if v in PRESETS}
-"""Other names a preset answers to (``gpt2-124m`` -> ``gpt2``)."""
+PRESET_ALIASES: dict[str, str] = {
+    **{k: v for k, v in MODEL_PRESET_ALIASES.items() if v in PRESETS},
+    **{f"{k}-muon": f"{v}-muon" for k, v in MODEL_PRESET_ALIASES.items() if f"{v}-muon" in PRESETS},
+}
+"""Other names a preset answers to (``gpt2-124m`` -> ``gpt2``, ``gpt2-124m-muon`` -> ``gpt2-muon``)."""
 
 
 def get_preset(name: str) -> TrainConfig:

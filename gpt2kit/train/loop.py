@@ -27,10 +27,11 @@ Two names for the model, used throughout: ``model`` is ``TrainTask.model``, the 
 checkpoints hold and the optimizer updates; ``wrapped`` is what a training step calls (``train_module(model)``,
 compiled and/or DDP/FSDP-wrapped by :func:`~gpt2kit.distributed.wrap_model`).
 
-Per optimizer step :func:`train` sets the scheduled lr (:func:`~gpt2kit.train.schedule.lr_at`), runs
-:func:`train_step` (``grad_accum_steps`` micro-steps, gradient all-reduce only on the last, global grad-norm
-clip), applies the NaN policy (:class:`NanPolicy`: stop with a clear message, or skip with ``on_nan="skip"``),
-steps the optimizer (:func:`~gpt2kit.train.optim.build_optimizer`), updates the progress bar, logs to
+Per optimizer step :func:`train` sets the scheduled lr (:func:`~gpt2kit.train.optim.apply_schedule`, the shape
+from :mod:`gpt2kit.train.schedule`), runs :func:`train_step` (``grad_accum_steps`` micro-steps, gradient
+all-reduce only on the last, global grad-norm clip), applies the NaN policy (:class:`NanPolicy`: stop with a
+clear message, or skip with ``on_nan="skip"``), steps the optimizer (AdamW, or Muon + AdamW:
+:func:`~gpt2kit.train.optim.build_optimizer`), updates the progress bar, logs to
 ``metrics.jsonl``/TensorBoard every ``log_every``, evaluates every ``eval_every`` (and at the end), and saves
 ``RUN/checkpoints/step_XXXXXXXX.pt`` (:class:`~gpt2kit.train.checkpointer.Checkpointer`) every ``save_every``,
 at the end, on a new best ``val_loss`` and on SIGTERM/SIGINT (then returns with ``interrupted=True``).
@@ -65,7 +66,7 @@ from gpt2kit.errors import UserError
 from gpt2kit.train.checkpointer import Checkpointer
 from gpt2kit.train.config import LoopConfig
 from gpt2kit.train.metrics import MetricsWriter, peak_flops
-from gpt2kit.train.optim import build_optimizer, decay_param_groups, default_fused_adamw, set_lr
+from gpt2kit.train.optim import Optimizer, apply_schedule, build_optimizer, decay_param_groups, default_fused_adamw
 from gpt2kit.train.schedule import lr_at
 from gpt2kit.train.state import ResumePoint, RunState, rng_state, seed_everything, set_rng_state
 from gpt2kit.train.task import (
@@ -123,7 +124,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     with _StopSignals() as stop, _closing(bar, metrics):
         while state.step < cfg.last_step:
             t0 = time.perf_counter()
-            lr = set_lr(optimizer, lr_at(state.step, cfg))
+            lr = apply_schedule(optimizer, state.step, cfg)
             with _out_of_memory_message(env.device, cfg, task):
                 loss, grad_norm, tokens = train_step(wrapped, task, params, cfg.grad_clip, env, autocast_dtype)
                 if nan_policy.allows_update(loss, grad_norm, state):
@@ -300,7 +301,7 @@ def _payload(task: TrainTask, cfg: LoopConfig, env: DistEnv, state: RunState, me
 
 
 def _continue_from(point: ResumePoint, state: RunState, model: nn.Module, wrapped: nn.Module,
-                   optimizer: torch.optim.Optimizer, task: TrainTask, metrics: MetricsWriter,
+                   optimizer: Optimizer, task: TrainTask, metrics: MetricsWriter,
                    checkpointer: Checkpointer, cfg: LoopConfig, env: DistEnv) -> None:
     """Restore optimizer, counters, data position, RNG streams and metrics from the checkpoint."""
     ckpt = point.checkpoint

@@ -191,3 +191,22 @@ def test_two_ddp_ranks_train_like_one_process(ft_dir, tmp_path):
     assert r2["test_examples"] == r1["test_examples"] == 9
     assert r2["test_confusion"] == r1["test_confusion"]
     assert r2["test_loss"] == pytest.approx(r1["test_loss"], rel=1e-4)
+
+
+def test_muon_fine_tunes_the_block_matrices_and_refuses_lora_alone(ft_dir, tmp_path):
+    from gpt2kit.checkpoint import read_checkpoint, resolve_checkpoint
+    from gpt2kit.errors import UserError
+    from gpt2kit.finetune.config import ClassifyConfig
+    from gpt2kit.finetune.run import run_classify
+
+    common = dict(checkpoint=str(ft_dir / "base.pt"), train=str(ft_dir / "train.csv"), val=str(ft_dir / "val.csv"),
+                  epochs=1, batch_size=32, optimizer="muon", muon_lr=0.002, progress=False, tensorboard=False,
+                  device="cpu")
+    results = run_classify(ClassifyConfig(out=str(tmp_path / "full"), **common), log=lambda msg: None)
+    assert results["steps"] == 6
+    ckpt = read_checkpoint(resolve_checkpoint(tmp_path / "full")[1])
+    assert len(ckpt["optimizer"]["muon"]["state"]) == 8  # 2 blocks x 4 matrices; the head (score) is AdamW's
+    base = read_checkpoint(ft_dir / "base.pt")["model"]
+    assert not torch.equal(ckpt["model"]["transformer.h.0.mlp.c_fc.weight"], base["transformer.h.0.mlp.c_fc.weight"])
+    with pytest.raises(UserError, match=r"--optimizer muon: none of the trained .* use --optimizer adamw"):
+        run_classify(ClassifyConfig(out=str(tmp_path / "lora"), lora_rank=4, **common), log=lambda msg: None)

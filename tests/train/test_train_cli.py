@@ -67,6 +67,8 @@ def test_required_flags_exist():
     (["--lr", "-1"], "--lr must be > 0"),
     (["--warmup-steps", "100"], "--warmup-steps (100) must be <= --schedule-steps (50)"),
     (["--resume", "/nonexistent/ckpt.pt"], "--resume /nonexistent/ckpt.pt: no such checkpoint"),
+    (["--optimizer", "muon", "--parallel", "fsdp"], "FSDP shards them — use --parallel ddp or --optimizer adamw"),
+    (["--lr-schedule", "wsd", "--decay-fraction", "1.5"], "--decay-fraction must be in (0, 1]"),
 ])
 def test_bad_settings_are_one_line_errors(data_dir, tmp_path, capsys, extra, message):
     rc = main(["train", "--preset", "demo-cpu", "--data", str(data_dir), "--out", str(tmp_path / "r"),
@@ -113,11 +115,11 @@ def test_sigterm_saves_and_exits_zero_then_resumes(data_dir, tmp_path):
     assert [r["step"] for r in _metrics(run)][-3:] == [step, step + 1, step + 2]
 
 
-@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
-def test_two_gloo_ranks_follow_the_single_process_trajectory(data_dir, tmp_path, parallel):
+@pytest.mark.parametrize("parallel, optimizer", [("ddp", "adamw"), ("fsdp", "adamw"), ("ddp", "muon")])
+def test_two_gloo_ranks_follow_the_single_process_trajectory(data_dir, tmp_path, parallel, optimizer):
     # one process: micro-batch 4 with 2 accumulation steps; two ranks: micro-batch 4 each, no accumulation
     common = ["train", "--preset", "demo-cpu", "--data", str(data_dir), *TINY_FLAGS, "--max-steps", "4",
-              "--total-batch-tokens", "256", "--eval-every", "2", "--save-every", "2"]
+              "--total-batch-tokens", "256", "--eval-every", "2", "--save-every", "2", "--optimizer", optimizer]
     single = tmp_path / "single"
     assert main([*common, "--out", str(single)]) == 0
     ddp = tmp_path / "ddp"

@@ -18,16 +18,28 @@ def _weights(run_dir):
     return load_model(list_step_checkpoints(run_dir)[-1]).model.state_dict()
 
 
-def test_resume_is_bitwise_identical(tiny_cfg, tmp_path):
+def _same(a, b) -> bool:
+    """Nested dicts/lists of tensors and plain values equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "muon"])
+def test_resume_is_bitwise_identical(tiny_cfg, tmp_path, optimizer):
     # dropout > 0 so the torch RNG stream matters; the first half ends with an evaluation and samples,
-    # which must not move the training RNG streams
-    common = dict(dropout=0.1, samples=1, sample_tokens=4)
+    # which must not move the training RNG streams; muon ramps its momentum across the stop point
+    common = dict(dropout=0.1, samples=1, sample_tokens=4, optimizer=optimizer, muon_momentum_warmup_steps=6)
     full = run_pretraining(tiny_cfg(out=str(tmp_path / "full"), max_steps=8, **common))
     first = run_pretraining(tiny_cfg(out=str(tmp_path / "split"), max_steps=4, **common))
     assert first.step == 4 and first.val_loss is not None
     cfg, point = resolve_train_config(None, {"out": str(tmp_path / "split"), "resume": "auto", "max_steps": 8})
     assert point is not None and point.checkpoint["step"] == 4
-    assert cfg.model.dropout == 0.1 and cfg.model.n_embd == 32  # settings came from the checkpoint
+    assert cfg.model.dropout == 0.1 and cfg.model.n_embd == 32 and cfg.optimizer == optimizer  # from the checkpoint
     second = run_pretraining(cfg, point)
     assert second.step == 8
     assert losses(second.metrics) == losses(full.metrics)  # bitwise, all 8 steps
@@ -35,6 +47,8 @@ def test_resume_is_bitwise_identical(tiny_cfg, tmp_path):
     assert second.val_loss == full.val_loss
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "split")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    opt_a, opt_b = (read_checkpoint(list_step_checkpoints(tmp_path / d)[-1])["optimizer"] for d in ("full", "split"))
+    assert _same(opt_a, opt_b)  # moments, momentum buffers and step counts, bit for bit
     lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == list(range(1, 9))
 

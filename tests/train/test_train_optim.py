@@ -1,0 +1,98 @@
+"""--optimizer muon (Muon for the blocks' matrices, AdamW for the rest) and --lr-schedule wsd."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from train_settings import losses
+
+from gpt2kit.checkpoint import read_checkpoint
+from gpt2kit.errors import UserError
+from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.train.config import LoopConfig, get_preset
+from gpt2kit.train.optim import MuonWithAdamW, apply_schedule, build_optimizer, muon_split
+from gpt2kit.train.pretrain import resolve_train_config, run_pretraining
+
+
+def test_muon_trains_the_block_matrices_and_adamw_the_rest():
+    model = GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=32))
+    muon, adamw = muon_split(model)
+    assert muon == [f"transformer.h.{i}.{layer}.weight" for i in range(2)
+                    for layer in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")]
+    # the token embedding appears once: it is also the output layer (tied)
+    assert adamw[:2] == ["transformer.wte.weight", "transformer.wpe.weight"] and "lm_head.weight" not in adamw
+    assert {n.rsplit(".", 2)[-2] for n in adamw[2:]} == {"ln_1", "ln_2", "ln_f", "c_attn", "c_proj", "c_fc"}
+    assert all(n.endswith(".bias") or ".ln_" in n for n in adamw[2:])
+    opt = build_optimizer(model, LoopConfig(optimizer="muon", muon_lr=0.05, lr=1e-3, weight_decay=0.1),
+                          torch.device("cpu"))
+    assert isinstance(opt, MuonWithAdamW)
+    assert sum(len(g["params"]) for g in opt.muon.param_groups) == 8
+    assert sum(len(g["params"]) for g in opt.adamw.param_groups) == len(adamw)
+    apply_schedule(opt, 10**6, LoopConfig(optimizer="muon", muon_lr=0.05, lr=1e-3, min_lr_ratio=0.1))
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 1e-4, 1e-4])
+
+
+def test_wsd_schedule_is_warmup_constant_then_linear_decay():
+    cfg = LoopConfig(lr=1.0, lr_schedule="wsd", warmup_steps=10, schedule_steps=100, decay_fraction=0.2,
+                     min_lr_ratio=0.1)
+    assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(9) == pytest.approx(1.0)
+    assert [cfg.lr_at(s) for s in (10, 50, 80)] == [1.0, 1.0, 1.0]  # the decay starts at 100 - 20
+    assert cfg.lr_at(90) == pytest.approx(0.55) and cfg.lr_at(100) == pytest.approx(0.1)
+    longer = LoopConfig(**{**cfg.to_dict(), "schedule_steps": 200})
+    assert [longer.lr_at(s) for s in range(80)] == [cfg.lr_at(s) for s in range(80)]
+    for bad, flag in ((dict(decay_fraction=0.0), "--decay-fraction"), (dict(muon_momentum=1.0), "--muon-momentum"),
+                      (dict(optimizer="muon", parallel="fsdp"), "use --parallel ddp or --optimizer adamw")):
+        with pytest.raises(ValueError, match=flag):
+            LoopConfig(**bad)
+
+
+def test_two_step_muon_run_is_deterministic_and_saves_both_optimizers(tiny_cfg, tmp_path):
+    a = run_pretraining(tiny_cfg(out=str(tmp_path / "a"), optimizer="muon", max_steps=2))
+    b = run_pretraining(tiny_cfg(out=str(tmp_path / "b"), optimizer="muon", max_steps=2))
+    assert len(losses(a.metrics)) == 2 and losses(a.metrics) == losses(b.metrics)
+    ca, cb = read_checkpoint(a.checkpoint), read_checkpoint(b.checkpoint)
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    opt = ca["optimizer"]
+    assert set(opt) == {"muon", "adamw"}
+    assert len(opt["muon"]["state"]) == 8 and all("momentum_buffer" in s for s in opt["muon"]["state"].values())
+    assert all({"exp_avg", "exp_avg_sq", "step"} <= set(s) for s in opt["adamw"]["state"].values())
+    # AdamW's state does not fit a Muon run (and back): a one-line refusal naming the flag
+    cfg, point = resolve_train_config(None, {"out": str(tmp_path / "a"), "resume": "auto", "max_steps": 3,
+                                             "optimizer": "adamw"})
+    with pytest.raises(UserError, match="resume with --optimizer muon"):
+        run_pretraining(cfg, point)
+
+
+def test_wsd_run_stopped_before_its_decay_extends_like_a_longer_run(tiny_cfg, tmp_path):
+    # schedule 10 with decay_fraction 0.5 decays from step 5; stopping at 4 and going on with schedule 20 must
+    # be the run that had schedule 20 from the start (its decay starts at step 10)
+    wsd = dict(lr_schedule="wsd", decay_fraction=0.5, warmup_steps=2, lr=3e-3)
+    longer = run_pretraining(tiny_cfg(out=str(tmp_path / "long"), schedule_steps=20, max_steps=8, **wsd))
+    run_pretraining(tiny_cfg(out=str(tmp_path / "ext"), schedule_steps=10, max_steps=4, **wsd))
+    cfg, point = resolve_train_config(None, {"out": str(tmp_path / "ext"), "resume": "auto", "schedule_steps": 20,
+                                             "max_steps": 8})
+    extended = run_pretraining(cfg, point)
+    assert losses(extended.metrics) == losses(longer.metrics) and len(losses(longer.metrics)) == 8
+    assert losses(extended.metrics, "lr") == losses(longer.metrics, "lr")
+
+
+def test_muon_preset_is_gpt2_with_muon_and_wsd():
+    muon, base = get_preset("gpt2-muon"), get_preset("gpt2")
+    assert get_preset("gpt2-124m-muon") == muon  # the alias, as gpt2-124m is gpt2's
+    assert muon.model == base.model and muon.total_batch_tokens == base.total_batch_tokens
+    assert (muon.optimizer, muon.lr_schedule, base.optimizer, base.lr_schedule) == ("muon", "wsd", "adamw", "cosine")
+    assert muon.preset == "gpt2-muon" and muon.out == "runs/gpt2-muon"
+
+
+def test_lrs_given_on_resume_take_effect_over_the_saved_group_values():
+    # load_state_dict restores each group's saved lr; apply_schedule reads the base lrs from the config instead
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32))
+    old = LoopConfig(optimizer="muon", muon_lr=0.05, lr=1e-3, warmup_steps=0, lr_schedule="constant")
+    saved = build_optimizer(model, old, torch.device("cpu"))
+    apply_schedule(saved, 0, old)
+    new = LoopConfig(**{**old.to_dict(), "muon_lr": 0.01, "lr": 2e-4})
+    opt = build_optimizer(model, new, torch.device("cpu"))
+    opt.load_state_dict(saved.state_dict())
+    assert [g["lr"] for g in opt.param_groups] == [0.05, 1e-3, 1e-3]  # the saved values came back
+    assert apply_schedule(opt, 0, new) == 2e-4
+    assert [g["lr"] for g in opt.param_groups] == [0.01, 2e-4, 2e-4]

@@ -56,6 +56,9 @@ class LoopConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """Data parallelism under torchrun: ddp (a full model per device) or fsdp (fully_shard: parameters,
     gradients and optimizer state sharded)."""
+    dist_timeout: float = 1800.0
+    """Under torchrun: seconds a rank waits for the others (joining, every collective) before the job stops with
+    a message naming the ranks that stopped answering; room for rank 0 writing a large checkpoint."""
     batch_size: int = 8
     """Micro-batch: sequences per device per forward/backward."""
     total_batch_tokens: int | None = None
@@ -120,6 +123,8 @@ class LoopConfig:
             raise ValueError(f"--total-batch-tokens must be > 0, got {self.total_batch_tokens}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.dist_timeout < float("inf"):
+            raise ValueError(f"--dist-timeout must be a number of seconds > 0, got {self.dist_timeout}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("beta1", "beta2"):

@@ -165,7 +165,7 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune a classifier as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
-    with distributed(cfg.device, env) as env:
+    with distributed(cfg.device, env, cfg.dist_timeout) as env:
         say = (log or print) if env.is_main else (lambda msg: None)
         backbone = _base_model(cfg, resume)
         max_len = _max_length(cfg, backbone)
@@ -268,7 +268,7 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
     """Instruction-tune as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
     import numpy as np
 
-    with distributed(cfg.device, env) as env:
+    with distributed(cfg.device, env, cfg.dist_timeout) as env:
         say = (log or print) if env.is_main else (lambda msg: None)
         model = _base_model(cfg, resume)
         max_len = _max_length(cfg, model)

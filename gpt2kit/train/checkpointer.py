@@ -65,15 +65,16 @@ class Checkpointer:
         load_state_dict_checked(model, point.checkpoint["model"], str(point.path))
 
     def restore_optimizer(self, point: ResumePoint, model: nn.Module, optimizer: Optimizer, fsdp: bool) -> None:
-        """Load the optimizer state saved with the checkpoint (the same --parallel mode and --optimizer are
-        required)."""
+        """Load the optimizer state saved with the checkpoint (the same --optimizer is required; state saved under
+        FSDP loads under any --parallel)."""
         ckpt = point.checkpoint
         fmt = ckpt.get("optimizer_format", "index")
-        if (fmt == "fqn") != fsdp:
-            saved = "fsdp" if fmt == "fqn" else "ddp (or one process)"
-            raise UserError(f"--resume: {point.path} was saved with --parallel {saved}; resume with the same --parallel")
+        if fmt == "index" and fsdp:
+            raise UserError(f"--resume: {point.path} was saved with --parallel ddp (or one process); resume it with "
+                            "--parallel ddp (a checkpoint saved under fsdp resumes under either)")
         try:
-            if fsdp:
+            # full state by parameter name: a sharded model and a plain one (fewer ranks) take it alike
+            if fmt == "fqn":
                 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
                 set_optimizer_state_dict(model, optimizer, ckpt["optimizer"],

@@ -59,6 +59,9 @@ class LoopConfig:
     parallel: Literal["ddp", "fsdp"] = "ddp"
     """Data parallelism under torchrun: ddp (a full model per device) or fsdp (fully_shard: parameters,
     gradients and optimizer state sharded)."""
+    dist_timeout: float = 1800.0
+    """Under torchrun: seconds a rank waits for the others (joining, every collective) before the job stops with
+    a message naming the ranks that stopped answering; room for rank 0 writing a large checkpoint."""
     batch_size: int = 8
     """Micro-batch: sequences per device per forward/backward."""
     total_batch_tokens: int | None = None
@@ -76,10 +79,10 @@ class LoopConfig:
     """Final learning rate as a fraction of lr."""
     lr_schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"
     """Decay shape after warmup; wsd (warmup-stable-decay): constant, then a linear decay to min_lr_ratio over
-    the last decay_fraction of schedule_steps (a run stopped before its decay can be extended with --resume auto
-    --schedule-steps N)."""
+    the last --decay-fraction of the schedule (a pretraining run stopped before its decay can be extended by
+    resuming with a longer schedule; see docs/training.md)."""
     decay_fraction: float = 0.2
-    """With --lr-schedule wsd: the share of schedule_steps, at the end, over which lr decays linearly."""
+    """With --lr-schedule wsd: the share of the schedule's steps, at its end, over which lr decays linearly."""
     optimizer: Literal["adamw", "muon"] = "adamw"
     """adamw for every parameter, or muon: torch.optim.Muon for the blocks' attention and MLP weights, AdamW
     (--lr, --beta1/2, --weight-decay) for embeddings, output layer, LayerNorms, biases, heads and LoRA adapters."""
@@ -144,6 +147,8 @@ class LoopConfig:
             raise ValueError(f"--total-batch-tokens must be > 0, got {self.total_batch_tokens}")
         if not self.lr > 0:
             raise ValueError(f"--lr must be > 0, got {self.lr}")
+        if not 0 < self.dist_timeout < float("inf"):
+            raise ValueError(f"--dist-timeout must be a number of seconds > 0, got {self.dist_timeout}")
         if not 0.0 <= self.min_lr_ratio <= 1.0:
             raise ValueError(f"--min-lr-ratio must be in [0, 1], got {self.min_lr_ratio}")
         for name in ("beta1", "beta2"):

@@ -6,7 +6,7 @@ A job describes itself as a :class:`~gpt2kit.train.task.TrainTask` and calls :fu
     from gpt2kit.distributed import distributed
     from gpt2kit.train.loop import TrainTask, train
 
-    with distributed(cfg.device) as env:         # torchrun env -> rank, world size, device
+    with distributed(cfg.device, timeout=cfg.dist_timeout) as env:  # torchrun env -> rank, world size, device
         task = TrainTask(
             model=model,                             # a pure nn.Module on CPU; the loop moves, compiles and wraps it
             model_config=model.config.to_dict(),     # saved as the checkpoint's model_config
@@ -81,7 +81,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     ``env`` defaults to :func:`~gpt2kit.distributed.setup_distributed`; ``resume`` defaults to what
     ``cfg.resume`` names (see :func:`~gpt2kit.train.state.find_resume`). Only rank 0 prints and writes.
     """
-    env = env or setup_distributed(cfg.device)
+    env = env or setup_distributed(cfg.device, cfg.dist_timeout)
     say = _rank0_printer(log, env)
     checkpointer = Checkpointer(cfg.out, cfg.keep_last, env)
     resume = checkpointer.resume_point(cfg.resume, resume)

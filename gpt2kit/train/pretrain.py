@@ -134,7 +134,7 @@ def initial_model(cfg: TrainConfig) -> GPT:
 def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                     log: Callable[[str], None] | None = None) -> TrainResult:
     """Pretrain (or continue) the model ``cfg`` describes on ``cfg.data``; rank 0 prints and writes."""
-    with distributed(cfg.device, env) as env:
+    with distributed(cfg.device, env, cfg.dist_timeout) as env:
         say = (log or print) if env.is_main else (lambda msg: None)
         if not cfg.data:
             raise UserError("--data: required; a directory written by `gpt2kit prepare`")

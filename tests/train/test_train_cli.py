@@ -130,8 +130,11 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(data_dir, tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world 2 x cpu | grad accum 1" in proc.stdout
     a, b = _metrics(single), _metrics(ddp)
-    assert losses(b) == pytest.approx(losses(a), abs=1e-5)
-    assert losses(b, "val_loss") == pytest.approx(losses(a, "val_loss"), abs=1e-5)
+    # torch.optim.Muon orthogonalizes in bfloat16 (hard-coded), which magnifies the last-bit differences between
+    # summing gradients over micro-steps and all-reducing them over ranks; AdamW's update does not
+    tol = dict(abs=1e-5) if optimizer == "adamw" else dict(rel=1e-4)
+    assert losses(b) == pytest.approx(losses(a), **tol)
+    assert losses(b, "val_loss") == pytest.approx(losses(a, "val_loss"), **tol)
     assert len(losses(a)) == 4
     from gpt2kit.checkpoint import list_step_checkpoints, read_checkpoint
 

@@ -1,0 +1,183 @@
+"""Helpers for the multi-rank fault tests: real ``torchrun`` launchers on loopback, gloo ranks on the CPU, faults
+injected into chosen ranks (:mod:`hooked_worker`), and the processes found and signalled by rank.
+
+A test that gives up kills the launcher and every process below it (torchrun puts each rank in a session of its
+own, so process groups do not reach them); every wait is
+bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from reliability_harness import FLAGS, HOOKS, assert_same_state
+
+HERE = Path(__file__).resolve().parent
+WORKER = HERE / "hooked_worker.py"
+MR_FLAGS = [*FLAGS, "--block-size", "16", "--dist-timeout", "20"]
+"""The crash suite's tiny run on 16-token windows; a hung collective fails after 20 s instead of 30 min."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_argv(nproc: int, gpt2kit_args: list, *, max_restarts: int = 0, nnodes: int = 1, node_rank: int = 0,
+                  endpoint: str | None = None) -> list[str]:
+    """A torchrun command line running ``gpt2kit GPT2KIT_ARGS`` through :mod:`hooked_worker`.
+
+    One node: ``--standalone``. Several: c10d rendezvous at ``endpoint`` (host:port), as the README's
+    multi-node command does.
+    """
+    if nnodes == 1:
+        where = ["--standalone"]
+    else:
+        where = ["--nnodes", str(nnodes), "--node-rank", str(node_rank), "--rdzv-backend", "c10d",
+                 "--rdzv-endpoint", str(endpoint), "--rdzv-id", "gpt2kit-test"]
+    return [sys.executable, "-m", "torch.distributed.run", *where, "--nproc-per-node", str(nproc),
+            "--max-restarts", str(max_restarts), "--monitor-interval", "0.1", str(WORKER),
+            *[str(a) for a in gpt2kit_args]]
+
+
+class Launch:
+    """A launcher process (torchrun) writing stdout and stderr to one log file."""
+
+    def __init__(self, argv: list[str], log: Path, hooks: dict | None = None, env: dict | None = None) -> None:
+        self.log_path = log
+        full_env = {**os.environ, "OMP_NUM_THREADS": "1",
+                    "GPT2KIT_TEST_HOOKS": json.dumps({"all": HOOKS, **(hooks or {})}), **(env or {})}
+        self.started = time.perf_counter()
+        with open(log, "wb") as f:
+            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=full_env,
+                                         start_new_session=True)
+
+    @property
+    def log(self) -> str:
+        """What it printed so far."""
+        return self.log_path.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        """Its exit status; kills it and its ranks and fails the test when it runs past ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"{self.proc.args[:6]}... did not end within {timeout}s; log:\n"
+                                 + self.log[-4000:]) from None
+
+    def kill(self) -> None:
+        """SIGKILL the launcher and every process it started (a test's clean-up)."""
+        for pid in [self.proc.pid, *_descendants(self.proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(30)
+
+    def rank_pids(self) -> dict[tuple[int, int], int]:
+        """Live worker processes of this launcher by (restart round, rank)."""
+        found = {}
+        for pid in _descendants(self.proc.pid):
+            try:
+                env = dict(line.split("=", 1) for line in
+                           Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in line)
+            except OSError:
+                continue
+            if "RANK" in env and "TORCHELASTIC_RESTART_COUNT" in env:
+                found[(int(env["TORCHELASTIC_RESTART_COUNT"]), int(env["RANK"]))] = pid
+        return found
+
+
+def _descendants(root: int) -> list[int]:
+    """Pids of the live (not zombie) processes below ``root`` (torchrun starts each rank in a session of its own)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid ...
+        if fields[0] != "Z":
+            children.setdefault(int(fields[1]), []).append(int(d.name))
+    found, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, launch: Launch | None = None) -> None:
+    """Poll ``predicate`` every 20 ms until it holds; fail (killing ``launch``) after ``timeout`` seconds."""
+    deadline = time.perf_counter() + timeout
+    while not predicate():
+        if launch is not None and launch.proc.poll() is not None:
+            raise AssertionError(f"the launcher ended (exit {launch.proc.returncode}) before {what}:\n"
+                                 + launch.log[-4000:])
+        if time.perf_counter() > deadline:
+            if launch is not None:
+                launch.kill()
+            raise AssertionError(f"{what}: not within {timeout}s" + (f"; log:\n{launch.log[-4000:]}" if launch else ""))
+        time.sleep(0.02)
+
+
+def logged_steps(run: Path) -> int:
+    """Steps recorded in metrics.jsonl so far (0 when it does not exist yet)."""
+    try:
+        return len((run / "metrics.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def train_args(data: Path, run: Path, flags: list[str]) -> list:
+    """The same ``gpt2kit train`` command for every run and every restart."""
+    return ["train", *flags, "--device", "cpu", "--data", data, "--out", run, "--resume", "auto"]
+
+
+def restart_try(data: Path, run: Path, ref: dict, flags: list[str], *, kill: tuple[int, int] | None = None,
+                hooks: dict | None = None) -> str:
+    """A 2-rank ``torchrun --max-restarts 1`` run hit by one fault; '' when it ends in ``ref``'s state, else why not.
+
+    ``kill=(rank, steps)``: SIGKILL that rank once ``steps`` steps are logged. ``hooks``: fault hooks by rank
+    for the first round (:mod:`hooked_worker`), e.g. ``{"rank0": {"kill_in_save": ...}}``.
+    """
+    launch = Launch(torchrun_argv(2, train_args(data, run, flags), max_restarts=1), run.with_suffix(".log"),
+                    hooks=hooks)
+    try:
+        if kill is not None:
+            rank, steps = kill
+            wait_until(lambda: logged_steps(run) >= steps and (0, rank) in launch.rank_pids(), 120,
+                       f"step {steps} of the first round", launch)
+            os.kill(launch.rank_pids()[(0, rank)], signal.SIGKILL)
+        rc = launch.wait(300)
+    except (AssertionError, ProcessLookupError) as e:
+        launch.kill()
+        return f"stuck or ended early: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+    if rc != 0:
+        tail = [ln for ln in launch.log.splitlines() if "rror" in ln][-3:]
+        return f"exit {rc}: " + " | ".join(tail)
+    try:
+        assert_same_state(run, ref, f"after {kill or hooks}")
+    except AssertionError as e:
+        return str(e)
+    return ""
+
+
+def resumed_from(log: str) -> str:
+    """Where the restarted group continued: the checkpoint it resumed from, or a fresh start."""
+    m = re.findall(r"resumed from \S+/(step_\d+\.pt) at step", log)
+    return m[-1] if m else "a fresh start (no complete checkpoint yet)"

@@ -38,7 +38,7 @@ def test_three_step_run_then_plot_and_load(data_dir, tmp_path, capsys):
     assert cfg["preset"] == "demo-cpu" and cfg["n_layer"] == 2 and cfg["max_steps"] == 3
     loaded = load_model(run)
     assert loaded.config.n_layer == 2 and loaded.checkpoint["step"] == 3
-    assert load_model(run / "hf").config.n_embd == 32  # --export-hf wrote a Hugging Face directory
+    assert load_model(run / "hf-final").config.n_embd == 32  # --export-hf wrote a Hugging Face directory
     assert main(["plot", str(run)]) == 0
     assert (run / "loss.png").stat().st_size > 1000 and (run / "lr.png").stat().st_size > 1000
 

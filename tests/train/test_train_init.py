@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -131,3 +132,25 @@ def test_a_second_train_into_a_run_dir_in_use_is_refused_naming_the_holder(data_
         os.kill(holder.pid, signal.SIGKILL)  # the kernel drops a killed holder's lock
         holder.wait()
     assert main(argv) == 0
+
+
+def test_ctrl_c_says_at_once_that_it_stops_after_this_step(data_dir, tmp_path):
+    run = tmp_path / "run"
+    args = ["train", "--preset", "demo-cpu", "--data", str(data_dir), "--out", str(run), *TINY_FLAGS,
+            "--schedule-steps", "5000", "--max-steps", "5000", "--save-every", "100000"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        for _ in range(600):
+            if (run / "metrics.jsonl").exists() and (run / "metrics.jsonl").read_text().count("\n") >= 2:
+                break
+            assert proc.poll() is None, proc.communicate()[1][-2000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.index("stopping after this step (Ctrl-C again to abort)") < out.index("received SIGINT")

@@ -73,15 +73,22 @@ def test_continue_pretraining_a_run_dir_on_new_text(tiny_cfg, data_dir, tmp_path
     _step_zero_matches_source(cfg, tmp_path / "first", tmp_path)
 
 
-def test_epochs_set_the_schedule_and_export_hf_writes_final_and_best(data_dir, tmp_path, capsys):
+def test_epochs_set_the_schedule_and_export_hf_writes_final_and_best(tmp_path, capsys):
+    from gpt2kit.data.builtin import builtin_text
+    from gpt2kit.data.prepare import prepare
+
     transformers = pytest.importorskip("transformers")
+    # a short text file, as a user's own (the 50k-vocab output layer makes every training token cost)
+    (tmp_path / "mine.txt").write_text(builtin_text("moby-dick")[20_000:28_000])
+    data_dir = tmp_path / "data"
+    prepare([str(tmp_path / "mine.txt")], data_dir, workers=1, progress=False)
     run = tmp_path / "run"
     flags = [f for i, f in enumerate(TINY_FLAGS) if "--schedule-steps" not in TINY_FLAGS[max(0, i - 1):i + 1]]
     rc = main(["train", "--preset", "demo-cpu", "--data", str(data_dir), "--out", str(run), *flags,
-               "--batch-size", "64", "--epochs", "2", "--eval-every", "0", "--export-hf"])
+               "--batch-size", "16", "--epochs", "2", "--eval-every", "0", "--export-hf"])
     assert rc == 0
     train_tokens = json.loads((data_dir / "manifest.json").read_text())["splits"]["train"]["tokens"]
-    steps = math.ceil(2 * train_tokens / (64 * 32))
+    steps = math.ceil(2 * train_tokens / (16 * 32))
     assert f"-> {steps} steps" in capsys.readouterr().out
     records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["step"] == steps

@@ -8,8 +8,8 @@ from gpt2kit.cli.common import HelpFormatter
 
 HELP = "pretrain GPT-2 from scratch (one process, or data-parallel under torchrun)"
 DESCRIPTION = """\
-Pretrain GPT-2 on a prepared data directory (gpt2kit prepare). Start from a --preset; every setting
-below overrides it. The run directory (--out) receives train_config.json, metrics.jsonl, samples.jsonl,
+Pretrain GPT-2 on a prepared data directory (gpt2kit prepare). Start from a --preset (or the defaults
+below, or the weights --init-from names); every setting below overrides it. The run directory (--out) receives train_config.json, metrics.jsonl, samples.jsonl,
 TensorBoard logs and checkpoints/step_XXXXXXXX.pt (the last --keep-last plus the best by val loss).
 
   gpt2kit train --preset demo-cpu --data data/sotu --out runs/demo
@@ -33,7 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     presets = "\n".join(f"  {k:12s} {(f.__doc__ or '').strip()}" for k, f in PRESETS.items())
     p.description = f"{DESCRIPTION}\npresets:\n{presets}"
     p.add_argument("--preset", choices=[*PRESETS, *PRESET_ALIASES], default=argparse.SUPPRESS,
-                   help="starting settings (required for a new run; a resumed run takes its saved settings)")
+                   help="starting settings for a new run (without one: the [default: ...] values below); a resumed "
+                        "run takes its saved settings")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--config", metavar="FILE", default=None,
                    help="read settings from a JSON file as --print-config prints it; flags given here override it")

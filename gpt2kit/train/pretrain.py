@@ -19,7 +19,7 @@ import torch
 
 from gpt2kit.errors import UserError
 from gpt2kit.model.config import SHAPE_KEYS
-from gpt2kit.train.config import MODEL_FLAGS, PRESETS, TrainConfig, flag_name, get_preset, resolve_config
+from gpt2kit.train.config import MODEL_FLAGS, TrainConfig, flag_name, get_preset, resolve_config
 from gpt2kit.distributed import DistEnv, distributed
 from gpt2kit.train.lm_loss import FusedLossGPT
 from gpt2kit.train.loop import train
@@ -51,7 +51,7 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any], log: Cal
                          defaults: dict[str, Any] | None = None) -> tuple[TrainConfig, ResumePoint | None]:
     """The run's config and the checkpoint to resume from (if any).
 
-    A new run starts from ``preset`` (or, with ``init_from`` and no preset, the plain defaults); a resumed run
+    A new run starts from ``preset`` (without one, the fields' defaults: GPT-2 124M's shape); a resumed run
     from the checkpoint's saved config (a ``preset`` with another model shape is refused). ``defaults`` (a
     ``--config`` file's settings) and then the flags in ``overrides`` apply on top in both cases.
     """
@@ -100,9 +100,7 @@ def _new_run_config(preset: str | None, overrides: dict[str, Any], given: dict[s
                     log: Callable[[str], None]) -> TrainConfig:
     """A new run's config: the preset (or defaults with --init-from), the source weights' shape, the flags."""
     init = overrides.get("init_from")
-    if preset is None and not init:
-        raise UserError(f"--preset: required for a new run (or --init-from WEIGHTS); choose one of: {', '.join(PRESETS)}")
-    base = get_preset(preset) if preset is not None else TrainConfig()
+    base = get_preset(preset) if preset is not None else TrainConfig()  # no preset: the fields' own defaults
     if init:
         overrides = {**overrides, **init_model_config(init, overrides).to_dict()}
     max_steps = given.get("max_steps")
@@ -110,10 +108,15 @@ def _new_run_config(preset: str | None, overrides: dict[str, Any], given: dict[s
             "schedule_steps" not in overrides:
         # nanoGPT's max_iters is the schedule's length: a new run asked to stop at N decays its lr by step N
         warmup = overrides.get("warmup_steps", base.warmup_steps)
-        overrides = {**overrides, "schedule_steps": max_steps, "warmup_steps": min(warmup, max_steps)}
+        overrides = {**overrides, "schedule_steps": max_steps, "warmup_steps": _warmup_within(warmup, max_steps)}
         log(f"--max-steps {max_steps}: the learning-rate schedule is {max_steps} steps long (give --schedule-steps "
             "for a longer one to stop early in)")
     return resolve_config(base, overrides)
+
+
+def _warmup_within(warmup: int, steps: int) -> int:
+    """``warmup``, or a tenth of a schedule of ``steps`` that it would fill (a run all warmup never decays)."""
+    return warmup if warmup < steps else steps // 10
 
 
 def init_model_config(init_from: str, flags: dict[str, Any]) -> GPTConfig:
@@ -221,9 +224,9 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         train_tokens = manifest["splits"]["train"]["tokens"]
         if cfg.epochs is not None:
             steps = cfg.steps_for_epochs(train_tokens, tokens_per_step)
-            cfg = dataclasses.replace(cfg, schedule_steps=steps, warmup_steps=min(cfg.warmup_steps, steps))
+            cfg = dataclasses.replace(cfg, schedule_steps=steps, warmup_steps=_warmup_within(cfg.warmup_steps, steps))
             say(f"--epochs {cfg.epochs:g}: {train_tokens:,} train tokens / {tokens_per_step:,} tokens a step -> "
-                f"{steps} steps (rounded up)")
+                f"{steps} steps (rounded up), {cfg.warmup_steps} of them warmup")
         if A >= 64:
             one = cfg.batch_size * gcfg.block_size * env.world_size
             say(f"note: {A:,} micro-steps per optimizer step (--total-batch-tokens {cfg.total_batch_tokens:,} / "

@@ -77,9 +77,12 @@ def test_bad_settings_are_one_line_errors(data_dir, tmp_path, capsys, extra, mes
     assert len(err.strip().splitlines()) == 1
 
 
-def test_missing_preset_and_data_are_named(tmp_path, capsys):
+def test_missing_data_is_named_and_no_preset_means_the_defaults(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r")]) == 2
-    assert "--preset: required for a new run" in capsys.readouterr().err
+    assert "--data: required" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--n-layer", "6", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["preset"] is None and cfg["n_layer"] == 6 and cfg["n_embd"] == 768
     assert main(["train", "--preset", "demo-cpu", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "no")]) == 2
     assert "no such data directory" in capsys.readouterr().err
 

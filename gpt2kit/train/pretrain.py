@@ -98,14 +98,13 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any], log: Cal
 
 def _new_run_config(preset: str | None, overrides: dict[str, Any], given: dict[str, Any],
                     log: Callable[[str], None]) -> TrainConfig:
-    """A new run's config: the preset (or defaults with --init-from), the source weights' shape, the flags."""
+    """A new run's config: the preset (or the fields' defaults), the --init-from weights' shape, the flags."""
     init = overrides.get("init_from")
     base = get_preset(preset) if preset is not None else TrainConfig()  # no preset: the fields' own defaults
     if init:
         overrides = {**overrides, **init_model_config(init, overrides).to_dict()}
     max_steps = given.get("max_steps")
-    if max_steps and given.get("schedule_steps") is None and not overrides.get("epochs") and \
-            "schedule_steps" not in overrides:
+    if max_steps and "schedule_steps" not in overrides:  # (--epochs with --max-steps was refused above)
         # nanoGPT's max_iters is the schedule's length: a new run asked to stop at N decays its lr by step N
         warmup = overrides.get("warmup_steps", base.warmup_steps)
         overrides = {**overrides, "schedule_steps": max_steps, "warmup_steps": _warmup_within(warmup, max_steps)}

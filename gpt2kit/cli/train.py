@@ -8,16 +8,19 @@ from gpt2kit.cli.common import HelpFormatter
 
 HELP = "pretrain GPT-2 from scratch (one process, or data-parallel under torchrun)"
 DESCRIPTION = """\
-Pretrain GPT-2 on a prepared data directory (gpt2kit prepare). Start from a --preset; every setting
-below overrides it. The run directory (--out) receives train_config.json, metrics.jsonl, samples.jsonl,
+Pretrain GPT-2 on a prepared data directory (gpt2kit prepare). Start from a --preset (or the defaults
+below, or the weights --init-from names); every setting below overrides it. The run directory (--out) receives train_config.json, metrics.jsonl, samples.jsonl,
 TensorBoard logs and checkpoints/step_XXXXXXXX.pt (the last --keep-last plus the best by val loss).
 
   gpt2kit train --preset demo-cpu --data data/sotu --out runs/demo
   torchrun --standalone --nproc_per_node=8 -m gpt2kit train --preset gpt2 --data data/edu --out runs/124m
   gpt2kit train --out runs/124m --resume auto --max-steps 20000     # continue with the saved settings
+  gpt2kit train --init-from gpt2 --data data/shk --block-size 256 --lr 3e-5 --max-steps 200 --out runs/shk
+  gpt2kit train --data data/mine --n-layer 6 --n-head 6 --n-embd 384 --block-size 256 --epochs 3 --export-hf
 
---max-steps stops early without changing the learning-rate schedule (--schedule-steps), so a stopped run
-continues with --resume auto and a larger --max-steps. SIGTERM/SIGINT save a checkpoint and exit 0.
+On a new run without --schedule-steps, --max-steps is also the schedule's length (the lr decays by then); with
+--schedule-steps it stops early, and a stopped run continues with --resume auto and a larger --max-steps.
+SIGTERM/SIGINT save a checkpoint and exit 0.
 A [default: ...] below is the value without a preset; see a preset's values with --print-config.
 """
 
@@ -30,8 +33,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     presets = "\n".join(f"  {k:12s} {(f.__doc__ or '').strip()}" for k, f in PRESETS.items())
     p.description = f"{DESCRIPTION}\npresets:\n{presets}"
     p.add_argument("--preset", choices=[*PRESETS, *PRESET_ALIASES], default=argparse.SUPPRESS,
-                   help="starting settings (required for a new run; a resumed run takes its saved settings)")
+                   help="starting settings for a new run (without one: the [default: ...] values below); a resumed "
+                        "run takes its saved settings")
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
+    p.add_argument("--config", metavar="FILE", default=None,
+                   help="read settings from a JSON file as --print-config prints it; flags given here override it")
     add_config_arguments(p, TrainConfig, skip=("preset",))
 
 
@@ -44,12 +50,13 @@ def run(args: argparse.Namespace) -> int:
     # markedly in our measurements; torch reads this once, at its first CPU allocation (none yet here)
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-    from gpt2kit.train.config import TrainConfig, overrides_from_args
+    from gpt2kit.train.config import TrainConfig, overrides_from_args, read_config_file
     from gpt2kit.train.pretrain import resolve_train_config, run_pretraining, summary_line
 
     overrides = overrides_from_args(args, TrainConfig)
     overrides.pop("preset", None)
-    cfg, point = resolve_train_config(getattr(args, "preset", None), overrides)
+    defaults = read_config_file(args.config) if args.config else None
+    cfg, point = resolve_train_config(getattr(args, "preset", None), overrides, defaults=defaults)
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0

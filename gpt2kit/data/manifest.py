@@ -90,6 +90,12 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
             raise UserError(
                 f"{path}: missing; {data_dir} holds an unfinished `gpt2kit prepare` run, re-run the same command to finish it"
             )
+        if data_dir.is_file():
+            # a text or JSONL file given where the prepared token directory belongs: prepare it under a new name
+            out = data_dir.parent / data_dir.stem if data_dir.parent.name == "data" else Path("data") / data_dir.stem
+            out = out.with_name(out.name + "-tokens") if out == data_dir else out
+            raise UserError(f"{data_dir}: a file, not a prepared data directory; tokenize it first with "
+                            f"`gpt2kit prepare {data_dir} --out {out}` and pass {out}")
         if not data_dir.exists():
             raise UserError(f"{data_dir}: no such data directory; create it with `gpt2kit prepare SOURCE --out {data_dir}`")
         raise UserError(f"{path}: missing; {data_dir} is not a prepared data directory, run `gpt2kit prepare SOURCE --out {data_dir}`")

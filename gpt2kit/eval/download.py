@@ -23,7 +23,7 @@ def cache_root() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "gpt2kit"
 
 
-def download(url: str, dest: Path, *, what: str, timeout: float = 30.0) -> Path:
+def download(url: str, dest: Path, *, what: str, timeout: float = 30.0, flag: str = "--data") -> Path:
     """Fetch ``url`` into ``dest`` atomically with a progress bar on stderr; a UserError when it fails."""
     import urllib.error
     import urllib.request
@@ -43,25 +43,26 @@ def download(url: str, dest: Path, *, what: str, timeout: float = 30.0) -> Path:
     except (urllib.error.URLError, OSError, ValueError) as e:
         reason = getattr(e, "reason", None) or e
         raise UserError(
-            f"--data: no file given and downloading {what} from {url} failed ({reason}); "
-            f"the network may be unreachable: download it elsewhere and pass --data FILE"
+            f"{flag}: no file given and downloading {what} from {url} failed ({reason}); "
+            f"the network may be unreachable: download it elsewhere and pass {flag} FILE"
         ) from None
     return dest
 
 
 def resolve_data_file(
-    data: str | os.PathLike | None, *, url: str, filename: str, what: str, cache_dir: str | os.PathLike | None = None
+    data: str | os.PathLike | None, *, url: str, filename: str, what: str, cache_dir: str | os.PathLike | None = None,
+    flag: str = "--data",
 ) -> Path:
     """``data`` when given (it must exist), else ``cache_dir/filename``, downloaded from ``url`` on first use."""
     if data is not None:
         path = Path(data)
         if not path.is_file():
-            raise UserError(f"--data {path}: no such file; pass the {what} JSONL file")
+            raise UserError(f"{flag} {path}: no such file; pass the {what} JSONL file ({flag} FILE)")
         return path
     dest = Path(cache_dir) / filename if cache_dir is not None else cache_root() / filename
     if dest.is_file() and dest.stat().st_size > 0:
         return dest
-    return download(url, dest, what=what)
+    return download(url, dest, what=what, flag=flag)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -93,12 +93,12 @@ def load_examples(path: str | os.PathLike, limit: int | None = None) -> list[Hel
 
 
 def hellaswag_path(data: str | os.PathLike | None, cache_dir: str | os.PathLike | None = None,
-                   url: str | None = None) -> Path:
+                   url: str | None = None, flag: str = "--data") -> Path:
     """The ``--data`` file when given, else the official validation file (``url``, default
     :data:`HELLASWAG_URL`), downloaded once into ``cache_dir`` (default ``<cache>/hellaswag``)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else cache_root() / "hellaswag"
     return resolve_data_file(data, url=url or HELLASWAG_URL, filename=HELLASWAG_FILE,
-                             what="HellaSwag validation data", cache_dir=cache_dir)
+                             what="HellaSwag validation data", cache_dir=cache_dir, flag=flag)
 
 
 def _example_rows(ex: HellaSwagExample, block_size: int) -> list[tuple[list[int], list[int]]]:

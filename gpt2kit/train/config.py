@@ -22,10 +22,14 @@ import ast
 import dataclasses
 import functools
 import inspect
+import difflib
+import json
+import math
 import textwrap
 import typing
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal
 
 from gpt2kit.errors import UserError
@@ -68,7 +72,7 @@ class LoopConfig:
     """Global batch per optimizer step in tokens; gradient accumulation = this / (batch_size * block_size *
     world_size). Default: one micro-batch per device."""
     max_steps: int | None = None
-    """Stop after this optimizer step (default: the end of the learning-rate schedule); does not change the schedule."""
+    """Stop after this optimizer step (default: the end of the learning-rate schedule)."""
     schedule_steps: int = 1000
     """Length of the learning-rate schedule in optimizer steps (warmup + decay to min_lr_ratio * lr)."""
     warmup_steps: int = 100
@@ -248,7 +252,13 @@ class TrainConfig(LoopConfig):
     sample_prompt: str = "Hello, I'm a language model,"
     """Prompt of the logged samples."""
     export_hf: bool = False
-    """At the end also write the final model in Hugging Face format to RUN/hf."""
+    """At the end also write the final and the best model in Hugging Face format to RUN/hf-final and RUN/hf-best."""
+    init_from: str | None = None
+    """Start a new run (step 0, fresh optimizer and schedule) from these weights: gpt2 (or another hub name), a
+    Hugging Face or OpenAI GPT-2 directory, a checkpoint file or a run directory; the model shape is theirs."""
+    epochs: float | None = None
+    """Train for this many passes over the train split: sets --schedule-steps (and the last step) from the split's
+    tokens and the global batch."""
 
     def validate(self) -> None:
         super().validate()
@@ -256,6 +266,14 @@ class TrainConfig(LoopConfig):
         _nonneg(self, "hellaswag_every", "samples")
         if self.hellaswag_limit is not None and self.hellaswag_limit < 1:
             raise ValueError(f"--hellaswag-limit must be >= 1, got {self.hellaswag_limit}")
+        if self.epochs is not None and not self.epochs > 0:
+            raise ValueError(f"--epochs must be > 0, got {self.epochs}")
+
+    def steps_for_epochs(self, train_tokens: int, tokens_per_step: int) -> int:
+        """Optimizer steps for ``epochs`` passes over ``train_tokens`` at ``tokens_per_step`` (rounded up)."""
+        if self.epochs is None:
+            raise ValueError("--epochs is not set")
+        return max(1, math.ceil(self.epochs * train_tokens / tokens_per_step))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, flat as the flags are: the model's fields sit beside the loop's (train_config.json)."""
@@ -379,6 +397,27 @@ def resolve_config(base: TrainConfig | LoopConfig, overrides: dict[str, Any]):
         return type(base).from_dict(fields)
     except ValueError as e:
         raise UserError(str(e)) from None
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The settings in a JSON file as ``--print-config`` prints them; a UserError naming --config (and, for an
+    unknown key, the closest setting)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"--config {path}: no such file; write one with `gpt2kit train ... --print-config > {path}`")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"--config {path}: not valid JSON ({e}); write it with `gpt2kit train ... --print-config`") \
+            from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path}: expected a JSON object of settings (as --print-config prints)")
+    known = list(TrainConfig().to_dict())
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key).replace("-", "_"), known, n=1, cutoff=0.0)
+            raise UserError(f"--config {path}: unknown setting {key!r}; did you mean {close[0]!r}?")
+    return data
 
 
 # ------------------------------------------------------------------------------------ flags from fields

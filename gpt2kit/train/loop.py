@@ -121,7 +121,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     bar = _progress_bar(cfg, env, state.step)
     loss = grad_norm = val_loss = None
     interrupted = False
-    with _StopSignals() as stop, _closing(bar, metrics):
+    with _StopSignals(say) as stop, _closing(bar, metrics):
         while state.step < cfg.last_step:
             t0 = time.perf_counter()
             lr = apply_schedule(optimizer, state.step, cfg)
@@ -413,7 +413,9 @@ def _header(cfg: LoopConfig, task: TrainTask, env: DistEnv, step: int, peak_sour
         precision += " (--dtype auto)"
     return (f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {precision} | compile "
             f"{'on' if cfg.compile else 'off'} | steps {step} -> {cfg.last_step} (schedule {cfg.schedule_steps}) "
-            f"| MFU vs {peak_source}")
+            f"| MFU vs {peak_source}"
+            + (f" | note: stops at step {cfg.last_step}, before the schedule ends, so the lr will not decay fully"
+               if cfg.schedule_steps is not None and cfg.last_step < cfg.schedule_steps else ""))
 
 
 def _check_and_configure(cfg: LoopConfig, task: TrainTask, device: torch.device) -> None:
@@ -430,9 +432,10 @@ def _unwrap_ddp(wrapped: nn.Module) -> nn.Module:
 class _StopSignals:
     """Turns SIGTERM/SIGINT into a flag the loop checks between steps; a second Ctrl-C stops at once."""
 
-    def __init__(self) -> None:
+    def __init__(self, say: Callable[[str], None] = lambda msg: None) -> None:
         self.received: str | None = None
         self._old: dict[int, Any] = {}
+        self._say = say
 
     def __enter__(self) -> "_StopSignals":
         if threading.current_thread() is threading.main_thread():
@@ -444,6 +447,8 @@ class _StopSignals:
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
+        if signum == signal.SIGINT:  # a long step would otherwise look like an ignored Ctrl-C
+            self._say("stopping after this step (Ctrl-C again to abort)")
 
     def __exit__(self, *exc: Any) -> None:
         for sig, old in self._old.items():

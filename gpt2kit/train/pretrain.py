@@ -8,6 +8,10 @@ Used by ``gpt2kit train`` and ``gpt2kit demo``. Validation loss uses the eval pa
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
+import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,20 +19,21 @@ import torch
 
 from gpt2kit.errors import UserError
 from gpt2kit.model.config import SHAPE_KEYS
-from gpt2kit.train.config import PRESETS, TrainConfig, get_preset, resolve_config
+from gpt2kit.train.config import MODEL_FLAGS, TrainConfig, flag_name, get_preset, resolve_config
 from gpt2kit.distributed import DistEnv, distributed
 from gpt2kit.train.lm_loss import FusedLossGPT
 from gpt2kit.train.loop import train
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.train.metrics import gpt_flops_per_token
 from gpt2kit.train.state import ResumePoint, find_resume
-from gpt2kit.checkpoint import export_hf
+from gpt2kit.checkpoint import best_checkpoint, export_hf, load_model, load_state_dict_checked, model_state_dict
+from gpt2kit.io import dir_lock
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
 from gpt2kit.eval.loss import all_reduce_loss, mean_loss
 from gpt2kit.eval.scoring import autocast_context
 from gpt2kit.generation import generate
-from gpt2kit.model import GPT
+from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
 
 
@@ -42,22 +47,32 @@ def check_data_matches_model(manifest: dict[str, Any], vocab_size: int, data_dir
         )
 
 
-def resolve_train_config(preset: str | None, overrides: dict[str, Any],
-                         log: Callable[[str], None] = print) -> tuple[TrainConfig, ResumePoint | None]:
+def resolve_train_config(preset: str | None, overrides: dict[str, Any], log: Callable[[str], None] = print,
+                         defaults: dict[str, Any] | None = None) -> tuple[TrainConfig, ResumePoint | None]:
     """The run's config and the checkpoint to resume from (if any).
 
-    A new run starts from ``preset``; a resumed run from the checkpoint's saved config (a ``preset``
-    with another model shape is refused). Flags in ``overrides`` apply on top in both cases.
+    A new run starts from ``preset`` (without one, the fields' defaults: GPT-2 124M's shape); a resumed run
+    from the checkpoint's saved config (a ``preset`` with another model shape is refused). ``defaults`` (a
+    ``--config`` file's settings) and then the flags in ``overrides`` apply on top in both cases.
     """
+    given = dict(overrides)  # what the command line said, for the checks of what the user asked for
+    if defaults:
+        preset = preset if preset is not None else defaults.get("preset")
+        overrides = {**defaults, **overrides}
+    if given.get("epochs") is not None:
+        clash = [flag_name(k) for k in ("schedule_steps", "max_steps") if given.get(k) is not None]
+        if clash:
+            raise UserError(f"--epochs sets the schedule's length from the data; drop {' and '.join(clash)} "
+                            "or drop --epochs")
     out = overrides.get("out") or (get_preset(preset).out if preset else None)
     spec = overrides.get("resume")
     if spec == "auto" and out is None:
         raise UserError("--resume auto: needs --out (the run directory to continue) or --preset")
     point = find_resume(out, spec) if spec else None
     if point is None:
-        if preset is None:
-            raise UserError(f"--preset: required for a new run; choose one of: {', '.join(PRESETS)}")
-        return resolve_config(get_preset(preset), overrides), None
+        if spec == "auto":
+            log(f"--resume auto: no checkpoint in {Path(out).resolve()}; starting a new run there")
+        return _new_run_config(preset, overrides, given, log), None
     try:
         base = TrainConfig.from_dict(point.checkpoint["config"])
     except (TypeError, ValueError) as e:
@@ -79,6 +94,45 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any],
     if changed:
         log("resuming with changed settings: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
     return cfg, point
+
+
+def _new_run_config(preset: str | None, overrides: dict[str, Any], given: dict[str, Any],
+                    log: Callable[[str], None]) -> TrainConfig:
+    """A new run's config: the preset (or the fields' defaults), the --init-from weights' shape, the flags."""
+    init = overrides.get("init_from")
+    base = get_preset(preset) if preset is not None else TrainConfig()  # no preset: the fields' own defaults
+    if init:
+        overrides = {**overrides, **init_model_config(init, overrides).to_dict()}
+    max_steps = given.get("max_steps")
+    if max_steps and "schedule_steps" not in overrides:  # (--epochs with --max-steps was refused above)
+        # nanoGPT's max_iters is the schedule's length: a new run asked to stop at N decays its lr by step N
+        warmup = overrides.get("warmup_steps", base.warmup_steps)
+        overrides = {**overrides, "schedule_steps": max_steps, "warmup_steps": _warmup_within(warmup, max_steps)}
+        log(f"--max-steps {max_steps}: the learning-rate schedule is {max_steps} steps long (give --schedule-steps "
+            "for a longer one to stop early in)")
+    return resolve_config(base, overrides)
+
+
+def _warmup_within(warmup: int, steps: int) -> int:
+    """``warmup``, or a tenth of a schedule of ``steps`` that it would fill (a run all warmup never decays)."""
+    return warmup if warmup < steps else steps // 10
+
+
+def init_model_config(init_from: str, flags: dict[str, Any]) -> GPTConfig:
+    """The model shape of the weights ``--init-from`` names, with a smaller ``block_size`` and any ``dropout`` from
+    ``flags``; a flag that contradicts the weights' shape is a UserError naming it."""
+    src = load_model(init_from).config
+    for name in MODEL_FLAGS:
+        if name in ("block_size", "dropout") or flags.get(name) is None or flags[name] == getattr(src, name):
+            continue
+        raise UserError(f"{flag_name(name)} {flags[name]}: --init-from {init_from} has {name}={getattr(src, name)}; "
+                        f"drop {flag_name(name)} (the model's shape comes from the weights)")
+    block_size = flags.get("block_size") or src.block_size
+    if block_size > src.block_size:
+        raise UserError(f"--block-size {block_size}: --init-from {init_from} has position embeddings for "
+                        f"{src.block_size} tokens only; use --block-size {src.block_size} or less")
+    dropout = src.dropout if flags.get("dropout") is None else flags["dropout"]
+    return dataclasses.replace(src, block_size=block_size, dropout=dropout)
 
 
 def _val_batches(cfg: TrainConfig, env: DistEnv) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -124,24 +178,58 @@ def make_sampler(cfg: TrainConfig) -> Callable[[EvalContext], list[str]]:
     return sample
 
 
-def initial_model(cfg: TrainConfig) -> GPT:
-    """The weights a new run starts from: ``cfg.model`` initialised from ``cfg.seed`` (a resumed run then loads its
+def initial_model(cfg: TrainConfig, fresh: bool = True) -> GPT:
+    """The weights a run starts from: ``cfg.model`` initialised from ``cfg.seed``, or for a new (``fresh``) run
+    with ``init_from`` those weights, the position table cropped to ``block_size`` (a resumed run then loads its
     checkpoint over them)."""
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (FSDP shards them as they are)
-    return GPT(cfg.model)
+    model = GPT(cfg.model)
+    if cfg.init_from and fresh:
+        source = load_model(cfg.init_from)  # every rank reads the same weights
+        sd = model_state_dict(source.model)
+        # nanoGPT's crop_block_size: the first block_size rows of the position table
+        sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][: cfg.model.block_size]
+        load_state_dict_checked(model, sd, source.source)
+    return model
+
+
+def export_hf_atomic(spec: str | Path, dest: Path) -> None:
+    """Write the model ``spec`` names as a Hugging Face directory ``dest``, whole or not at all (a temporary
+    directory beside it, renamed into place)."""
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    export_hf(spec, tmp)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                     log: Callable[[str], None] | None = None) -> TrainResult:
     """Pretrain (or continue) the model ``cfg`` describes on ``cfg.data``; rank 0 prints and writes."""
-    with distributed(cfg.device, env, cfg.dist_timeout) as env:
+    with distributed(cfg.device, env, cfg.dist_timeout) as env, contextlib.ExitStack() as held:
         say = (log or print) if env.is_main else (lambda msg: None)
+        if env.is_main:  # one command per run directory; under torchrun rank 0 holds it for all ranks
+            held.enter_context(dir_lock(cfg.out, "train"))
         if not cfg.data:
             raise UserError("--data: required; a directory written by `gpt2kit prepare`")
         manifest = read_manifest(cfg.data)
         gcfg = cfg.model
         check_data_matches_model(manifest, gcfg.vocab_size, cfg.data)
         A = cfg.grad_accum_steps(gcfg.block_size, env.world_size)
+        tokens_per_step = cfg.batch_size * gcfg.block_size * A * env.world_size
+        train_tokens = manifest["splits"]["train"]["tokens"]
+        if cfg.epochs is not None:
+            steps = cfg.steps_for_epochs(train_tokens, tokens_per_step)
+            cfg = dataclasses.replace(cfg, schedule_steps=steps, warmup_steps=_warmup_within(cfg.warmup_steps, steps))
+            say(f"--epochs {cfg.epochs:g}: {train_tokens:,} train tokens / {tokens_per_step:,} tokens a step -> "
+                f"{steps} steps (rounded up), {cfg.warmup_steps} of them warmup")
+        if A >= 64:
+            one = cfg.batch_size * gcfg.block_size * env.world_size
+            say(f"note: {A:,} micro-steps per optimizer step (--total-batch-tokens {cfg.total_batch_tokens:,} / "
+                f"{one:,} tokens a micro-step); for faster steps set --total-batch-tokens {one} (or a small multiple)")
         loader = TokenLoader(cfg.data, "train", block_size=gcfg.block_size, micro_batch_size=cfg.batch_size,
                              grad_accum_steps=A, rank=env.rank, world_size=env.world_size, seed=cfg.seed)
         has_val = manifest["splits"].get("val", {}).get("tokens", 0) > 0
@@ -150,12 +238,13 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             say(f"note: {cfg.data} has no validation split; no val_loss (best checkpoint) will be tracked")
         examples = None
         if cfg.hellaswag:
-            path = hellaswag_path(None if cfg.hellaswag == "download" else cfg.hellaswag)
+            path = hellaswag_path(None if cfg.hellaswag == "download" else cfg.hellaswag, flag="--hellaswag")
             examples = load_examples(path, limit=cfg.hellaswag_limit)
-        model = initial_model(cfg)
-        tokens_per_step = cfg.batch_size * gcfg.block_size * A * env.world_size
+        model = initial_model(cfg, fresh=resume is None)
+        if cfg.init_from and resume is None:
+            say(f"init: weights from --init-from {cfg.init_from} (step 0, new optimizer and schedule)")
         say(f"model: {model.num_params() / 1e6:.2f}M parameters (L={gcfg.n_layer}, H={gcfg.n_head}, C={gcfg.n_embd}, "
-            f"T={gcfg.block_size}) | data: {manifest['splits']['train']['tokens']:,} train tokens in {cfg.data} | "
+            f"T={gcfg.block_size}) | data: {train_tokens:,} train tokens in {cfg.data} | "
             f"{tokens_per_step:,} tokens/step = {cfg.batch_size} x {gcfg.block_size} x {A} accum x "
             f"{env.world_size} ranks")
         fsdp = cfg.parallel == "fsdp" and env.backend is not None
@@ -174,8 +263,12 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         )
         result = train(cfg, task, env, resume, log=log)
         if cfg.export_hf and env.is_main and result.checkpoint is not None and not result.interrupted:
-            export_hf(result.checkpoint, Path(cfg.out) / "hf")
-            say(f"wrote Hugging Face model to {Path(cfg.out) / 'hf'}")
+            export_hf_atomic(result.checkpoint, Path(cfg.out) / "hf-final")
+            best = best_checkpoint(cfg.out)
+            if best is not None:
+                export_hf_atomic(best, Path(cfg.out) / "hf-best")
+            say(f"wrote Hugging Face models to {Path(cfg.out) / 'hf-final'}"
+                + (f" and {Path(cfg.out) / 'hf-best'}" if best is not None else " (no val loss, so no hf-best)"))
         return result
 
 
@@ -191,5 +284,5 @@ def summary_line(result: TrainResult, out: str) -> str:
     return ("interrupted at " if result.interrupted else "done: ") + ", ".join(parts) + f" (run dir {out})"
 
 
-__all__ = ["check_data_matches_model", "export_hf", "make_evaluator", "make_sampler", "resolve_train_config",
+__all__ = ["check_data_matches_model", "export_hf", "export_hf_atomic", "init_model_config", "initial_model", "make_evaluator", "make_sampler", "resolve_train_config",
            "run_pretraining", "summary_line"]

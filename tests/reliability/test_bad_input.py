@@ -505,3 +505,63 @@ def test_a_directory_where_a_file_is_expected_is_file_not_found(argv, pattern, t
     argv = [fill.get(a, a.replace("{tmp}", str(tmp_path))) for a in argv]
     line = one_line_error(argv, capsys)
     assert re.search(pattern.replace("{dir}", re.escape(str(folder))), line), line
+
+
+# ------------------------------------------------------------------------------ train: the advice names the right flag
+
+
+def test_train_on_a_text_file_advises_prepare_into_a_new_directory(tmp_path, capsys):
+    text = tmp_path / "moby.txt"
+    text.write_text("Call me Ishmael.\n")
+    line = one_line_error(["train", "--preset", "demo-cpu", "--data", text, "--out", tmp_path / "run"], capsys)
+    assert f"`gpt2kit prepare {text} --out data/moby` and pass data/moby" in line
+
+
+def test_train_hellaswag_that_is_a_directory_advises_the_hellaswag_flag(pristine, tmp_path, capsys):
+    folder = tmp_path / "hs"
+    folder.mkdir()
+    line = one_line_error(["train", "--preset", "demo-cpu", "--data", pristine, "--out", tmp_path / "run",
+                           "--hellaswag", folder], capsys)
+    assert f"--hellaswag {folder}: no such file" in line and "(--hellaswag FILE)" in line and "--data" not in line
+
+
+def test_train_hellaswag_download_offline_advises_the_hellaswag_flag(pristine, tmp_path, capsys, monkeypatch):
+    import gpt2kit.eval.hellaswag as hs
+
+    monkeypatch.setenv("GPT2KIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hs, "HELLASWAG_URL", "http://127.0.0.1:9/hellaswag_val.jsonl")  # nothing listens there
+    line = one_line_error(["train", "--preset", "demo-cpu", "--data", pristine, "--out", tmp_path / "run",
+                           "--hellaswag", "download"], capsys)
+    assert "pass --hellaswag FILE" in line and "--data" not in line
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--n-layer", "4"], "--n-layer 4: --init-from {src} has n_layer=2; drop --n-layer"),
+    (["--block-size", "128"], "--block-size 128: --init-from {src} has position embeddings for 64 tokens only; "
+                              "use --block-size 64 or less"),
+])
+def test_init_from_with_a_contradicting_shape_flag_is_one_line(hf_tiny_dir, tmp_path, capsys, flags, expected):
+    line = one_line_error(["train", "--init-from", hf_tiny_dir, "--out", tmp_path / "run", *flags,
+                           "--print-config"], capsys)
+    assert expected.format(src=hf_tiny_dir) in line
+
+
+def test_epochs_with_max_steps_is_one_line(tmp_path, capsys):
+    line = one_line_error(["train", "--preset", "demo-cpu", "--out", tmp_path, "--epochs", "2", "--max-steps", "5",
+                           "--print-config"], capsys)
+    assert "--epochs sets the schedule's length from the data; drop --max-steps or drop --epochs" in line
+
+
+def test_config_file_with_an_unknown_key_names_it_and_the_closest_setting(tmp_path, capsys):
+    (tmp_path / "cfg.json").write_text(json.dumps({"preset": "demo-cpu", "n_layers": 4}))
+    line = one_line_error(["train", "--config", tmp_path / "cfg.json", "--print-config"], capsys)
+    assert "unknown setting 'n_layers'; did you mean 'n_layer'?" in line
+
+
+def test_a_huge_gradient_accumulation_is_said_before_the_first_step(pristine, tmp_path, capsys):
+    argv = ["train", "--preset", "gpt2", "--data", pristine, "--out", tmp_path / "run", "--n-layer", "1",
+            "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "2", "--dtype", "float32",
+            "--no-compile", "--max-steps", "0", "--no-progress", "--no-tensorboard", "--samples", "0"]
+    assert main([str(a) for a in argv]) == 0
+    out = capsys.readouterr().out
+    assert "note: 8,192 micro-steps per optimizer step" in out and "set --total-batch-tokens 64" in out

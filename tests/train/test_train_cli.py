@@ -38,7 +38,7 @@ def test_three_step_run_then_plot_and_load(data_dir, tmp_path, capsys):
     assert cfg["preset"] == "demo-cpu" and cfg["n_layer"] == 2 and cfg["max_steps"] == 3
     loaded = load_model(run)
     assert loaded.config.n_layer == 2 and loaded.checkpoint["step"] == 3
-    assert load_model(run / "hf").config.n_embd == 32  # --export-hf wrote a Hugging Face directory
+    assert load_model(run / "hf-final").config.n_embd == 32  # --export-hf wrote a Hugging Face directory
     assert main(["plot", str(run)]) == 0
     assert (run / "loss.png").stat().st_size > 1000 and (run / "lr.png").stat().st_size > 1000
 
@@ -79,9 +79,12 @@ def test_bad_settings_are_one_line_errors(data_dir, tmp_path, capsys, extra, mes
     assert len(err.strip().splitlines()) == 1
 
 
-def test_missing_preset_and_data_are_named(tmp_path, capsys):
+def test_missing_data_is_named_and_no_preset_means_the_defaults(tmp_path, capsys):
     assert main(["train", "--out", str(tmp_path / "r")]) == 2
-    assert "--preset: required for a new run" in capsys.readouterr().err
+    assert "--data: required" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "r"), "--n-layer", "6", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["preset"] is None and cfg["n_layer"] == 6 and cfg["n_embd"] == 768
     assert main(["train", "--preset", "demo-cpu", "--out", str(tmp_path / "r"), "--data", str(tmp_path / "no")]) == 2
     assert "no such data directory" in capsys.readouterr().err
 

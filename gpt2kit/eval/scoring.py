@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from gpt2kit.device import collective_device
 from gpt2kit.tokenizer import EOT_ID
 
 T = TypeVar("T")

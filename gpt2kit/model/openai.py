@@ -21,7 +21,6 @@ from __future__ import annotations
 import functools
 import json
 import re
-import struct
 from pathlib import Path
 from typing import Any, Iterator
 

@@ -6,7 +6,9 @@ import argparse
 import codecs
 import sys
 
-from gpt2kit.cli.common import add_checkpoint_argument, add_device_arguments, positive_int
+from gpt2kit.cli.common import (
+    add_checkpoint_argument, add_device_arguments, add_sampling_arguments, check_sampling_arguments, positive_int,
+)
 from gpt2kit.errors import UserError
 
 HELP = "talk to a checkpoint in the terminal (instruction-tuned: its chat template; base: continues your text)"
@@ -23,10 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(p)
     p.add_argument("--system", default=None, help="a system message that starts the conversation (chat templates)")
     p.add_argument("--max-new-tokens", type=positive_int, default=256, help="most tokens in one reply")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
-    p.add_argument("--top-k", type=positive_int, default=None, help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability >= p")
-    p.add_argument("--seed", type=int, default=1337, help="random seed (same seed and inputs, same replies)")
+    add_sampling_arguments(p, seed_help="random seed (same seed and inputs, same replies)")
     add_device_arguments(p)
 
 
@@ -40,10 +39,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.serve.prompts import trim_conversation
     from gpt2kit.tokenizer import get_tokenizer
 
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_sampling_arguments(args)
     tok = get_tokenizer()
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))

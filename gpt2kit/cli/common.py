@@ -96,3 +96,19 @@ def nonneg_int(value: str) -> int:
     if n < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
     return n
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser, seed_help: str) -> None:
+    """--temperature, --top-k, --top-p and --seed, with the same meaning in sample and chat."""
+    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
+    p.add_argument("--top-k", type=positive_int, default=None, help="sample only among the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability >= p")
+    p.add_argument("--seed", type=int, default=1337, help=seed_help)
+
+
+def check_sampling_arguments(args: argparse.Namespace) -> None:
+    """One UserError line for a --temperature or --top-p out of range."""
+    if args.temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
+    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
+        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")

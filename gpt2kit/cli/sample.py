@@ -6,7 +6,10 @@ import argparse
 import codecs
 import sys
 
-from gpt2kit.cli.common import add_checkpoint_argument, add_device_arguments, nonneg_int, positive_int
+from gpt2kit.cli.common import (
+    add_checkpoint_argument, add_device_arguments, add_sampling_arguments, check_sampling_arguments, nonneg_int,
+    positive_int,
+)
 from gpt2kit.errors import UserError
 
 HELP = "generate text from a checkpoint or GPT-2 weights"
@@ -26,10 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", default=None, help="optional input (context) for --instruction")
     p.add_argument("--max-new-tokens", type=nonneg_int, default=100, help="tokens to generate per sample")
     p.add_argument("--num-samples", type=positive_int, default=1, help="independent samples to draw")
-    p.add_argument("--temperature", type=float, default=1.0, help="softmax temperature; 0 = greedy")
-    p.add_argument("--top-k", type=positive_int, default=None, help="sample only among the k most likely tokens")
-    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: smallest set with probability >= p")
-    p.add_argument("--seed", type=int, default=1337, help="random seed (same seed, same samples)")
+    add_sampling_arguments(p, seed_help="random seed (same seed, same samples)")
     p.add_argument("--no-stop", action="store_true", help="keep going after <|endoftext|> instead of stopping there")
     add_device_arguments(p)
 
@@ -42,10 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.generation import generate
     from gpt2kit.tokenizer import get_tokenizer
 
-    if args.temperature < 0:
-        raise UserError(f"--temperature must be >= 0, got {args.temperature}")
-    if args.top_p is not None and not 0.0 < args.top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {args.top_p}")
+    check_sampling_arguments(args)
     if args.prompt is not None and args.prompt == "":
         raise UserError("--prompt is empty; give some text, or leave --prompt out for unconditional samples")
     if args.instruction is not None and args.prompt is not None:

@@ -351,7 +351,7 @@ def gpt2_muon() -> TrainConfig:
 
 
 def demo_cpu() -> TrainConfig:
-    """The README demo: a small GPT-2 trained for about 7.5 minutes on 2 CPU cores (settings measured, see docs/training.md)."""
+    """The README demo: a small GPT-2 trained in 8-11 minutes on 2 CPU cores (settings measured, see docs/training.md)."""
     return TrainConfig(
         preset="demo-cpu", out="runs/demo", model=_pretraining_model("demo-cpu"), batch_size=8,
         total_batch_tokens=None, lr=3e-3, min_lr_ratio=0.1, warmup_steps=30, schedule_steps=1600,

@@ -61,10 +61,7 @@ def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False) 
     ax.set_title(f"loss — {Path(run_dir).resolve().name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    paths.append(str(out / "loss.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "loss.png"))
 
     fig, ax = plt.subplots(figsize=(8, 3.5))
     steps, lr = series("lr")
@@ -73,10 +70,7 @@ def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False) 
     ax.set_ylabel("learning rate")
     ax.set_title("learning rate")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    paths.append(str(out / "lr.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(_save(fig, out / "lr.png"))
 
     hsteps, acc_norm = series("hellaswag_acc_norm")
     if hsteps:
@@ -91,11 +85,18 @@ def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False) 
         ax.set_title(f"HellaSwag — best acc_norm {max(acc_norm):.3f}")
         ax.grid(alpha=0.3)
         ax.legend()
-        fig.tight_layout()
-        paths.append(str(out / "hellaswag.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(_save(fig, out / "hellaswag.png"))
     return paths
+
+
+def _save(fig, path) -> str:
+    """Lay out, write ``path`` as a 120-dpi PNG and free ``fig``; returns the path written."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
 
 
 def run(args: argparse.Namespace) -> int:

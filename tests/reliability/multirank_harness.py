@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from reliability_harness import FLAGS, HOOKS, assert_same_state
+from reliability_harness import FLAGS, HOOKS, assert_same_state, live_processes
 
 HERE = Path(__file__).resolve().parent
 WORKER = HERE / "hooked_worker.py"
@@ -103,16 +103,8 @@ class Launch:
 def _descendants(root: int) -> list[int]:
     """Pids of the live (not zombie) processes below ``root`` (torchrun starts each rank in a session of its own)."""
     children: dict[int, list[int]] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid ...
-        if fields[0] != "Z":
-            children.setdefault(int(fields[1]), []).append(int(d.name))
+    for pid, fields in live_processes().items():
+        children.setdefault(int(fields[1]), []).append(pid)
     found, todo = [], [root]
     while todo:
         for child in children.get(todo.pop(), []):

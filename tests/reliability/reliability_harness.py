@@ -148,9 +148,9 @@ def dir_files(d: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(d.iterdir()) if p.is_file()}
 
 
-def group_members(pgid: int) -> list[int]:
-    """Pids of the live (not zombie) processes in process group ``pgid``."""
-    pids = []
+def live_processes() -> dict[int, list[str]]:
+    """Every live (not zombie) process: pid -> the fields of /proc/PID/stat after "pid (comm) " (state ppid pgrp ...)."""
+    procs = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
@@ -158,10 +158,15 @@ def group_members(pgid: int) -> list[int]:
             stat = (d / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp ...
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            pids.append(int(d.name))
-    return pids
+        fields = stat[stat.rindex(")") + 2:].split()
+        if fields[0] != "Z":
+            procs[int(d.name)] = fields
+    return procs
+
+
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live (not zombie) processes in process group ``pgid``."""
+    return [pid for pid, fields in live_processes().items() if int(fields[2]) == pgid]
 
 
 # ---------------------------------------------------------------------------------------------- training runs

@@ -2,18 +2,20 @@
 unchanged GPT-2 architecture, each with the cosine and the WSD schedule, through gpt2kit's own training loop.
 
 Every arm trains the same model (same seed, so the same initial weights) on the same token stream for the
-same number of steps, and evaluates validation loss on the same fixed batches ``--evals`` times. For each
-optimizer and schedule the peak learning rate is swept (``--adamw-lrs``, ``--muon-lrs``; Muon's AdamW part
-keeps the best AdamW lr) and the lr with the lowest final validation loss is kept. Then, for each model size
-and corpus, with AdamW's best final validation loss L* as the target:
+same number of steps, and evaluates validation loss on the same fixed batches ``--evals`` times. The peak
+learning rate of each optimizer (``--adamw-lrs``, ``--muon-lrs``; Muon's AdamW part keeps
+``--muon-adamw-lr``) is swept under the first of ``--schedules``; the other schedules then run at each
+optimizer's best lr (``--full-grid`` sweeps under every schedule). For each model size and corpus, with
+AdamW's best final validation loss L* as the target:
 
-    tokens fraction = tokens Muon's best arm needed to reach L*   /  tokens AdamW's best arm needed (all of them)
-    time fraction   = training seconds Muon needed to reach L*     /  training seconds of AdamW's best arm
+    tokens fraction = tokens Muon's best arm needed to reach L*  /  tokens AdamW's best arm trained (all of them)
+    time fraction   = tokens fraction  x  (seconds of one Muon step / seconds of one AdamW step)
 
-(linear interpolation between evaluations; "not reached" when Muon's final loss stays above L*). Training
-seconds are the loop's own per-step clock (evaluation excluded). Arms are interleaved (AdamW, Muon, AdamW,
-...) so that load from other processes on a shared machine hits both alike; time figures on a shared
-machine are still noisy, token figures are not.
+(linear interpolation between evaluations; "not reached" when Muon's final loss stays above L*). The step
+costs come from a separate measurement on the same model and batch, the two optimizers alternating in
+rounds and the fastest round of each kept, so that load from other processes on a shared machine does not
+decide it. The training loop's own wall clock is printed beside it. Arms are interleaved (AdamW, Muon,
+AdamW, ...) too.
 
 Levers for Muon beyond its lr (``--muon-variants``): momentum warmup 0.85 -> 0.95 (``mwarm``), zero-initialised
 residual projections (``zero``; a benchmark option only: ``gpt2kit train`` keeps GPT-2's init), Moonshot's
@@ -49,6 +51,7 @@ from gpt2kit.train.config import get_preset, resolve_config  # noqa: E402
 from gpt2kit.train.lm_loss import FusedLossGPT  # noqa: E402
 from gpt2kit.train.loop import TrainTask, train  # noqa: E402
 from gpt2kit.train.metrics import gpt_flops_per_token  # noqa: E402
+from gpt2kit.train.optim import build_optimizer  # noqa: E402
 from gpt2kit.train.pretrain import initial_model, make_evaluator  # noqa: E402
 
 VARIANTS = {
@@ -88,9 +91,9 @@ def prepared(corpus: str, work: Path, val_fraction: float) -> Path:
 
 def run_arm(data: Path, arm: dict[str, Any], args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     """Train one arm through gpt2kit's loop; its (tokens, seconds, val loss) curve and mean seconds a step."""
-    L, C = arm["size"]
+    L, C, H = arm["size"]
     overrides = dict(
-        data=str(data), out=str(run_dir), n_layer=L, n_head=max(1, C // 32), n_embd=C, block_size=args.block_size,
+        data=str(data), out=str(run_dir), n_layer=L, n_head=H, n_embd=C, block_size=args.block_size,
         batch_size=args.batch_size, schedule_steps=args.steps, max_steps=args.steps, warmup_steps=args.warmup,
         lr=arm["lr"], lr_schedule=arm["schedule"], decay_fraction=args.decay_fraction, optimizer=arm["optimizer"],
         eval_every=max(1, args.steps // args.evals), eval_batches=args.eval_batches, save_every=10**9,
@@ -118,8 +121,23 @@ def run_arm(data: Path, arm: dict[str, Any], args: argparse.Namespace, run_dir: 
                      flops_per_token=gpt_flops_per_token(model))
     result = train(cfg, task, env, log=lambda msg: None)
     curve = [(r["tokens"], r["time_s"], r["val_loss"]) for r in result.metrics if r.get("val_loss") is not None]
-    return {**arm, "size": f"L{L} C{C}", "curve": curve, "final": curve[-1][2],
+    return {**arm, "size": size_name(arm["size"]), "curve": curve, "final": curve[-1][2],
             "s_per_step": curve[-1][1] / args.steps}
+
+
+def size_name(size: tuple[int, int, int]) -> str:
+    """``L4 C96 H4``."""
+    return f"L{size[0]} C{size[1]} H{size[2]}"
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """``LAYERSxWIDTH[xHEADS]`` (heads default to width / 32) as (L, C, H)."""
+    parts = [int(x) for x in text.split("x")]
+    if len(parts) == 2:
+        parts.append(max(1, parts[1] // 32))
+    if len(parts) != 3 or parts[1] % parts[2]:
+        raise ValueError(f"--sizes: {text!r} is not LAYERSxWIDTH[xHEADS] with WIDTH divisible by HEADS")
+    return parts[0], parts[1], parts[2]
 
 
 def reach(curve: list[tuple[int, float, float]], target: float) -> tuple[float, float] | None:
@@ -135,25 +153,83 @@ def reach(curve: list[tuple[int, float, float]], target: float) -> tuple[float, 
     return None
 
 
-def arms_for(size: tuple[int, int], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Every arm of one model size, interleaved AdamW/Muon so that machine load hits both alike."""
-    adamw = [dict(optimizer="adamw", schedule=s, lr=lr, variant="adamw") for s in args.schedules
-             for lr in args.adamw_lrs]
-    muon = []
-    for v in args.muon_variants:
-        for s in args.schedules:
-            lrs = args.adamw_lrs if v == "rms" else args.muon_lrs
-            for mlr in lrs:
-                arm = dict(optimizer="muon", schedule=s, lr=args.muon_adamw_lr, muon_lr=mlr, variant=v)
-                for k, x in VARIANTS[v].items():
-                    arm[k] = max(1, int(args.warmup + 0.1 * args.steps)) if x == "warmup" else x
-                if v == "rms":
-                    arm["muon_weight_decay"] = 0.1
-                muon.append(arm)
+def _arm(optimizer: str, schedule: str, lr: float, variant: str, args: argparse.Namespace) -> dict[str, Any]:
+    """One arm's settings: ``lr`` is AdamW's lr, or Muon's (its AdamW part keeps ``--muon-adamw-lr``)."""
+    if optimizer == "adamw":
+        return dict(optimizer="adamw", schedule=schedule, lr=lr, variant="adamw")
+    arm = dict(optimizer="muon", schedule=schedule, lr=args.muon_adamw_lr, muon_lr=lr, variant=variant)
+    for k, x in VARIANTS[variant].items():
+        arm[k] = max(1, int(args.warmup + 0.1 * args.steps)) if x == "warmup" else x
+    if variant == "rms":
+        arm["muon_weight_decay"] = 0.1
+    return arm
+
+
+def arms_for(size: tuple[int, int, int], args: argparse.Namespace, schedules: list[str],
+             best_lr: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    """The arms of one model size under ``schedules``, interleaved AdamW/Muon so that machine load hits both
+    alike: every swept lr, or only the best lr of each optimizer/variant when ``best_lr`` is given."""
+    def lrs(key: str, swept: list[float]) -> list[float]:
+        return swept if best_lr is None else [best_lr[key]]
+
+    adamw = [_arm("adamw", s, lr, "adamw", args) for s in schedules for lr in lrs("adamw", args.adamw_lrs)]
+    muon = [_arm("muon", s, lr, v, args) for v in args.muon_variants for s in schedules
+            for lr in lrs(v, args.adamw_lrs if v == "rms" else args.muon_lrs)]
     out = []
     for i in range(max(len(adamw), len(muon))):
         out += [a for a in (adamw[i] if i < len(adamw) else None, muon[i] if i < len(muon) else None) if a]
     return [{**a, "size": size} for a in out]
+
+
+def best_lrs(results: list[dict[str, Any]]) -> dict[str, float]:
+    """The lr with the lowest final validation loss, per variant (``adamw``, ``base``, ...)."""
+    out: dict[str, tuple[float, float]] = {}
+    for r in results:
+        lr = r["muon_lr"] if r["optimizer"] == "muon" else r["lr"]
+        if r["variant"] not in out or r["final"] < out[r["variant"]][0]:
+            out[r["variant"]] = (r["final"], lr)
+    return {v: lr for v, (_, lr) in out.items()}
+
+
+def step_cost(size: tuple[int, int, int], data: Path, args: argparse.Namespace) -> dict[str, float]:
+    """Seconds of one training step (forward, backward, clip, optimizer step) with AdamW and with Muon.
+
+    The same model and batch take ``--cost-steps`` steps with one optimizer, then with the other, for
+    ``--cost-rounds`` rounds; each figure is the fastest round's mean, the least disturbed by other processes.
+    """
+    L, C, H = size
+    timings: dict[str, list[float]] = {"adamw": [], "muon": []}
+    base = resolve_config(get_preset("demo-cpu"), dict(
+        data=str(data), n_layer=L, n_head=H, n_embd=C, block_size=args.block_size,
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, compile=False))
+    model = FusedLossGPT(initial_model(base)).to(args.device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opts = {name: build_optimizer(model.module, resolve_config(base, {"optimizer": name}), torch.device(args.device))
+            for name in timings}
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 50257, (args.batch_size, args.block_size), generator=g).to(args.device)
+    y = torch.randint(0, 50257, (args.batch_size, args.block_size), generator=g).to(args.device)
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else None
+
+    def steps(opt: Any, n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            with torch.autocast(torch.device(args.device).type, dtype=dtype, enabled=dtype is not None):
+                _, loss = model(x, y)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t0) / n
+
+    for name, opt in opts.items():
+        steps(opt, 2)  # warm-up: allocations, optimizer state
+    for _ in range(args.cost_rounds):
+        for name, opt in opts.items():
+            timings[name].append(steps(opt, args.cost_steps))
+    return {name: min(t) for name, t in timings.items()}
 
 
 def best(results: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
@@ -162,9 +238,12 @@ def best(results: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     return min(rows, key=lambda r: r["final"]) if rows else None
 
 
-def report(results: list[dict[str, Any]], corpus: str, size: str, args: argparse.Namespace) -> list[str]:
+def report(results: list[dict[str, Any]], corpus: str, size: str, args: argparse.Namespace,
+           cost: dict[str, float]) -> list[str]:
     """The summary lines of one corpus and model size."""
-    lines = [f"== {corpus}, {size}, {args.steps} steps x {args.batch_size * args.block_size} tokens"]
+    ratio = cost["muon"] / cost["adamw"]
+    lines = [f"== {corpus}, {size}, {args.steps} steps x {args.batch_size * args.block_size} tokens; "
+             f"one step: AdamW {cost['adamw'] * 1e3:.1f} ms, Muon {cost['muon'] * 1e3:.1f} ms ({ratio:.3f}x)"]
     rows = [r for r in results if r["size"] == size and r["corpus"] == corpus]
     for r in sorted(rows, key=lambda r: (r["optimizer"], r["variant"], r["schedule"], r.get("muon_lr", r["lr"]))):
         lr = f"muon_lr {r['muon_lr']:g}" if r["optimizer"] == "muon" else f"lr {r['lr']:g}"
@@ -183,7 +262,8 @@ def report(results: list[dict[str, Any]], corpus: str, size: str, args: argparse
     others = [best(rows, optimizer="muon", schedule=s, variant=v) for v in args.muon_variants for s in args.schedules]
     for r in [mu] + [o for o in others if o is not None and o is not mu]:
         hit = reach(r["curve"], target)
-        what = (f"tokens {hit[0] / tokens:.2f}x, wall {hit[1] / seconds:.2f}x of AdamW's" if hit
+        what = (f"tokens {hit[0] / tokens:.2f}x, time {hit[0] / tokens * ratio:.2f}x (step cost; in-loop wall "
+                f"{hit[1] / seconds:.2f}x) of AdamW's" if hit
                 else f"does not reach it (final {r['final']:.4f})")
         lines.append(f"  Muon {r['variant']:5s} {r['schedule']:6s} muon_lr {r['muon_lr']:<6g} to reach AdamW's "
                      f"{target:.4f}: {what}")
@@ -194,7 +274,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line settings."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--corpus", action="append", help="builtin:sotu (default), kjv, or a file/dir for prepare")
-    p.add_argument("--sizes", default="2x64,4x128", help="comma-separated LAYERSxWIDTH (heads = width / 32)")
+    p.add_argument("--sizes", default="2x64,4x96x4",
+                   help="comma-separated LAYERSxWIDTH[xHEADS] (heads default to width / 32); 4x96x4 is demo-cpu's model")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--decay-fraction", type=float, default=0.3)
@@ -204,7 +285,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--muon-lrs", default="0.01,0.02,0.04")
     p.add_argument("--muon-adamw-lr", type=float, default=3e-3, help="AdamW's lr for Muon runs' other params")
     p.add_argument("--muon-variants", default="base", help=f"comma-separated: {', '.join(VARIANTS)}")
-    p.add_argument("--schedules", default="cosine,wsd")
+    p.add_argument("--schedules", default="wsd,cosine",
+                   help="the lrs are swept under the first; the others run at each optimizer's best lr")
+    p.add_argument("--full-grid", action="store_true", help="sweep the lrs under every schedule")
+    p.add_argument("--cost-steps", type=int, default=5, help="steps per round of the step-cost measurement")
+    p.add_argument("--cost-rounds", type=int, default=5, help="rounds of the step-cost measurement")
+    p.add_argument("--cost-only", action="store_true",
+                   help="only measure the step costs (e.g. again on a quiet machine) and print them")
     p.add_argument("--evals", type=int, default=10, help="validation evaluations per run")
     p.add_argument("--eval-batches", type=int, default=16)
     p.add_argument("--val-fraction", type=float, default=0.02)
@@ -216,7 +303,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--json", default=None, help="also write every arm's curve here")
     args = p.parse_args(argv)
     args.corpus = args.corpus or ["builtin:sotu"]
-    args.sizes = [tuple(int(x) for x in s.split("x")) for s in args.sizes.split(",")]
+    try:
+        args.sizes = [parse_size(s) for s in args.sizes.split(",")]
+    except ValueError as e:
+        p.error(str(e))
     args.adamw_lrs = [float(x) for x in args.adamw_lrs.split(",")]
     args.muon_lrs = [float(x) for x in args.muon_lrs.split(",")]
     args.schedules = args.schedules.split(",")
@@ -239,21 +329,38 @@ def main(argv: list[str] | None = None) -> int:
     results: list[dict[str, Any]] = []
     (work / "runs").mkdir(parents=True, exist_ok=True)
     runs = Path(tempfile.mkdtemp(prefix="bench-", dir=work / "runs"))  # a fresh set per invocation; data is reused
+    costs: dict[tuple[int, int, int], dict[str, float]] = {}
     for corpus in args.corpus:
         data = prepared(corpus, work, args.val_fraction)
         for size in args.sizes:
-            for i, arm in enumerate(arms_for(size, args)):
-                t0 = time.time()
-                r = run_arm(data, arm, args, runs / f"{corpus.split(':')[-1]}-{size[0]}x{size[1]}-{i}")
-                r["corpus"] = corpus
-                results.append(r)
-                print(f"[{time.time() - t_start:6.0f}s] {corpus} {r['size']} {r['variant']} {r['schedule']} "
-                      f"lr {r['lr']:g}" + (f" muon_lr {r['muon_lr']:g}" if r['optimizer'] == 'muon' else "")
-                      + f": final val {r['final']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+            if size not in costs or args.cost_only:
+                costs[size] = step_cost(size, data, args)
+                print(f"[{time.time() - t_start:6.0f}s] {size_name(size)} one step: AdamW "
+                      f"{costs[size]['adamw'] * 1e3:.1f} ms, Muon {costs[size]['muon'] * 1e3:.1f} ms", flush=True)
+            if args.cost_only:
+                continue
+            first = args.schedules if args.full_grid else args.schedules[:1]
+            phases = [arms_for(size, args, first)]
+            rest = [s for s in args.schedules if s not in first]
+            done: list[dict[str, Any]] = []
+            for phase in range(2):
+                arms = phases[0] if phase == 0 else (arms_for(size, args, rest, best_lrs(done)) if rest else [])
+                for i, arm in enumerate(arms):
+                    t0 = time.time()
+                    run_dir = runs / f"{corpus.split(':')[-1]}-{'x'.join(map(str, size))}-{phase}-{i}"
+                    r = run_arm(data, arm, args, run_dir)
+                    r["corpus"] = corpus
+                    results.append(r)
+                    done.append(r)
+                    print(f"[{time.time() - t_start:6.0f}s] {corpus} {r['size']} {r['variant']} {r['schedule']} "
+                          f"lr {r['lr']:g}" + (f" muon_lr {r['muon_lr']:g}" if r['optimizer'] == 'muon' else "")
+                          + f": final val {r['final']:.4f} ({time.time() - t0:.0f} s)", flush=True)
+    if args.cost_only:
+        return 0
     print()
     for corpus in args.corpus:
-        for L, C in args.sizes:
-            print("\n".join(report(results, corpus, f"L{L} C{C}", args)))
+        for size in args.sizes:
+            print("\n".join(report(results, corpus, size_name(size), args, costs[size])))
     for opt in ("adamw", "muon"):
         sps = [r["s_per_step"] for r in results if r["optimizer"] == opt]
         if sps:

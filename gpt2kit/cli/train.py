@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     """Resolve the settings, train, print how it ended."""
     import json
     import os
+    import sys
 
     # 2 MB pages for large CPU tensors: first-touch page faults on fresh (N, V) tensors slowed CPU steps
     # markedly in our measurements; torch reads this once, at its first CPU allocation (none yet here)
@@ -56,7 +57,9 @@ def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args, TrainConfig)
     overrides.pop("preset", None)
     defaults = read_config_file(args.config) if args.config else None
-    cfg, point = resolve_train_config(getattr(args, "preset", None), overrides, defaults=defaults)
+    # notices about the settings go to stderr, so that `--print-config > FILE` writes JSON alone
+    cfg, point = resolve_train_config(getattr(args, "preset", None), overrides, defaults=defaults,
+                                      log=lambda msg: print(msg, file=sys.stderr))
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0

@@ -541,20 +541,24 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
     bar = tqdm(total=sum(s.size_bytes for s in srcs) if sized else None, unit="B" if sized else "doc",
                unit_scale=True, unit_divisor=1024 if sized else 1000, desc="prepare", disable=not cfg.progress,
                dynamic_ncols=True)
-    t0, new_tokens, doc = time.perf_counter(), 0, start_doc
+    t0, new_tokens, new_docs, doc = time.perf_counter(), 0, 0, start_doc
+    resumed_tokens = totals["tokens"]
     # the worker pool is created (forked) on the first chunk, before the sources start any reader threads
     stream = tokenize_stream(docs, cfg.workers)
 
     def documents() -> Iterator[np.ndarray]:
-        nonlocal new_tokens
+        nonlocal new_tokens, new_docs
         for tokens, lengths in stream:
             ends = np.cumsum(lengths)
             for n, end in zip(lengths.tolist(), ends.tolist()):
                 yield tokens[end - n:end]
             new_tokens += len(tokens)
+            new_docs += len(lengths)
             bar.update((read.bytes if sized else read.documents) - bar.n)
             rate = new_tokens / max(time.perf_counter() - t0, 1e-9)
-            bar.set_postfix_str(f"docs={totals['documents']:,} tokens={totals['tokens']:,} {rate:,.0f} tok/s",
+            # counted as tokenized: the split below holds the head of the corpus back before it counts it
+            bar.set_postfix_str(f"docs={start_doc + new_docs:,} tokens={resumed_tokens + new_tokens:,} "
+                                f"{rate:,.0f} tok/s",
                                 refresh=False)
 
     try:

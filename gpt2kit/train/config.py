@@ -357,7 +357,7 @@ def demo_cpu() -> TrainConfig:
         total_batch_tokens=None, lr=3e-3, min_lr_ratio=0.1, warmup_steps=30, schedule_steps=1600,
         lr_schedule="cosine", weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, dtype="auto",
         compile=False, log_every=10, eval_every=200, eval_batches=20, save_every=400, keep_last=2, samples=2,
-        sample_tokens=48, sample_prompt="The ",
+        sample_tokens=48, sample_prompt="The",
     )
 
 

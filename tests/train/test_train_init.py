@@ -113,14 +113,18 @@ def test_config_file_reads_back_print_config_and_flags_override_it(tmp_path, cap
 def test_max_steps_without_a_schedule_is_the_schedule(tmp_path, capsys):
     assert main(["train", "--preset", "demo-cpu", "--out", str(tmp_path), "--max-steps", "150",
                  "--print-config"]) == 0
-    cfg = json.loads(capsys.readouterr().out.split("\n", 1)[1])  # the first line says what --max-steps did
+    out = capsys.readouterr()
+    cfg = json.loads(out.out)  # JSON alone on stdout; what --max-steps did is said on stderr
+    assert "--max-steps 150: the learning-rate schedule is 150 steps long" in out.err
     assert cfg["schedule_steps"] == 150 and cfg["max_steps"] == 150 and cfg["warmup_steps"] == 30
 
 
 def test_resume_auto_on_an_empty_dir_says_it_starts_a_new_run(tmp_path, capsys):
     assert main(["train", "--preset", "demo-cpu", "--out", str(tmp_path / "runs" / "dmeo"), "--resume", "auto",
                  "--print-config"]) == 0
-    assert f"no checkpoint in {tmp_path / 'runs' / 'dmeo'}; starting a new run there" in capsys.readouterr().out
+    out = capsys.readouterr()
+    assert f"no checkpoint in {tmp_path / 'runs' / 'dmeo'}; starting a new run there" in out.err
+    json.loads(out.out)  # stdout holds the config alone
 
 
 def test_a_second_train_into_a_run_dir_in_use_is_refused_naming_the_holder(data_dir, tmp_path, capsys):

@@ -120,6 +120,8 @@ def run_arm(data: Path, arm: dict[str, Any], args: argparse.Namespace, run_dir: 
                      train_module=FusedLossGPT, evaluate=make_evaluator(cfg, env, val, None),
                      flops_per_token=gpt_flops_per_token(model))
     result = train(cfg, task, env, log=lambda msg: None)
+    if result.interrupted or result.step < args.steps:
+        raise InterruptedError(f"stopped at step {result.step} of {args.steps} (SIGTERM/SIGINT)")
     curve = [(r["tokens"], r["time_s"], r["val_loss"]) for r in result.metrics if r.get("val_loss") is not None]
     return {**arm, "size": size_name(arm["size"]), "curve": curve, "final": curve[-1][2],
             "s_per_step": curve[-1][1] / args.steps}
@@ -348,7 +350,14 @@ def main(argv: list[str] | None = None) -> int:
                 for i, arm in enumerate(arms):
                     t0 = time.time()
                     run_dir = runs / f"{corpus.split(':')[-1]}-{'x'.join(map(str, size))}-{phase}-{i}"
-                    r = run_arm(data, arm, args, run_dir)
+                    for attempt in range(3):  # a stray signal from another process on a shared machine
+                        try:
+                            r = run_arm(data, arm, args, run_dir.with_name(f"{run_dir.name}-{attempt}"))
+                            break
+                        except InterruptedError as e:
+                            print(f"  arm {i}: {e}; running it again", flush=True)
+                    else:
+                        raise SystemExit("three arms in a row were interrupted; stopping")
                     r["corpus"] = corpus
                     results.append(r)
                     done.append(r)

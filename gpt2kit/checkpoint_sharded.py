@@ -80,7 +80,9 @@ def _reader(path: Path) -> Any:
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
-    return SafeReader(str(path))
+    reader = SafeReader(str(path))
+    reader.read_metadata()  # refused or missing here, before DCP logs its own traceback for it
+    return reader
 
 
 def _optimizers(optimizer: Any) -> tuple[torch.optim.Optimizer, ...]:

@@ -16,8 +16,9 @@ AdamW moment exists, and then for each format:
     python benchmarks/checkpoint.py                        # torchrun, 2 gloo ranks on the CPU, gpt2-medium, fsdp
     python benchmarks/checkpoint.py --model gpt2 --parallel ddp --dir /scratch/ckpt-bench
 
-Without ``WORLD_SIZE`` in the environment the script starts itself under ``torchrun --nproc-per-node 2``. The
-checkpoints are written under ``--dir`` (default: a temporary directory, deleted at the end).
+Without ``WORLD_SIZE`` in the environment the script starts itself under ``torchrun --nproc-per-node 2``, once
+per format (so each format's peak memory is its own; it is printed per rank). The checkpoints are written under
+``--dir`` (default: a temporary directory, deleted at the end).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit.distributed import DistEnv, barrier, setup_distributed, teardown, wrap_model
+from gpt2kit.distributed import DistEnv, barrier, gather_objects, setup_distributed, teardown, wrap_model
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train.checkpointer import Checkpointer
 from gpt2kit.train.config import LoopConfig
@@ -122,10 +124,10 @@ def run(args: argparse.Namespace) -> None:
         if env.is_main:
             shutil.rmtree(cfg.out, ignore_errors=True)
         barrier(env)
-    say(f"\n{args.model}, {env.world_size} ranks ({env.backend}, CPU), --parallel {args.parallel}:")
-    say("| format | save s | load s | on disk GiB |\n|---|---|---|---|")
+    peaks = gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, env)  # KiB -> GiB
     for fmt, (save_s, load_s, size) in results.items():
-        say(f"| {fmt} | {save_s:.1f} | {load_s:.1f} | {size / 2**30:.2f} |")
+        say(f"| {args.model} | {args.parallel} | {fmt} | {save_s:.1f} | {load_s:.1f} | {size / 2**30:.2f} | "
+            + " / ".join(f"{p:.1f}" for p in peaks) + " |")
     if env.is_main and not args.dir:
         shutil.rmtree(root, ignore_errors=True)
     teardown(env)
@@ -133,11 +135,24 @@ def run(args: argparse.Namespace) -> None:
 
 def main() -> int:
     args = parse_args()
-    if "WORLD_SIZE" not in os.environ:  # start the ranks
+    if "WORLD_SIZE" in os.environ:
+        run(args)
+        return 0
+    rows = []
+    for fmt in args.formats.split(","):  # a launch per format: its peak memory is its own
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(args.nproc),
-                __file__, *sys.argv[1:]]
-        return subprocess.call(argv, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
-    run(args)
+                __file__, *sys.argv[1:], "--formats", fmt]
+        out = subprocess.run(argv, env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")},
+                             stdout=subprocess.PIPE, text=True)
+        print(out.stdout, end="", flush=True)
+        if out.returncode != 0:
+            print(f"{fmt}: the ranks exited {out.returncode}")
+            return out.returncode
+        rows += [line for line in out.stdout.splitlines() if line.startswith("| ")]
+    print(f"\n{args.nproc} ranks (gloo, CPU); save and load in seconds; peak resident memory per rank in GiB\n")
+    print("| model | parallel | format | save s | load s | on disk GiB | peak RSS GiB (rank 0 / 1) |")
+    print("|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
     return 0
 
 

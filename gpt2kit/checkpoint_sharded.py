@@ -30,7 +30,7 @@ META_FILE = "meta.pt"
 TIED = "lm_head.weight"
 """Tied to ``transformer.wte.weight``: saved once, under that name."""
 
-# the classes a DCP .metadata pickle is made of (torch 2.4 .. 2.13); anything else is refused
+# the classes a DCP .metadata pickle is made of (as torch 2.13 writes it); anything else is refused
 _METADATA_GLOBALS = {
     "torch.distributed.checkpoint.metadata": {
         "Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
@@ -73,7 +73,9 @@ def _reader(path: Path) -> Any:
         """DCP's file reader with :class:`_MetadataUnpickler` in place of ``pickle.load``."""
 
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            with self.fs.create_stream(self._get_metadata_path(kwargs.get("rank")), "rb") as f:
+            rank = kwargs.get("rank")  # DCP asks for a rank's own metadata file only when .metadata is missing
+            name = ".metadata" if rank is None else f"__{rank}.metadata"
+            with self.fs.create_stream(self.fs.concat_path(self.path, name), "rb") as f:
                 metadata = _MetadataUnpickler(f).load()
             if getattr(metadata, "storage_meta", None) is None:
                 metadata.storage_meta = StorageMeta()

@@ -4,6 +4,8 @@ A ``--checkpoint`` argument may name:
 
 - a run directory written by ``gpt2kit train`` (its best checkpoint by validation loss, else the latest),
 - a gpt2kit checkpoint file (``*.pt``; loaded with ``torch.load(weights_only=True)``, never unpickling code),
+- a sharded gpt2kit checkpoint (a ``step_XXXXXXXX.dcp`` directory of ``torch.distributed.checkpoint`` files, see
+  :mod:`gpt2kit.checkpoint_sharded`), consolidated into whole weights in this process,
 - a Hugging Face GPT-2 directory (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``),
 - OpenAI's original GPT-2 release directory (``hparams.json`` + ``model.ckpt.*``; read without TensorFlow),
 - a Hugging Face Hub name such as ``gpt2`` or ``org/name`` (downloaded when the hub is reachable).
@@ -22,7 +24,9 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +36,7 @@ import torch
 from gpt2kit.errors import UserError, torch_load_error
 from gpt2kit.io import atomic_write_text, atomic_write_with
 from gpt2kit.checkpoint_finetune import language_model_checkpoint
+from gpt2kit.checkpoint_sharded import META_FILE, SUFFIX as SHARDED_SUFFIX, MetadataError, read_tensors
 from gpt2kit.model.config import GPTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.hf import is_hf_dir, read_hf_config, read_hf_state_dict, state_dict_from_hf, write_hf_dir
@@ -42,7 +47,7 @@ FORMAT_VERSION = 1
 CHECKPOINT_KIND = "gpt2kit-checkpoint"
 CHECKPOINT_DIR = "checkpoints"
 BEST_FILE = "best.json"
-_STEP_RE = re.compile(r"^step_(\d+)\.pt$")
+_STEP_RE = re.compile(r"^step_(\d+)(\.pt|\.dcp)$")
 _WRAPPER_PREFIXES = ("_orig_mod.", "module.", "_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")
 
 
@@ -126,15 +131,69 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a gpt2kit checkpoint file safely (``weights_only=True``) and check its format."""
+def write_sharded_meta(directory: str | Path, payload: dict[str, Any]) -> None:
+    """Write a sharded checkpoint's :data:`~gpt2kit.checkpoint_sharded.META_FILE` (everything but the tensors that
+    DCP wrote beside it) into ``directory``, the checkpoint's temporary directory, which is renamed afterwards."""
+    if "model_config" not in payload:
+        raise ValueError("checkpoint payload needs 'model_config'")
+    payload = {"format_version": FORMAT_VERSION, "kind": CHECKPOINT_KIND, "tokenizer": TOKENIZER_ID, **payload}
+    atomic_write_with(Path(directory) / META_FILE, lambda tmp: torch.save(payload, tmp))
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether ``path`` is a sharded checkpoint directory (``*.dcp``)."""
     path = Path(path)
+    return path.suffix == SHARDED_SUFFIX and path.is_dir()
+
+
+def read_checkpoint(path: str | Path, *, weights: bool = True, optimizer: bool = False) -> dict[str, Any]:
+    """Read a gpt2kit checkpoint safely (``weights_only=True``) and check its format.
+
+    A checkpoint file is read whole. A sharded checkpoint (``*.dcp`` directory) is consolidated here, in one
+    process: its metadata, the whole weights under ``model`` unless ``weights`` is false, and the optimizer
+    state (by parameter name, as ``optimizer_format`` ``fqn``) only with ``optimizer`` (it is twice the weights).
+    """
+    path = Path(path)
+    if is_sharded(path):
+        return _read_sharded(path, weights, optimizer)
     if not path.is_file():
         raise UserError(f"{path}: checkpoint file not found")
+    return _check_format(path, _load_file(path))
+
+
+def _load_file(path: Path) -> Any:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise torch_load_error(path, e, "only gpt2kit checkpoints are accepted") from None
+
+
+def _read_sharded(path: Path, weights: bool, optimizer: bool) -> dict[str, Any]:
+    meta = path / META_FILE
+    if not meta.is_file():
+        raise UserError(f"{path}: a sharded checkpoint without {META_FILE}; not written by gpt2kit, or damaged")
+    ckpt = _check_format(path, _load_file(meta))
+    keys = (["model"] if weights else []) + (["optimizer"] if optimizer else [])
+    if not keys:
+        return ckpt
+    try:
+        tree = read_tensors(path, keys)
+    except MetadataError as e:
+        raise UserError(f"{path}: {e}; only gpt2kit checkpoints are accepted") from None
+    except Exception as e:  # DCP wraps a missing or cut shard in its own exception types
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"{path}: the sharded checkpoint's tensors could not be read ({why}); "
+                        "is a file missing or damaged?") from None
+    if weights:
+        ckpt["model"] = tree.get("model", {})
+    if optimizer:
+        ckpt["optimizer"] = {"state": tree.get("optimizer", {}).get("state", {}),
+                             "param_groups": ckpt.pop("optimizer_param_groups", [])}
+        ckpt["optimizer_format"] = "fqn"
+    return ckpt
+
+
+def _check_format(path: Path, ckpt: Any) -> dict[str, Any]:
     if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
         raise UserError(f"{path}: not a gpt2kit checkpoint (no kind={CHECKPOINT_KIND!r})")
     version = ckpt.get("format_version")
@@ -149,17 +208,34 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def list_step_checkpoints(run_dir: str | Path) -> list[Path]:
-    """The ``step_*.pt`` files of a run directory, oldest step first."""
+    """The step checkpoints of a run directory (``step_*.pt`` files and sharded ``step_*.dcp`` directories),
+    oldest step first."""
     d = Path(run_dir) / CHECKPOINT_DIR
     if not d.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in d.iterdir() if (m := _STEP_RE.match(p.name))]
+    found = [(int(m.group(1)), p) for p in d.iterdir()
+             if (m := _STEP_RE.match(p.name)) and p.is_dir() == (m.group(2) == SHARDED_SUFFIX)]
     return [p for _, p in sorted(found)]
 
 
-def step_checkpoint_path(run_dir: str | Path, step: int) -> Path:
-    """Where a run directory keeps the checkpoint of ``step``."""
-    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}.pt"
+def step_checkpoint_path(run_dir: str | Path, step: int, sharded: bool = False) -> Path:
+    """Where a run directory keeps the checkpoint of ``step`` (a ``.dcp`` directory when ``sharded``)."""
+    return Path(run_dir) / CHECKPOINT_DIR / f"step_{step:08d}{SHARDED_SUFFIX if sharded else '.pt'}"
+
+
+def remove_checkpoint(path: str | Path) -> None:
+    """Delete a checkpoint file, or a sharded checkpoint directory at once: renamed to a temporary name first, so a
+    kill during the deletion leaves no partial checkpoint under a step name (the next run removes the rest)."""
+    path = Path(path)
+    if not path.is_dir():
+        path.unlink(missing_ok=True)
+        return
+    doomed = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        os.replace(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def best_checkpoint(run_dir: str | Path) -> Path | None:
@@ -170,7 +246,7 @@ def best_checkpoint(run_dir: str | Path) -> Path | None:
     except (OSError, ValueError, KeyError, TypeError):
         return None
     p = f.parent / Path(name).name
-    return p if p.is_file() else None
+    return p if p.is_file() or is_sharded(p) else None
 
 
 def write_best(run_dir: str | Path, path: str | Path, step: int, val_loss: float) -> None:
@@ -185,7 +261,7 @@ def prune_step_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     best = best_checkpoint(run_dir)
     doomed = [p for p in steps[: max(0, len(steps) - keep_last)] if best is None or p.name != best.name]
     for p in doomed:
-        p.unlink(missing_ok=True)
+        remove_checkpoint(p)
     return doomed
 
 
@@ -199,7 +275,7 @@ def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
             pass
     if path.is_file() and path.parent.is_dir() and _is_openai_file(path):
         return "openai", path.parent  # a file of an OpenAI release (model.ckpt.index, hparams.json, ...)
-    if path.is_file():
+    if path.is_file() or is_sharded(path):
         return "gpt2kit", path
     if path.is_dir():
         # a run directory first: its checkpoints win over a config.json that may sit beside them
@@ -216,7 +292,7 @@ def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
         if (path / "model.safetensors").exists() or (path / "pytorch_model.bin").exists():
             raise UserError(f"{path}: has weights but no config.json; copy the model's config.json beside them")
         raise UserError(
-            f"{path}: not a gpt2kit run directory (no {CHECKPOINT_DIR}/step_*.pt), a Hugging Face model directory "
+            f"{path}: not a gpt2kit run directory (no {CHECKPOINT_DIR}/step_*.pt or .dcp), a Hugging Face model directory "
             f"(no config.json) nor an OpenAI GPT-2 release (no hparams.json){_models_inside(path, str(spec))}"
         )
     if Path(f"{path}.index").is_file() and path.parent.is_dir():

@@ -72,6 +72,15 @@ def atomic_write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -
         writer(tmp)
 
 
+def publish_dir(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Rename the finished directory ``tmp`` (its files fsynced by their writers) onto the new name ``path``,
+    atomically and durably: a crash leaves either no ``path`` or the whole directory under it."""
+    tmp, path = Path(tmp), Path(path)
+    _fsync_dir(tmp)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
 def _fsync_dir(directory: Path) -> None:
     # the rename itself must reach the disk, or a power cut can undo it
     with contextlib.suppress(OSError):

@@ -27,7 +27,8 @@ ROOT = Path(gpt2kit.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version", "gpt2kit.device"),
     ("gpt2kit.model",),
-    ("gpt2kit.checkpoint", "gpt2kit.checkpoint_finetune", "gpt2kit.generation", "gpt2kit.fastpath"),
+    ("gpt2kit.checkpoint", "gpt2kit.checkpoint_finetune", "gpt2kit.checkpoint_sharded", "gpt2kit.generation",
+     "gpt2kit.fastpath"),
     ("gpt2kit.distributed", "gpt2kit.data"),
     ("gpt2kit.eval",),
     ("gpt2kit.train",),

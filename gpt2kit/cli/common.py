@@ -39,13 +39,13 @@ def loaded_description(spec: str, loaded) -> str:
     """Which weights a ``--checkpoint`` value loaded: the file, and for a run directory best or latest, and the step."""
     from pathlib import Path
 
-    from gpt2kit.checkpoint import best_checkpoint
+    from gpt2kit.checkpoint import best_checkpoint, is_sharded
 
     if loaded.format != "gpt2kit":
         return f"loaded {loaded.source} (Hugging Face weights for --checkpoint {spec})"
     step = loaded.checkpoint.get("step")
     at = f"step {step}" if step is not None else "no step recorded"
-    if Path(spec).is_dir():
+    if Path(spec).is_dir() and not is_sharded(spec):
         best = best_checkpoint(spec)
         if best is not None and best.resolve() == Path(loaded.source).resolve():
             val = loaded.checkpoint.get("best_val_loss")

@@ -1,26 +1,31 @@
 """The run directory's checkpoints during training: where a run resumes from, saving, pruning, best tracking, and
 the repairs a killed run needs before it continues.
 
-Only rank 0 writes files; :meth:`Checkpointer.save` is collective (every rank calls it: under FSDP gathering the
-full weights needs them all, and a barrier follows the write).
+:meth:`Checkpointer.save` is collective (every rank calls it, and a barrier follows the write). In the full format
+only rank 0 writes (under FSDP gathering the full weights needs every rank). In the sharded format
+(``--checkpoint-format sharded``) every rank writes its part into one temporary directory, rank 0 adds the
+metadata and renames the directory once every rank has finished, so a kill at any moment leaves the previous
+checkpoint as the latest complete one.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
 
 from gpt2kit.checkpoint import (
-    BEST_FILE, CHECKPOINT_DIR, list_step_checkpoints, load_state_dict_checked, model_state_dict,
-    prune_step_checkpoints, save_checkpoint, step_checkpoint_path, write_best,
+    BEST_FILE, CHECKPOINT_DIR, is_sharded, list_step_checkpoints, load_state_dict_checked, model_state_dict,
+    prune_step_checkpoints, remove_checkpoint, save_checkpoint, step_checkpoint_path, write_best, write_sharded_meta,
 )
-from gpt2kit.distributed import DistEnv, barrier
+from gpt2kit.checkpoint_sharded import load_tensors, save_tensors
+from gpt2kit.distributed import DistEnv, barrier, gather_objects
 from gpt2kit.errors import UserError
-from gpt2kit.io import atomic_write_text
+from gpt2kit.io import atomic_write_text, publish_dir
 from gpt2kit.model.config import SHAPE_KEYS
 from gpt2kit.train.optim import Optimizer, load_optimizer_state
 from gpt2kit.train.state import ResumePoint, find_resume
@@ -30,12 +35,14 @@ CONFIG_FILE = "train_config.json"
 
 
 class Checkpointer:
-    """Saves and restores a run in ``run_dir`` (``checkpoints/step_XXXXXXXX.pt``, ``best.json``, ``samples.jsonl``)."""
+    """Saves and restores a run in ``run_dir`` (``checkpoints/step_XXXXXXXX.pt``, or ``.dcp`` directories when
+    ``sharded``; ``best.json``, ``samples.jsonl``). Resume reads either format, whatever ``sharded`` says."""
 
-    def __init__(self, run_dir: str | Path, keep_last: int, env: DistEnv) -> None:
+    def __init__(self, run_dir: str | Path, keep_last: int, env: DistEnv, sharded: bool = False) -> None:
         self.run_dir = Path(run_dir)
         self.keep_last = keep_last
         self.env = env
+        self.sharded = sharded
 
     # ---- where the run starts
 
@@ -52,7 +59,8 @@ class Checkpointer:
         return point
 
     def restore_model(self, point: ResumePoint, model: nn.Module, model_config: dict[str, Any]) -> None:
-        """Load the checkpoint's weights into ``model`` (the pure module) after checking its shape matches."""
+        """Load the checkpoint's weights into ``model`` (the pure module) after checking its shape matches; a
+        sharded checkpoint's weights load later, with the optimizer state, into the wrapped model."""
         saved = point.checkpoint["model_config"]
         diff = [k for k in SHAPE_KEYS if saved.get(k) != model_config.get(k)]
         if diff:
@@ -62,12 +70,22 @@ class Checkpointer:
                 f"--resume: {point.path} holds a model with {have}, but this run asks for {want}; resume with the "
                 "same model settings (omit --preset/--n-layer/... to take them from the checkpoint) or choose a new --out"
             )
-        load_state_dict_checked(model, point.checkpoint["model"], str(point.path))
+        if not is_sharded(point.path):
+            load_state_dict_checked(model, point.checkpoint["model"], str(point.path))
 
     def restore_optimizer(self, point: ResumePoint, model: nn.Module, optimizer: Optimizer, fsdp: bool) -> None:
         """Load the optimizer state saved with the checkpoint (the same --optimizer is required; state saved under
-        FSDP loads under any --parallel)."""
+        FSDP loads under any --parallel). A sharded checkpoint loads the weights too, each rank its own part, from
+        any world size. Collective."""
         ckpt = point.checkpoint
+        if is_sharded(point.path):
+            try:
+                load_tensors(point.path, model, optimizer, ckpt["optimizer_param_groups"])
+            except (ValueError, KeyError, RuntimeError) as e:
+                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                raise UserError(f"--resume: {point.path}: the sharded checkpoint does not fit this model and "
+                                f"--optimizer, or a file of it is missing or damaged ({why})") from None
+            return
         fmt = ckpt.get("optimizer_format", "index")
         if fmt == "index" and fsdp:
             raise UserError(f"--resume: {point.path} was saved with --parallel ddp (or one process); resume it with "
@@ -111,6 +129,20 @@ class Checkpointer:
              payload: dict[str, Any], new_best_val_loss: float | None = None) -> Path:
         """Write ``step``'s checkpoint (``payload`` plus model and optimizer state), record it as the best when
         ``new_best_val_loss`` is given, prune old ones; collective (every rank calls it)."""
+        if self.sharded:
+            path = self._save_sharded(step, model, optimizer, payload)
+        else:
+            path = self._save_full(step, model, optimizer, fsdp, payload)
+        if self.env.is_main:
+            if new_best_val_loss is not None:
+                write_best(self.run_dir, path, step, new_best_val_loss)
+            prune_step_checkpoints(self.run_dir, self.keep_last)
+        barrier(self.env)
+        return path
+
+    def _save_full(self, step: int, model: nn.Module, optimizer: Optimizer, fsdp: bool,
+                   payload: dict[str, Any]) -> Path:
+        """One file written by rank 0 (the state gathered to it under FSDP)."""
         model_sd, optim_sd, optim_fmt = _model_and_optimizer_state(model, optimizer, fsdp)
         path = step_checkpoint_path(self.run_dir, step)
         if self.env.is_main:
@@ -119,10 +151,25 @@ class Checkpointer:
                 save_checkpoint(path, full)
             except (OSError, RuntimeError) as e:  # a full disk: OSError, or RuntimeError from torch's zip writer
                 raise self._write_failed(path, e) from None
-            if new_best_val_loss is not None:
-                write_best(self.run_dir, path, step, new_best_val_loss)
-            prune_step_checkpoints(self.run_dir, self.keep_last)
-        barrier(self.env)
+        return path
+
+    def _save_sharded(self, step: int, model: nn.Module, optimizer: Optimizer, payload: dict[str, Any]) -> Path:
+        """Every rank writes its shards into ``.step_N.dcp.tmp.PID`` (PID: rank 0's, so a later run can tell
+        when its writer is gone); after a barrier rank 0 writes the metadata and renames the directory."""
+        path = step_checkpoint_path(self.run_dir, step, sharded=True)
+        tmp = path.with_name(f".{path.name}.tmp.{gather_objects(os.getpid(), self.env)[0]}")
+        try:
+            groups = save_tensors(tmp, model, optimizer)
+            barrier(self.env)  # DCP's coordinator already waits for every rank's files; said here, not assumed
+            if self.env.is_main:
+                write_sharded_meta(tmp, {**payload, "optimizer_param_groups": groups})
+                if path.exists():  # a run resumed from an earlier step saves this step again
+                    remove_checkpoint(path)
+                publish_dir(tmp, path)
+        except (OSError, RuntimeError) as e:
+            if self.env.is_main:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise self._write_failed(path, e) from None
         return path
 
     def last_good(self) -> str:
@@ -156,7 +203,8 @@ class Checkpointer:
         atomic_write_text(path, "".join(keep))
 
     def _remove_stale_temp_files(self) -> None:
-        """Delete half-written checkpoints (``.NAME.tmp.PID``) that a killed run left; each can be gigabytes."""
+        """Delete half-written checkpoints (``.NAME.tmp.PID``, files or sharded directories) that a killed run left,
+        and directories a killed prune was deleting; each can be gigabytes."""
         cdir = self.run_dir / CHECKPOINT_DIR
         if not cdir.is_dir():
             return
@@ -168,7 +216,10 @@ class Checkpointer:
                 os.kill(int(pid), 0)
                 continue  # its writer is still alive
             except ProcessLookupError:
-                p.unlink(missing_ok=True)
+                if p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
             except PermissionError:
                 continue
 

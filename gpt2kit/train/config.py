@@ -124,6 +124,11 @@ class LoopConfig:
     improves)."""
     keep_last: int = 3
     """Keep this many most recent step checkpoints, plus the best by validation loss."""
+    checkpoint_format: Literal["full", "sharded"] = "full"
+    """full: one file, RUN/checkpoints/step_N.pt, written by rank 0 (FSDP gathers the whole state to it first);
+    sharded: a directory, RUN/checkpoints/step_N.dcp, where every rank writes its own part in parallel with
+    torch.distributed.checkpoint, for models whose whole state does not fit one host. Both resume on any world
+    size (one process included, which then writes the directory alone) and load in sample, eval and export."""
     save_best: bool = True
     """Also save a checkpoint whenever validation loss reaches a new best."""
     on_nan: Literal["stop", "skip"] = "stop"

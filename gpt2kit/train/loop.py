@@ -83,7 +83,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     """
     env = env or setup_distributed(cfg.device, cfg.dist_timeout)
     say = _rank0_printer(log, env)
-    checkpointer = Checkpointer(cfg.out, cfg.keep_last, env)
+    checkpointer = Checkpointer(cfg.out, cfg.keep_last, env, sharded=cfg.checkpoint_format == "sharded")
     resume = checkpointer.resume_point(cfg.resume, resume)
     _check_and_configure(cfg, task, env.device)
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt2kit.checkpoint import list_step_checkpoints, read_checkpoint
+from gpt2kit.checkpoint import is_sharded, list_step_checkpoints, read_checkpoint
 from gpt2kit.device import cuda_rng_states, set_cuda_rng_states
 from gpt2kit.errors import UserError
 
@@ -61,7 +61,7 @@ class ResumePoint:
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest ``step_*.pt`` of a run directory (resume continues from the latest, not the best)."""
+    """The newest step checkpoint (``step_*.pt`` or ``step_*.dcp``) of a run directory (resume continues from the latest, not the best)."""
     steps = list_step_checkpoints(run_dir)
     return steps[-1] if steps else None
 
@@ -70,7 +70,7 @@ def find_resume(out: str | Path, spec: str | None) -> ResumePoint | None:
     """The checkpoint ``--resume`` names, read and checked; None for a fresh start.
 
     ``auto``: the latest checkpoint in ``out`` (None when there is none). A run directory: its latest
-    checkpoint. A file: that checkpoint.
+    checkpoint. A file or a sharded checkpoint directory: that checkpoint.
     """
     if spec is None or spec == "":
         return None
@@ -78,11 +78,13 @@ def find_resume(out: str | Path, spec: str | None) -> ResumePoint | None:
         path = latest_checkpoint(out)
         return None if path is None else ResumePoint(path, _read_training_checkpoint(path))
     p = Path(spec)
-    if p.is_dir():
+    if is_sharded(p):
+        path = p
+    elif p.is_dir():
         path = latest_checkpoint(p)
         if path is None:
             raise UserError(
-                f"--resume {spec}: no checkpoints/step_*.pt in this directory; use --resume auto to start fresh")
+                f"--resume {spec}: no checkpoints/step_*.pt or .dcp in this directory; use --resume auto to start fresh")
     elif p.is_file():
         path = p
     else:
@@ -91,8 +93,10 @@ def find_resume(out: str | Path, spec: str | None) -> ResumePoint | None:
 
 
 def _read_training_checkpoint(path: Path) -> dict[str, Any]:
-    ckpt = read_checkpoint(path)
-    missing = [k for k in ("optimizer", "step", "config") if k not in ckpt]
+    # a sharded checkpoint's tensors are read later, each rank its own part (Checkpointer.restore_optimizer)
+    ckpt = read_checkpoint(path, weights=False)
+    has = {*ckpt, *(["optimizer"] if "optimizer_param_groups" in ckpt else [])}
+    missing = [k for k in ("optimizer", "step", "config") if k not in has]
     if missing:
         raise UserError(
             f"{path}: has weights but no training state ({', '.join(missing)} missing), so training cannot resume "

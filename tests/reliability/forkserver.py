@@ -43,6 +43,9 @@ def _install_hooks(hooks: dict) -> None:
     - ``kill_in_save``: {"match": S, "nth": K, "fraction": F}: at the K-th ``torch.save`` to a path
       whose name contains S (atomic writes save to ``.NAME.tmp.PID``), write only the first F of the
       serialized bytes to that path, then SIGKILL: a process killed in the middle of writing a checkpoint.
+    - ``kill_in_dcp_write``: {"match": S, "nth": K}: SIGKILL just after the K-th tensor that
+      torch.distributed.checkpoint writes into a file whose path contains S (this rank's part of a sharded
+      checkpoint, cut off in the middle).
     """
     if hooks.get("threads"):
         import torch
@@ -100,6 +103,22 @@ def _install_hooks(hooks: dict) -> None:
             return real_save(obj, f, *a, **kw)
 
         torch.save = save
+    dspec = hooks.get("kill_in_dcp_write")
+    if dspec:
+        import torch.distributed.checkpoint.filesystem as dcp_fs
+
+        real_write, written = dcp_fs._write_item, [0]
+
+        def write_item(transforms, stream, *a, **kw):
+            out = real_write(transforms, stream, *a, **kw)
+            if dspec["match"] in str(getattr(stream, "name", "")):
+                written[0] += 1
+                if written[0] == dspec["nth"]:
+                    stream.flush()
+                    _kill_self()
+            return out
+
+        dcp_fs._write_item = write_item
 
 
 def _install_nan(spec: dict) -> None:

@@ -7,7 +7,6 @@ Sources and licenses are listed in the NOTICE file.
 
 from __future__ import annotations
 
-import json
 import lzma
 import re
 from dataclasses import dataclass
@@ -15,12 +14,12 @@ from importlib import resources
 from typing import Callable, Iterator
 
 from gpt2kit.errors import UserError
+from gpt2kit.io import parse_jsonl
 
 
 def _jsonl_texts(data: str) -> Iterator[str]:
-    for line in data.splitlines():
-        if line.strip():
-            yield json.loads(line)["text"]
+    for _, record in parse_jsonl(data.splitlines(), "embedded JSONL corpus"):
+        yield record["text"]
 
 
 _CHAPTER_RE = re.compile(r"^CHAPTER \d+\.", re.MULTILINE)

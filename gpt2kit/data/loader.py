@@ -7,12 +7,13 @@ A split (``train`` or ``val``) is read as one token stream: its shards, memory-m
 order. A *window* is T+1 consecutive tokens (inputs = the first T, targets = the last T); window i
 starts at token i*T, so the split holds (N - 1) // T windows and no window leaves its split.
 
-Training order is one endless stream of window positions: epoch e is a permutation of all windows,
-shuffled by (seed, e), and epoch e+1 follows it directly, so every window is visited exactly once per
-epoch and no data is dropped at epoch ends. The global batch of an optimizer step is the next G
-positions of that stream whatever W, B and A split it; rank r at micro-step m takes the B positions
-starting at (m*W + r)*B. One process with B=8, A=2 and two processes with B=8, A=1 therefore see the
-same 16 windows in every step. The loader's state is the stream position, the same on every rank.
+Training order is one endless stream of window positions, a :class:`~gpt2kit.data.stream.EpochStream`:
+epoch e is a permutation of all windows, shuffled by (seed, e), and epoch e+1 follows it directly, so every
+window is visited exactly once per epoch and no data is dropped at epoch ends. The global batch of an
+optimizer step is the next G positions of that stream whatever W, B and A split it; rank r at micro-step m
+takes the B positions starting at (m*W + r)*B. One process with B=8, A=2 and two processes with B=8, A=1
+therefore see the same 16 windows in every step. The loader's state is the stream position, the same on
+every rank.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ import torch
 
 from gpt2kit.data.manifest import MANIFEST_NAME, read_manifest, split_record, verify_split
 from gpt2kit.data.shards import open_shard
+from gpt2kit.data.stream import STATE_VERSION, EpochStream, check_layout
 from gpt2kit.errors import UserError
 
 STATE_KIND = "gpt2kit-token-loader"
-STATE_VERSION = 1
 
 __all__ = ["TokenLoader", "eval_batches", "read_manifest"]
 
@@ -89,118 +90,54 @@ def _open_split(data_dir: str | os.PathLike, split: str, block_size: int, rank: 
     return manifest, rec, tokens, num_windows
 
 
-def _check_layout(block_size: int, batch: int, rank: int, world_size: int, batch_name: str) -> None:
-    for name, value in (("block_size", block_size), (batch_name, batch), ("world_size", world_size)):
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
-
-
 class TokenLoader:
     """Batches of (inputs, targets) int64 (B, T) from a prepared data dir's split, for one rank.
 
-    Every rank of a run must pass the same ``seed`` (and B, A, W): the ranks share one shuffled order.
+    Every rank of a run must pass the same ``seed`` (and B, A, W): the ranks share one shuffled order,
+    an :class:`~gpt2kit.data.stream.EpochStream` over the split's windows.
     """
 
     def __init__(self, data_dir: str | os.PathLike, split: str = "train", *, block_size: int, micro_batch_size: int,
                  grad_accum_steps: int = 1, rank: int = 0, world_size: int = 1, seed: int = 1337,
                  shuffle: bool = True) -> None:
-        _check_layout(block_size, micro_batch_size, rank, world_size, "micro_batch_size")
-        if not isinstance(grad_accum_steps, int) or grad_accum_steps < 1:
-            raise ValueError(f"grad_accum_steps must be an integer >= 1, got {grad_accum_steps!r}")
+        check_layout(rank, world_size, block_size=block_size, micro_batch_size=micro_batch_size,
+                     grad_accum_steps=grad_accum_steps)
         self.data_dir = Path(data_dir)
         self.split = split
         self.block_size = block_size
-        self.micro_batch_size = micro_batch_size
-        self.grad_accum_steps = grad_accum_steps
-        self.rank = rank
-        self.world_size = world_size
-        self.seed = int(seed)
-        self.shuffle = bool(shuffle)
         self.manifest, rec, self._tokens, self.num_windows = _open_split(data_dir, split, block_size, rank, world_size)
         self.data_id = _data_id(rec)
-        self._position = 0  # stream position of the first window of the current optimizer step
-        self._micro_step = 0  # micro-steps of the current optimizer step already taken
-        self._perms: dict[int, np.ndarray] = {}
-
-    @property
-    def global_batch_windows(self) -> int:
-        """G: windows per optimizer step over all ranks."""
-        return self.micro_batch_size * self.grad_accum_steps * self.world_size
+        self.stream = EpochStream(self.num_windows, micro_batch_size, seed=seed, shuffle=shuffle,
+                                  grad_accum_steps=grad_accum_steps, rank=rank, world_size=world_size)
 
     @property
     def tokens_per_step(self) -> int:
         """Global tokens per optimizer step = B * T * A * W."""
-        return self.global_batch_windows * self.block_size
-
-    @property
-    def windows_consumed(self) -> int:
-        """Stream positions handed out so far over all ranks (at micro-step granularity)."""
-        return self._position + self._micro_step * self.world_size * self.micro_batch_size
+        return self.stream.global_batch * self.block_size
 
     @property
     def epoch(self) -> int:
         """Completed passes over the split."""
-        return self.windows_consumed // self.num_windows
-
-    def _order(self, epoch: int) -> np.ndarray:
-        """Window ids in the order epoch ``epoch`` visits them."""
-        perm = self._perms.get(epoch)
-        if perm is None:
-            dtype = np.int32 if self.num_windows < 2**31 else np.int64
-            ids = np.arange(self.num_windows, dtype=dtype)
-            perm = np.random.default_rng([self.seed, epoch]).permutation(ids) if self.shuffle else ids
-            # a step can straddle two epochs; older orders are never needed again
-            self._perms = {e: p for e, p in self._perms.items() if e >= epoch - 1}
-            self._perms[epoch] = perm
-        return perm
-
-    def _window_ids(self, positions: np.ndarray) -> np.ndarray:
-        epochs, index = np.divmod(positions, self.num_windows)
-        out = np.empty_like(positions)
-        for e in np.unique(epochs).tolist():
-            sel = epochs == e
-            out[sel] = self._order(e)[index[sel]]
-        return out
+        return self.stream.epoch
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's next micro-batch: inputs and targets, CPU int64 (B, T) each."""
-        B, T, W = self.micro_batch_size, self.block_size, self.world_size
-        first = self._position + (self._micro_step * W + self.rank) * B
-        windows = self._window_ids(np.arange(first, first + B, dtype=np.int64))  # (B,)
-        buf = self._tokens.gather(windows * T, T + 1)  # (B, T+1)
-        self._micro_step += 1
-        if self._micro_step == self.grad_accum_steps:
-            self._position += self.global_batch_windows
-            self._micro_step = 0
+        T = self.block_size
+        buf = self._tokens.gather(self.stream.next_items() * T, T + 1)  # (B, T+1)
         x = torch.from_numpy(np.ascontiguousarray(buf[:, :-1]))  # (B, T)
         y = torch.from_numpy(np.ascontiguousarray(buf[:, 1:]))  # (B, T)
         return x, y
 
     def state_dict(self) -> dict[str, Any]:
         """The stream position and what it depends on; plain ints/strings/bools, identical on every rank."""
-        return {
-            "kind": STATE_KIND,
-            "format_version": STATE_VERSION,
-            "split": self.split,
-            "data_id": self.data_id,
-            "num_windows": self.num_windows,
-            "block_size": self.block_size,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "position": self._position,
-            "micro_step": self._micro_step,
-            "micro_batch_size": self.micro_batch_size,
-            "grad_accum_steps": self.grad_accum_steps,
-            "world_size": self.world_size,
-        }
+        return {"kind": STATE_KIND, "format_version": STATE_VERSION, "split": self.split, "data_id": self.data_id,
+                "block_size": self.block_size, **self.stream.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from ``state`` at exactly the next micro-batch.
 
         The seed and shuffle setting are taken from the state. Between optimizer steps the batch layout
-        (B, A, W) may change; mid-step it must match.
+        (B, A, W) may change; mid-step it must match. Format 1 (before the stream's keys) named N ``num_windows``.
         """
         if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
             raise UserError("loader state: not a gpt2kit token-loader state; the checkpoint is corrupt or from another tool")
@@ -217,18 +154,9 @@ class TokenLoader:
                 f"data id {state['data_id']}; this directory's {self.split!r} split is {self.data_id}); "
                 "resume with the data directory the run was started with"
             )
-        layout = (self.micro_batch_size, self.grad_accum_steps, self.world_size)
-        saved = (state["micro_batch_size"], state["grad_accum_steps"], state["world_size"])
-        if state["micro_step"] != 0 and layout != saved:
-            raise UserError(
-                f"the checkpoint was saved in the middle of an optimizer step with (micro batch, grad accum, world size) "
-                f"= {saved}; resume with the same values, not {layout}"
-            )
-        self.seed = int(state["seed"])
-        self.shuffle = bool(state["shuffle"])
-        self._perms = {}
-        self._position = int(state["position"])
-        self._micro_step = int(state["micro_step"])
+        if state.get("format_version") == 1:
+            state = {**state, "num_items": state["num_windows"]}
+        self.stream.load_state_dict(state)
 
 
 def eval_batches(data_dir: str | os.PathLike, split: str = "val", *, block_size: int, batch_size: int,
@@ -243,7 +171,7 @@ def eval_batches(data_dir: str | os.PathLike, split: str = "val", *, block_size:
     short story still gets a validation loss (a split shorter than one window stays an error: the model
     would be scored at a context it is not trained for). The data is verified when this function is called.
     """
-    _check_layout(block_size, batch_size, rank, world_size, "batch_size")
+    check_layout(rank, world_size, block_size=block_size, batch_size=batch_size)
     if max_batches is not None and max_batches < 1:
         raise ValueError(f"max_batches must be >= 1 or None, got {max_batches}")
     _, _, tokens, num_windows = _open_split(data_dir, split, block_size, rank, world_size)

@@ -28,7 +28,7 @@ import torch
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
 from gpt2kit.io import iter_jsonl
-from gpt2kit.eval.scoring import fit_row, model_block_size, score_rows, sharded_batches
+from gpt2kit.eval.scoring import fit_row, model_block_size, scored_items
 from gpt2kit.eval.download import cache_root, resolve_data_file
 from gpt2kit.tokenizer import get_tokenizer
 
@@ -137,25 +137,16 @@ def score_hellaswag(
     """
     block_size = model_block_size(model)
     correct = correct_norm = correct_bytes = 0
-    for chunk in sharded_batches(examples, batch_size, rank, world_size, model=model, desc="hellaswag",
-                                 progress=progress):
-        if not chunk:  # a padding pass (see sharded_batches)
-            if examples:
-                score_rows(model, _example_rows(examples[0], block_size), device=device, autocast_dtype=autocast_dtype)
-            continue
-        rows, spans = [], []
-        for ex in chunk:
-            spans.append((len(rows), len(ex.endings)))
-            rows.extend(_example_rows(ex, block_size))
-        nll, tokens, _ = score_rows(model, rows, device=device, autocast_dtype=autocast_dtype)
-        for ex, (start, k) in zip(chunk, spans):
-            total = nll[start : start + k]  # (k,) summed loss of each ending
-            per_token = total / tokens[start : start + k]  # (k,)
-            n_bytes = torch.tensor([len(e.encode("utf-8")) for e in ex.endings], dtype=torch.float64)
-            per_byte = total / n_bytes  # (k,) = -loglik per byte; lowest wins
-            correct += int(int(total.argmin()) == ex.label)
-            correct_norm += int(int(per_token.argmin()) == ex.label)
-            correct_bytes += int(int(per_byte.argmin()) == ex.label)
+    scored = scored_items(model, examples, lambda ex: _example_rows(ex, block_size), batch_size=batch_size,
+                          rank=rank, world_size=world_size, device=device, autocast_dtype=autocast_dtype,
+                          desc="hellaswag", progress=progress)
+    for ex, total, tokens, _ in scored:  # total: (k,) summed loss of each of the k endings
+        per_token = total / tokens  # (k,)
+        n_bytes = torch.tensor([len(e.encode("utf-8")) for e in ex.endings], dtype=torch.float64)
+        per_byte = total / n_bytes  # (k,) = -loglik per byte; lowest wins
+        correct += int(int(total.argmin()) == ex.label)
+        correct_norm += int(int(per_token.argmin()) == ex.label)
+        correct_bytes += int(int(per_byte.argmin()) == ex.label)
     n = len(examples[rank::world_size])
     if world_size > 1:
         correct, correct_norm, correct_bytes, n = (

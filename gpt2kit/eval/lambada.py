@@ -24,7 +24,7 @@ import torch
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
 from gpt2kit.io import iter_jsonl
-from gpt2kit.eval.scoring import fit_row, model_block_size, safe_exp, score_rows, sharded_batches
+from gpt2kit.eval.scoring import fit_row, model_block_size, safe_exp, scored_items
 from gpt2kit.eval.download import cache_root, resolve_data_file
 from gpt2kit.tokenizer import get_tokenizer
 
@@ -99,15 +99,10 @@ def score_lambada(
     """
     block_size = model_block_size(model)
     correct, nll_sum, tokens = 0, 0.0, 0
-    for chunk in sharded_batches(examples, batch_size, rank, world_size, model=model, desc="lambada",
-                                 progress=progress):
-        if not chunk:  # a padding pass (see sharded_batches)
-            if examples:
-                score_rows(model, [_row(examples[0], block_size)], device=device, autocast_dtype=autocast_dtype)
-            continue
-        nll, n_tok, greedy = score_rows(
-            model, [_row(ex, block_size) for ex in chunk], device=device, autocast_dtype=autocast_dtype
-        )
+    scored = scored_items(model, examples, lambda ex: [_row(ex, block_size)], batch_size=batch_size, rank=rank,
+                          world_size=world_size, device=device, autocast_dtype=autocast_dtype, desc="lambada",
+                          progress=progress)
+    for _, nll, n_tok, greedy in scored:  # each (1,): the passage's one row
         correct += int(greedy.sum())
         nll_sum += float(nll.sum())
         tokens += int(n_tok.sum())

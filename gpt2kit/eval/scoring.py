@@ -12,16 +12,16 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Iterator, Sequence, TypeVar
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from gpt2kit.checkpoint import unwrap_model
 from gpt2kit.tokenizer import EOT_ID
 
 T = TypeVar("T")
-from gpt2kit.checkpoint import unwrap_model
 
 Row = tuple[list[int], list[int]]
 """(context tokens, continuation tokens)."""
@@ -127,6 +127,31 @@ def sharded_batches(items: Sequence[T], batch_size: int, rank: int, world_size: 
         if bar is not None:
             bar.close()
         model.train(was_training)
+
+
+def scored_items(model: torch.nn.Module, items: Sequence[T], rows_of: Callable[[T], list[Row]], *,
+                 batch_size: int, rank: int, world_size: int, device: torch.device | str,
+                 autocast_dtype: torch.dtype | None = None, desc: str = "eval", progress: bool = False
+                 ) -> Iterator[tuple[T, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """This rank's ``items`` scored ``batch_size`` at a time (all rows of an item in the same forward pass):
+    ``(item, nll, tokens, greedy)`` for each, the :func:`score_rows` results of its ``rows_of(item)`` rows.
+
+    The padding passes of :func:`sharded_batches` are run here (on the first item) and yield nothing.
+    """
+    for chunk in sharded_batches(items, batch_size, rank, world_size, model=model, desc=desc, progress=progress):
+        if not chunk:  # a padding pass: the forward must run, its scores are discarded
+            if items:
+                score_rows(model, rows_of(items[0]), device=device, autocast_dtype=autocast_dtype)
+            continue
+        rows: list[Row] = []
+        spans = []
+        for item in chunk:
+            item_rows = rows_of(item)
+            spans.append((len(rows), len(item_rows)))
+            rows.extend(item_rows)
+        nll, tokens, greedy = score_rows(model, rows, device=device, autocast_dtype=autocast_dtype)
+        for item, (start, k) in zip(chunk, spans):
+            yield item, nll[start:start + k], tokens[start:start + k], greedy[start:start + k]
 
 
 def batches_per_rank(n_items: int, batch_size: int, world_size: int) -> int:

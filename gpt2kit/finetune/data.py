@@ -49,6 +49,7 @@ from typing import Any, Callable, Literal, Sequence
 import numpy as np
 import torch
 
+from gpt2kit.data.stream import STATE_VERSION, EpochStream
 from gpt2kit.errors import UserError
 from gpt2kit.io import parse_jsonl
 from gpt2kit.tokenizer import get_tokenizer
@@ -585,71 +586,54 @@ def packed_attn_mask(doc: torch.Tensor) -> torch.Tensor:
 
 
 class EpochBatches:
-    """An endless stream of shuffled epochs over ``num_items`` items, cut into micro-batches.
+    """Micro-batches of ``num_items`` items (examples or packed rows) in shuffled epochs, for one rank.
 
-    Epoch e is a permutation of the items seeded by (seed, e); epoch e+1 follows directly, so every item
-    is seen once per epoch. Under data parallelism rank r at micro-step m takes the ``batch_size`` items
-    starting at ``consumed + r * batch_size`` and every rank advances by ``world_size * batch_size``, so the
-    state (items consumed) is the same on every rank and survives a change of world size.
+    The order is an :class:`~gpt2kit.data.stream.EpochStream`: epoch e is a permutation of the items seeded by
+    (seed, e), epoch e+1 follows directly, and every rank's state is the same stream position, which survives
+    a change of world size between optimizer steps. ``collate`` turns a list of item ids into the batch.
     """
 
     KIND = "gpt2kit-finetune-batches"
 
     def __init__(self, num_items: int, batch_size: int, collate: Callable[[list[int]], dict[str, torch.Tensor]],
-                 *, seed: int, fingerprint: str, rank: int = 0, world_size: int = 1) -> None:
-        if num_items < 1:
-            raise ValueError("no training items")
-        self.num_items = num_items
-        self.batch_size = batch_size
+                 *, seed: int, fingerprint: str, grad_accum_steps: int = 1, rank: int = 0, world_size: int = 1) -> None:
         self.collate = collate
-        self.seed = seed
         self.fingerprint = fingerprint
-        self.rank = rank
-        self.world_size = world_size
-        self.consumed = 0
-        self._orders: dict[int, np.ndarray] = {}
+        self.stream = EpochStream(num_items, batch_size, seed=seed, grad_accum_steps=grad_accum_steps, rank=rank,
+                                  world_size=world_size)
 
     @property
     def epoch(self) -> int:
         """The epoch the next micro-batch starts in (0-based)."""
-        return self.consumed // self.num_items
-
-    def _order(self, epoch: int) -> np.ndarray:
-        if epoch not in self._orders:
-            self._orders = {e: o for e, o in self._orders.items() if e >= epoch - 1}
-            rng = np.random.default_rng([self.seed, epoch])
-            self._orders[epoch] = rng.permutation(self.num_items)
-        return self._orders[epoch]
-
-    def items_at(self, start: int, count: int) -> list[int]:
-        """The items at stream positions [start, start + count)."""
-        out = []
-        for p in range(start, start + count):
-            e, i = divmod(p, self.num_items)
-            out.append(int(self._order(e)[i]))
-        return out
+        return self.stream.epoch
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         """This rank's next micro-batch."""
-        start = self.consumed + self.rank * self.batch_size
-        self.consumed += self.world_size * self.batch_size
-        return self.collate(self.items_at(start, self.batch_size))
+        return self.collate(self.stream.next_items().tolist())
 
     def state_dict(self) -> dict[str, Any]:
         """Stream position as plain data."""
-        return {"kind": self.KIND, "consumed": self.consumed, "num_items": self.num_items, "seed": self.seed,
-                "fingerprint": self.fingerprint}
+        return {"kind": self.KIND, "format_version": STATE_VERSION, "fingerprint": self.fingerprint,
+                **self.stream.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue after the saved position; the data and seed must be the ones the state was saved with."""
+        """Continue after the saved position; the data and seed must be the ones the state was saved with.
+
+        A state without a format_version (before the stream's keys) held ``consumed``, always at a step's end.
+        """
         if state.get("kind") != self.KIND:
             raise UserError("--resume: the checkpoint's data position is not from a fine-tuning run")
-        if state.get("fingerprint") != self.fingerprint or state.get("num_items") != self.num_items:
+        if state.get("format_version", 0) > STATE_VERSION:
+            raise UserError(f"--resume: the data position's format_version {state.get('format_version')} is newer "
+                            "than this gpt2kit; upgrade gpt2kit")
+        if state.get("fingerprint") != self.fingerprint or state.get("num_items") != self.stream.num_items:
             raise UserError("--resume: the training data (or --max-length/--overlong/--template/--pack) differs "
                             "from the run being resumed; use the same files and settings, or a new --out")
-        if state.get("seed") != self.seed:
+        if state.get("seed") != self.stream.seed:
             raise UserError(f"--resume: the run used --seed {state.get('seed')}; resume with the same seed")
-        self.consumed = int(state["consumed"])
+        if "format_version" not in state:
+            state = {**self.stream.state_dict(), "position": state["consumed"], "micro_step": 0}
+        self.stream.load_state_dict(state)
 
 
 def steps_per_epoch(num_items: int, batch_size: int, grad_accum_steps: int, world_size: int) -> int:

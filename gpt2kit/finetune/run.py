@@ -206,7 +206,8 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
         cfg, spe = _schedule(cfg, len(train_data), env, say)
         source = EpochBatches(len(train_data), cfg.batch_size,
                               lambda items: classification_batch(train_data, items, EOT_ID), seed=cfg.seed,
-                              fingerprint=train_data.fingerprint(), rank=env.rank, world_size=env.world_size)
+                              fingerprint=train_data.fingerprint(), grad_accum_steps=cfg.accum_steps, rank=env.rank,
+                              world_size=env.world_size)
 
         def evaluate(ctx: EvalContext) -> dict[str, float]:
             # the plain module: batches vary in length, which would make a compiled model recompile
@@ -307,7 +308,7 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
             + (f" | LoRA r={lora.rank} alpha={lora.alpha:g} on {', '.join(lora.targets)}" if lora else ""))
         cfg, spe = _schedule(cfg, n_items, env, say)
         source = EpochBatches(n_items, cfg.batch_size, collate, seed=cfg.seed, fingerprint=fingerprint,
-                              rank=env.rank, world_size=env.world_size)
+                              grad_accum_steps=cfg.accum_steps, rank=env.rank, world_size=env.world_size)
         tok = get_tokenizer()
         prompts = []
         for ex in val_data.examples[:cfg.samples]:

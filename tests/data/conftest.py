@@ -84,6 +84,21 @@ def write_token_dir(path, splits: dict[str, list[np.ndarray]]):
     return path
 
 
+def write_counting_dir(path):
+    """Train tokens 0..1000 in shards of uneven sizes (windows of 8 cross shard boundaries, one shard holds 1 token),
+    so with block size 8 ``x[:, 0] // 8`` names the window; val tokens 5000..5160."""
+    stream = np.arange(0, 1001)  # 1001 tokens -> (1001 - 1) // 8 = 125 windows
+    cuts = [0, 97, 98, 400, 655, 1001]
+    train = [stream[a:b] for a, b in zip(cuts, cuts[1:])]
+    return write_token_dir(path, {"train": train, "val": [np.arange(5000, 5000 + 8 * 20 + 1)]})
+
+
+@pytest.fixture
+def counting_dir(tmp_path):
+    """:func:`write_counting_dir` in a temp dir."""
+    return write_counting_dir(tmp_path / "data")
+
+
 @pytest.fixture
 def h():
     """The helpers above, as a fixture (test modules here do not import each other)."""

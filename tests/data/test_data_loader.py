@@ -16,15 +16,6 @@ from gpt2kit.errors import UserError
 T = 8
 
 
-@pytest.fixture
-def counting_dir(tmp_path, h):
-    """Train tokens 0..N-1 in shards of uneven sizes (windows cross shard boundaries), so x[:, 0] // T names the window."""
-    stream = np.arange(0, 1001)  # 1001 tokens -> (1001 - 1) // 8 = 125 windows
-    cuts = [0, 97, 98, 400, 655, 1001]  # includes a 1-token shard
-    train = [stream[a:b] for a, b in zip(cuts, cuts[1:])]
-    return h.write_token_dir(tmp_path / "data", {"train": train, "val": [np.arange(5000, 5000 + 8 * 20 + 1)]})
-
-
 def window_ids(x: torch.Tensor) -> list[int]:
     assert (x[:, 0] % T == 0).all()
     return (x[:, 0] // T).tolist()

@@ -92,12 +92,12 @@ class RowCache:
     """One block's keys and values for every slot, (S, nh, L, hs) each; every row writes at its own length.
 
     The model's attention calls ``update(k, v, pos)`` as for a :class:`~gpt2kit.model.gpt.KVCache`; in a decode
-    step each row's new key goes to position ``lens[row]`` instead of one shared ``pos``.
+    step whose rows differ in length each row's new key goes to position ``lens[row]`` instead of one shared ``pos``.
     """
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k, self.v = k, v  # (S, nh, L, hs)
-        self.lens: torch.Tensor | None = None  # (B,) write positions of the current decode step
+        self.lens: torch.Tensor | None = None  # (B,) write positions of the current decode step; None: all at pos
 
     def rows(self, i: int, n: int) -> KVCache:
         """Rows ``i .. i+n-1`` as an ordinary batch cache (views, so a prefill writes straight into them)."""
@@ -107,6 +107,8 @@ class RowCache:
         """Write (B, nh, 1, hs) at each row's own position; return every row's keys/values up to ``pos + 1``."""
         lens = self.lens
         B = k.size(0)
+        if lens is None:  # every row is ``pos`` long: the ordinary cache's slice write, no scatter
+            return self.rows(0, B).update(k, v, pos)
         rows = torch.arange(B, device=k.device)
         self.k[rows, :, lens] = k[:, :, 0]  # (B, nh, hs) into (S, nh, L, hs) at [row, :, lens[row]]
         self.v[rows, :, lens] = v[:, :, 0]
@@ -264,7 +266,7 @@ class Engine:
             k_pos = torch.arange(top + 1, device=device)  # (L,)
             mask = (k_pos[None, :] <= lens[:, None])[:, None, None, :]  # (B, 1, 1, L): a row sees its own prefix
         for c in self._caches:
-            c.lens = lens
+            c.lens = None if mask is None else lens
         logits, _ = self.model(tokens, cache=self._caches, pos=top, positions=lens[:, None], attn_mask=mask,
                                last_only=True)
         for r in rows:
@@ -275,7 +277,10 @@ class Engine:
         """Sample each row of ``logits`` (B, V) for its request: the greedy rows in one argmax, the others each
         with its own generator, then hand every request its token."""
         greedy = [i for i, r in enumerate(rows) if r.params.greedy]
-        picked = logits[greedy].argmax(dim=-1).tolist() if greedy else []
+        if len(greedy) == len(rows):
+            picked = logits.argmax(dim=-1).tolist()  # no gather of the greedy rows' logits first
+        else:
+            picked = logits[greedy].argmax(dim=-1).tolist() if greedy else []
         next_ids = dict(zip(greedy, picked))
         for i, r in enumerate(rows):
             if i not in next_ids:

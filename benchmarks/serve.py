@@ -2,15 +2,17 @@
 
 Random gpt2-preset weights are written as a Hugging Face directory; each server in turn serves it on 127.0.0.1
 and gets 1, 4 and 16 concurrent streaming clients, each asking for ``--new-tokens`` greedy tokens after its own
-16-token prompt. Prints total generated tokens/s per server and concurrency, gpt2kit's speed-up over its own
-single client, the ratio to the baseline, failed requests, and whether every client's text is the same at every
-concurrency (continuous batching must not change an answer) and the same as the other server's.
+16-token prompt. Prints total generated tokens/s per server and concurrency (with ``--rounds``, gpt2kit's
+median round per level), gpt2kit's speed-up over its own single client, the ratio to the baseline, failed
+requests, and whether every client's text is the same at every concurrency (continuous batching must not change
+an answer) and the same as the other server's.
 
 The baseline is `transformers serve DIR` (its defaults, offline) where it runs; ``--baseline generate`` uses
 a minimal server that calls transformers' ``generate`` for one request at a time instead.
 
     python benchmarks/serve.py                                  # gpt2 preset, 64 new tokens, 1/4/16 clients
     python benchmarks/serve.py --preset tiny --new-tokens 16    # quick check
+    python benchmarks/serve.py --baseline none --rounds 3       # gpt2kit only, 1/4/16 clients three times in turn
 """
 
 from __future__ import annotations
@@ -146,12 +148,25 @@ def load(url: str, model: str, texts: list[str], new_tokens: int) -> tuple[float
 
 
 def run_server(cmd: list[str], url: str, model: str, texts: list[str], clients: list[int], new_tokens: int,
-               env: dict | None = None) -> dict[int, tuple[float, list, int]]:
+               env: dict | None = None, rounds: int = 1) -> dict[int, tuple[float, list, int]]:
+    """Every concurrency level ``rounds`` times in turn against one server; per level the round of median
+    tokens/s, with the failures of all rounds."""
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
         wait_ready(url, proc)
         stream_one(url, model, texts[0], 4)  # warm-up: first-request setup is not throughput
-        return {c: load(url, model, texts[:c], new_tokens) for c in clients}
+        runs = {c: [] for c in clients}
+        for r in range(rounds):
+            for c in clients:
+                runs[c].append(load(url, model, texts[:c], new_tokens))
+            if rounds > 1:
+                print(f"round {r + 1}: " + ", ".join(f"{c} clients {runs[c][-1][0]:.1f} tok/s" for c in clients)
+                      + f" ({runs[clients[-1]][-1][0] / runs[clients[0]][-1][0]:.2f}x)", flush=True)
+        out = {}
+        for c, rs in runs.items():
+            tps, res, _ = sorted(rs, key=lambda x: x[0])[len(rs) // 2]
+            out[c] = (tps, res, sum(x[2] for x in rs))
+        return out
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -168,8 +183,13 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=16)
     ap.add_argument("--clients", default="1,4,16", help="comma-separated concurrency levels")
     ap.add_argument("--baseline", choices=("transformers-serve", "generate", "none"), default="transformers-serve")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="run the concurrency levels this many times in turn against gpt2kit's server (back to back, "
+                         "for a shared machine) and report each level's median round")
     args = ap.parse_args()
     clients = [int(c) for c in args.clients.split(",")]
+    if args.rounds < 1:
+        ap.error(f"--rounds must be >= 1, got {args.rounds}")
     texts = prompts(max(clients), args.prompt_tokens)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "NO_PROXY": "127.0.0.1"}
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,7 +205,8 @@ def main() -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         ours = run_server([sys.executable, "-m", "gpt2kit", "serve", "--checkpoint", str(d), "--port", str(port),
-                           "--model-name", "model"], url, "model", texts, clients, args.new_tokens, env)
+                           "--model-name", "model"], url, "model", texts, clients, args.new_tokens, env,
+                          args.rounds)
         base = {}
         if args.baseline != "none":
             port = free_port()

@@ -5,8 +5,9 @@ L cached length, nh heads, hs head size, V vocab.
 
 A background thread owns the model. Each turn of its loop it
 
-1. admits waiting requests into free slots: each prompt is prefilled on its own into its row of the cache,
-   exactly as :func:`gpt2kit.generation.generate` prefills a single prompt, and its first token is sampled;
+1. admits waiting requests into free slots: the prompts that join together and have the same length are
+   prefilled in one forward pass into their consecutive rows of the cache (one pass over the weights for
+   all of them, as :func:`gpt2kit.generation.generate` prefills a batch), and each one's first token is sampled;
 2. runs one decode step for every active row together: each row feeds its newest token at its own position,
    writes its keys and values at its own length and attends to its own prefix only (:class:`RowCache`);
 3. samples each row with :func:`gpt2kit.generation.sample_next` and the request's own ``torch.Generator``, so
@@ -91,21 +92,23 @@ class RowCache:
     """One block's keys and values for every slot, (S, nh, L, hs) each; every row writes at its own length.
 
     The model's attention calls ``update(k, v, pos)`` as for a :class:`~gpt2kit.model.gpt.KVCache`; in a decode
-    step each row's new key goes to position ``lens[row]`` instead of one shared ``pos``.
+    step whose rows differ in length each row's new key goes to position ``lens[row]`` instead of one shared ``pos``.
     """
 
     def __init__(self, k: torch.Tensor, v: torch.Tensor) -> None:
         self.k, self.v = k, v  # (S, nh, L, hs)
-        self.lens: torch.Tensor | None = None  # (B,) write positions of the current decode step
+        self.lens: torch.Tensor | None = None  # (B,) write positions of the current decode step; None: all at pos
 
-    def row(self, i: int) -> KVCache:
-        """Row ``i`` as an ordinary single-sequence cache (views, so a prefill writes straight into it)."""
-        return KVCache(self.k[i:i + 1], self.v[i:i + 1])
+    def rows(self, i: int, n: int) -> KVCache:
+        """Rows ``i .. i+n-1`` as an ordinary batch cache (views, so a prefill writes straight into them)."""
+        return KVCache(self.k[i:i + n], self.v[i:i + n])
 
     def update(self, k: torch.Tensor, v: torch.Tensor, pos: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Write (B, nh, 1, hs) at each row's own position; return every row's keys/values up to ``pos + 1``."""
         lens = self.lens
         B = k.size(0)
+        if lens is None:  # every row is ``pos`` long: the ordinary cache's slice write, no scatter
+            return self.rows(0, B).update(k, v, pos)
         rows = torch.arange(B, device=k.device)
         self.k[rows, :, lens] = k[:, :, 0]  # (B, nh, hs) into (S, nh, L, hs) at [row, :, lens[row]]
         self.v[rows, :, lens] = v[:, :, 0]
@@ -218,8 +221,7 @@ class Engine:
                     while self._waiting and len(self._rows) + len(joining) < self.max_batch:
                         joining.append(self._waiting.popleft())
                 try:
-                    for req in joining:
-                        self._admit(req)
+                    self._admit(joining)
                     self._retire()
                     if self._rows:
                         self._decode_step()
@@ -229,18 +231,26 @@ class Engine:
                         self._finish(req, f"error: {type(e).__name__}: {e}")
                     self._rows = []
 
-    def _admit(self, req: Request) -> None:
-        """Prefill ``req`` into the next free row and take its first token (as generate's first step does)."""
-        if req.cancelled:
-            self._finish(req, "cancelled")
-            return
-        i = len(self._rows)
-        self._rows.append(req)
-        self.peak_active = max(self.peak_active, len(self._rows))
-        idx = torch.tensor([req.prompt], dtype=torch.long, device=self._caches[0].k.device)  # (1, T)
-        logits, _ = self.model(idx, cache=[c.row(i) for c in self._caches], pos=0, last_only=True)
-        req.cache_len = idx.size(1)
-        self._take(req, self._sample(req, logits[:, -1, :]))
+    def _admit(self, joining: list[Request]) -> None:
+        """Prefill the joining requests into the next free rows and take each one's first token (as generate's
+        first step does); prompts of the same length share one forward pass."""
+        by_length: dict[int, list[Request]] = {}
+        for req in joining:
+            if req.cancelled:
+                self._finish(req, "cancelled")
+            else:
+                by_length.setdefault(len(req.prompt), []).append(req)
+        device = self._caches[0].k.device
+        for group in by_length.values():
+            i, n = len(self._rows), len(group)
+            self._rows.extend(group)
+            self.peak_active = max(self.peak_active, len(self._rows))
+            idx = torch.tensor([r.prompt for r in group], dtype=torch.long, device=device)  # (n, T)
+            logits, _ = self.model(idx, cache=[c.rows(i, n) for c in self._caches], pos=0, last_only=True)
+            logits = logits[:, -1, :]  # (n, V)
+            for r in group:
+                r.cache_len = idx.size(1)
+            self._take_all(group, logits)
 
     def _decode_step(self) -> None:
         """Feed every row's newest token at its own position and sample the next one."""
@@ -256,18 +266,26 @@ class Engine:
             k_pos = torch.arange(top + 1, device=device)  # (L,)
             mask = (k_pos[None, :] <= lens[:, None])[:, None, None, :]  # (B, 1, 1, L): a row sees its own prefix
         for c in self._caches:
-            c.lens = lens
+            c.lens = None if mask is None else lens
         logits, _ = self.model(tokens, cache=self._caches, pos=top, positions=lens[:, None], attn_mask=mask,
                                last_only=True)
-        logits = logits[:, -1, :]  # (B, V)
+        for r in rows:
+            r.cache_len += 1
+        self._take_all(rows, logits[:, -1, :])
+
+    def _take_all(self, rows: list[Request], logits: torch.Tensor) -> None:
+        """Sample each row of ``logits`` (B, V) for its request: the greedy rows in one argmax, the others each
+        with its own generator, then hand every request its token."""
         greedy = [i for i, r in enumerate(rows) if r.params.greedy]
-        picked = logits[greedy].argmax(dim=-1).tolist() if greedy else []
+        if len(greedy) == len(rows):
+            picked = logits.argmax(dim=-1).tolist()  # no gather of the greedy rows' logits first
+        else:
+            picked = logits[greedy].argmax(dim=-1).tolist() if greedy else []
         next_ids = dict(zip(greedy, picked))
         for i, r in enumerate(rows):
             if i not in next_ids:
                 next_ids[i] = self._sample(r, logits[i:i + 1])
         for i, r in enumerate(rows):
-            r.cache_len += 1
             self._take(r, next_ids[i])
 
     @staticmethod

@@ -67,6 +67,34 @@ def test_batched_tokens_equal_generate_alone(model):
     assert engine.peak_active == 6
 
 
+def test_prompts_joining_together_share_one_prefill(model):
+    g = torch.Generator().manual_seed(2)
+    lengths = [5, 3, 5, 7, 3, 5]
+    jobs = []
+    for i, n in enumerate(lengths):
+        params = (SamplingParams(8, temperature=0) if i % 2 else
+                  SamplingParams(8, temperature=0.8, top_k=40, seed=7 + i))
+        jobs.append((torch.randint(0, 50257, (n,), generator=g).tolist(), params))
+    expected = [generate(model, torch.tensor([p]), sp.max_tokens, temperature=sp.temperature, top_k=sp.top_k,
+                         seed=sp.seed)[0, len(p):].tolist() for p, sp in jobs]
+    prefills = []
+    hook = model.register_forward_pre_hook(
+        lambda mod, args: prefills.append(tuple(args[0].shape)) if args[0].size(1) > 1 else None)
+    engine = Engine(model, max_batch=6)
+    try:
+        outs = [[] for _ in jobs]
+        done = [threading.Event() for _ in jobs]
+        for i, (p, sp) in enumerate(jobs):  # all queued before the engine runs: they join in one turn
+            engine.submit(p, sp, outs[i].append, lambda r, i=i: done[i].set())
+        engine.start()
+        assert all(d.wait(120) for d in done)
+    finally:
+        engine.stop(timeout=60)
+        hook.remove()
+    assert outs == expected
+    assert sorted(prefills) == [(1, 7), (2, 3), (3, 5)]  # one forward pass per prompt length
+
+
 def test_stop_token_cancel_and_queue_limit(model):
     prompt = [464, 3290]
     alone = generate(model, torch.tensor([prompt]), 20, temperature=0)[0, 2:].tolist()

@@ -234,6 +234,25 @@ def step_cost(size: tuple[int, int, int], data: Path, args: argparse.Namespace) 
     return {name: min(t) for name, t in timings.items()}
 
 
+def arm_key(arm: dict[str, Any], corpus: str, tokens: int) -> tuple:
+    """What identifies an arm's result: corpus, size, optimizer settings and tokens trained."""
+    size = arm["size"] if isinstance(arm["size"], str) else size_name(arm["size"])
+    return (corpus, size, arm["optimizer"], arm["variant"], arm["schedule"], float(arm["lr"]),
+            float(arm.get("muon_lr", 0.0)), tokens)
+
+
+def reusable(path: str | None) -> dict[tuple, dict[str, Any]]:
+    """Results of earlier runs (``--json`` files) by :func:`arm_key`, to skip arms already measured."""
+    if not path:
+        return {}
+    out = {}
+    for f in path.split(","):
+        for r in json.loads(Path(f).read_text()):
+            r["curve"] = [tuple(c) for c in r["curve"]]
+            out[arm_key(r, r["corpus"], r["curve"][-1][0])] = r
+    return out
+
+
 def best(results: list[dict[str, Any]], **match: Any) -> dict[str, Any] | None:
     """The arm with the lowest final validation loss among those matching ``match``."""
     rows = [r for r in results if all(r.get(k) == v for k, v in match.items())]
@@ -303,6 +322,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--work", default=None, help="where prepared data and runs go (default: a temp dir)")
     p.add_argument("--json", default=None, help="also write every arm's curve here")
+    p.add_argument("--reuse", default=None, metavar="JSON[,JSON]",
+                   help="take arms already measured (same corpus, size, settings, steps) from earlier --json files")
     args = p.parse_args(argv)
     args.corpus = args.corpus or ["builtin:sotu"]
     try:
@@ -332,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     (work / "runs").mkdir(parents=True, exist_ok=True)
     runs = Path(tempfile.mkdtemp(prefix="bench-", dir=work / "runs"))  # a fresh set per invocation; data is reused
     costs: dict[tuple[int, int, int], dict[str, float]] = {}
+    earlier = reusable(args.reuse)
+    tokens = args.steps * args.batch_size * args.block_size
     for corpus in args.corpus:
         data = prepared(corpus, work, args.val_fraction)
         for size in args.sizes:
@@ -350,7 +373,11 @@ def main(argv: list[str] | None = None) -> int:
                 for i, arm in enumerate(arms):
                     t0 = time.time()
                     run_dir = runs / f"{corpus.split(':')[-1]}-{'x'.join(map(str, size))}-{phase}-{i}"
+                    key = arm_key(arm, corpus, tokens)
                     for attempt in range(3):  # a stray signal from another process on a shared machine
+                        if key in earlier:
+                            r = earlier[key]
+                            break
                         try:
                             r = run_arm(data, arm, args, run_dir.with_name(f"{run_dir.name}-{attempt}"))
                             break

@@ -43,6 +43,8 @@ def _install_hooks(hooks: dict) -> None:
     - ``kill_in_save``: {"match": S, "nth": K, "fraction": F}: at the K-th ``torch.save`` to a path
       whose name contains S (atomic writes save to ``.NAME.tmp.PID``), write only the first F of the
       serialized bytes to that path, then SIGKILL: a process killed in the middle of writing a checkpoint.
+    - ``keep_checkpoints``: DIR: hard-link every ``step_*.pt`` into DIR as it gets its final name, so a test can
+      resume from a checkpoint that ``--keep-last`` pruned later (the run itself sees no difference).
     """
     if hooks.get("threads"):
         import torch
@@ -63,6 +65,16 @@ def _install_hooks(hooks: dict) -> None:
     nspec = hooks.get("nan")
     if nspec:
         _install_nan(nspec)
+    if hooks.get("keep_checkpoints"):
+        keep_replace = os.replace
+
+        def replace_and_keep(src, dst, *a, **kw):
+            keep_replace(src, dst, *a, **kw)
+            name = os.path.basename(os.fspath(dst))
+            if name.startswith("step_") and name.endswith(".pt"):
+                os.link(dst, os.path.join(hooks["keep_checkpoints"], name))
+
+        os.replace = replace_and_keep
     rspec = hooks.get("kill_at_replace")
     if rspec:
         real_replace, seen = os.replace, [0]

@@ -43,6 +43,8 @@ def _install_hooks(hooks: dict) -> None:
     - ``kill_in_save``: {"match": S, "nth": K, "fraction": F}: at the K-th ``torch.save`` to a path
       whose name contains S (atomic writes save to ``.NAME.tmp.PID``), write only the first F of the
       serialized bytes to that path, then SIGKILL: a process killed in the middle of writing a checkpoint.
+    - ``kill_in_gather``: {"nth": K}: SIGKILL at the K-th call of ``get_optimizer_state_dict`` (how an FSDP
+      checkpoint gathers the full optimizer state on every rank, after the weights and before rank 0 writes).
     - ``keep_checkpoints``: DIR: hard-link every ``step_*.pt`` into DIR as it gets its final name, so a test can
       resume from a checkpoint that ``--keep-last`` pruned later (the run itself sees no difference).
     """
@@ -75,6 +77,19 @@ def _install_hooks(hooks: dict) -> None:
                 os.link(dst, os.path.join(hooks["keep_checkpoints"], name))
 
         os.replace = replace_and_keep
+    gspec = hooks.get("kill_in_gather")
+    if gspec:
+        import torch.distributed.checkpoint.state_dict as dcp_state
+
+        real_gather, calls = dcp_state.get_optimizer_state_dict, [0]
+
+        def gather(*a, **kw):
+            calls[0] += 1
+            if calls[0] == gspec["nth"]:
+                _kill_self()
+            return real_gather(*a, **kw)
+
+        dcp_state.get_optimizer_state_dict = gather
     rspec = hooks.get("kill_at_replace")
     if rspec:
         real_replace, seen = os.replace, [0]

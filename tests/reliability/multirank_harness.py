@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -54,18 +56,85 @@ def torchrun_argv(nproc: int, gpt2kit_args: list, *, max_restarts: int = 0, nnod
             *[str(a) for a in gpt2kit_args]]
 
 
-class Launch:
-    """A launcher process (torchrun) writing stdout and stderr to one log file."""
+class WarmLaunchers:
+    """Client of ``warm_torchrun.py --serve``: launchers forked from a process that has imported torch and gpt2kit,
+    several at a time."""
 
-    def __init__(self, argv: list[str], log: Path, hooks: dict | None = None, env: dict | None = None) -> None:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen([sys.executable, str(WARM_LAUNCHER), "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True, bufsize=1,
+                                     env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert json.loads(self.proc.stdout.readline() or "null") == {"ready": True}, "the launcher server died"
+        self._lock, self._ended = threading.Lock(), threading.Condition()
+        self._started: queue.Queue[int] = queue.Queue()
+        self._codes: dict[int, int] = {}
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            msg = json.loads(line)
+            if "returncode" in msg:
+                with self._ended:
+                    self._codes[msg["pid"]] = msg["returncode"]
+                    self._ended.notify_all()
+            else:
+                self._started.put(msg["pid"])
+
+    def popen(self, argv: list[str], log: Path, env: dict[str, str]) -> "ForkedLauncher":
+        """Start the warm launcher command line ``argv`` (from :func:`torchrun_argv`) with ``env`` added."""
+        assert argv[1] == str(WARM_LAUNCHER), argv[:3]
+        with self._lock:  # one request and its answer at a time
+            self.proc.stdin.write(json.dumps({"argv": argv[2:], "log": str(log), "env": env}) + "\n")
+            self.proc.stdin.flush()
+            pid = self._started.get(timeout=60)
+        return ForkedLauncher(self, pid, argv)
+
+    def returncode(self, pid: int, timeout: float | None) -> int | None:
+        """``pid``'s exit status once it ended within ``timeout`` seconds (0: just look), else None."""
+        with self._ended:
+            self._ended.wait_for(lambda: pid in self._codes, timeout)
+            return self._codes.get(pid)
+
+    def close(self) -> None:
+        """Stop the server (after the launchers it started end)."""
+        self.proc.stdin.close()
+        self.proc.wait(60)
+
+
+class ForkedLauncher:
+    """The part of ``subprocess.Popen`` that :class:`Launch` uses, for a launcher forked by :class:`WarmLaunchers`."""
+
+    def __init__(self, server: WarmLaunchers, pid: int, argv: list[str]) -> None:
+        self.server, self.pid, self.args, self.returncode = server, pid, argv, None
+
+    def poll(self) -> int | None:
+        self.returncode = self.server.returncode(self.pid, 0)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        self.returncode = self.server.returncode(self.pid, timeout)
+        if self.returncode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self.returncode
+
+
+class Launch:
+    """A launcher process (torchrun) writing stdout and stderr to one log file; forked by ``server`` when given
+    (``argv`` from :func:`torchrun_argv` with ``warm=True``), else a child process of its own."""
+
+    def __init__(self, argv: list[str], log: Path, hooks: dict | None = None, env: dict | None = None,
+                 server: WarmLaunchers | None = None) -> None:
         self.log_path = log
         self.pid_dir = log.with_suffix(".pids")
         self.pid_dir.mkdir(parents=True, exist_ok=True)
-        full_env = {**os.environ, "OMP_NUM_THREADS": "1", "GPT2KIT_TEST_PID_DIR": str(self.pid_dir),
-                    "GPT2KIT_TEST_HOOKS": json.dumps({"all": HOOKS, **(hooks or {})}), **(env or {})}
+        added = {"OMP_NUM_THREADS": "1", "GPT2KIT_TEST_PID_DIR": str(self.pid_dir),
+                 "GPT2KIT_TEST_HOOKS": json.dumps({"all": HOOKS, **(hooks or {})}), **(env or {})}
         self.started = time.perf_counter()
+        if server is not None:
+            self.proc = server.popen(argv, log, added)
+            return
         with open(log, "wb") as f:
-            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env=full_env,
+            self.proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **added},
                                          start_new_session=True)
 
     @property
@@ -146,14 +215,14 @@ def train_args(data: Path, run: Path, flags: list[str]) -> list:
 
 
 def restart_try(data: Path, run: Path, ref: dict, flags: list[str], *, kill: tuple[int, int] | None = None,
-                hooks: dict | None = None, max_restarts: int = 1) -> str:
+                hooks: dict | None = None, max_restarts: int = 1, server: WarmLaunchers | None = None) -> str:
     """A 2-rank ``torchrun --max-restarts N`` run hit by faults; '' when it ends in ``ref``'s state, else why not.
 
     ``kill=(rank, steps)``: SIGKILL that rank once ``steps`` steps are logged. ``hooks``: fault hooks by rank
     and round (:mod:`hooked_worker`), e.g. ``{"rank0": {"kill_in_save": ...}, "round1.rank0": {...}}``.
     """
     launch = Launch(torchrun_argv(2, train_args(data, run, flags), max_restarts=max_restarts),
-                    run.with_suffix(".log"), hooks=hooks)
+                    run.with_suffix(".log"), hooks=hooks, server=server)
     try:
         if kill is not None:
             rank, steps = kill

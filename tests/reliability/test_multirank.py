@@ -48,7 +48,7 @@ def _wait_all(launches: list[Launch]) -> None:
 
 
 @pytest.fixture(scope="module")
-def references(train_data, tmp_path_factory) -> dict[str, dict]:
+def references(train_data, warm_launchers, tmp_path_factory) -> dict[str, dict]:
     """Uninterrupted 2-rank runs under DDP and FSDP, side by side: ``run``, ``state`` (:func:`final_state`),
     ``log`` and ``kept`` (a directory holding every checkpoint the run wrote, pruned or not)."""
     root = tmp_path_factory.mktemp("mr-ref")
@@ -57,7 +57,8 @@ def references(train_data, tmp_path_factory) -> dict[str, dict]:
         run, kept = root / parallel, root / f"{parallel}-kept"
         kept.mkdir()
         launches.append(Launch(torchrun_argv(2, train_args(train_data, run, [*MR_FLAGS, "--parallel", parallel])),
-                               run.with_suffix(".log"), hooks={"all": {**HOOKS, "keep_checkpoints": str(kept)}}))
+                               run.with_suffix(".log"), hooks={"all": {**HOOKS, "keep_checkpoints": str(kept)}},
+                               server=warm_launchers))
         refs[parallel] = {"run": run, "kept": kept}
     _wait_all(launches)
     for parallel, launch in zip(PARALLEL, launches):
@@ -68,15 +69,16 @@ def references(train_data, tmp_path_factory) -> dict[str, dict]:
 
 
 @pytest.fixture(scope="module")
-def four_ranks(train_data, tmp_path_factory) -> dict[str, tuple[Path, str]]:
+def four_ranks(train_data, warm_launchers, tmp_path_factory) -> dict[str, tuple[Path, str]]:
     """4-rank runs of 4 steps, side by side: DDP on two launchers of 2 ranks each (c10d rendezvous, the README's
     multi-node command) and FSDP on one; (run directory, log) by --parallel."""
     root = tmp_path_factory.mktemp("mr-four")
     endpoint = f"127.0.0.1:{free_port()}"
     ddp = [Launch(torchrun_argv(2, train_args(train_data, root / "ddp", [*MR_FLAGS, *FOUR_RANKS]), nnodes=2,
-                                node_rank=i, endpoint=endpoint), root / f"ddp-node{i}.log") for i in range(2)]
+                                node_rank=i, endpoint=endpoint), root / f"ddp-node{i}.log", server=warm_launchers)
+           for i in range(2)]
     fsdp = Launch(torchrun_argv(4, train_args(train_data, root / "fsdp", [*MR_FLAGS, *FOUR_RANKS, "--parallel", "fsdp"])),
-                  root / "fsdp.log")
+                  root / "fsdp.log", server=warm_launchers)
     _wait_all([*ddp, fsdp])
     return {"ddp": (root / "ddp", "".join(node.log for node in ddp)), "fsdp": (root / "fsdp", fsdp.log)}
 
@@ -123,39 +125,43 @@ def test_fsdp_trains_like_ddp(references):
     assert references["fsdp"]["state"]["final checkpoint"]["optimizer_format"] == "fqn"
 
 
-WINDOWS = {  # rank 0's fault in each round of one launcher (--max-restarts 3); the last round runs clean
+WINDOWS = {  # rank 0's fault in each round of one launcher; the last round runs clean
     "rank0": {"kill_in_save": {"match": "step_00000004", "nth": 1, "fraction": 0.5}},  # half written
     "round1.rank0": {"kill_at_replace": {"match": "step_00000006.pt", "nth": 1, "when": "before"}},  # not renamed
     "round2.rank0": {"kill_at_replace": {"match": "step_00000008.pt", "nth": 1, "when": "after"}},  # no best.json
 }
 RESUMED_FROM = ["step_00000002.pt", "step_00000004.pt", "step_00000008.pt"]
 """The last complete checkpoint after each of the three kills."""
+GATHER = {"round3.rank1": {"kill_in_gather": {"nth": 1}}}
+"""FSDP only: rank 1 killed while every rank gathers the full state of step 10 (rank 0 inside the collective)."""
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_rank0_killed_in_each_window_of_a_save_restarts_from_the_last_complete_checkpoint_bitwise(
-        train_data, references, tmp_path, parallel):
+        train_data, warm_launchers, references, tmp_path, parallel):
     # rank 0 writes the checkpoints while the others wait (under FSDP after every rank gathered the full state):
     # killed inside a save, it must leave nothing that resume picks up but cannot load. Before the round keys
     # fix the restarted ranks also read the dead ranks' addresses from the round before (3 of 4 restarts
     # failed); repeat_rank_kill.py kills either rank at random steps
     run = tmp_path / "run"
-    launch = Launch(torchrun_argv(2, train_args(train_data, run, [*MR_FLAGS, "--parallel", parallel]), max_restarts=3),
-                    tmp_path / "run.log", hooks=WINDOWS)
+    hooks, resumed = ({**WINDOWS, **GATHER}, [*RESUMED_FROM, "step_00000008.pt"]) if parallel == "fsdp" \
+        else (WINDOWS, RESUMED_FROM)
+    launch = Launch(torchrun_argv(2, train_args(train_data, run, [*MR_FLAGS, "--parallel", parallel]),
+                                  max_restarts=len(resumed)), tmp_path / "run.log", hooks=hooks, server=warm_launchers)
     assert launch.wait(LAUNCH_TIMEOUT) == 0, launch.log[-4000:]
-    assert resumes(launch.log) == RESUMED_FROM, launch.log[-4000:]
-    assert_same_state(run, references[parallel]["state"], f"{parallel}, rank 0 killed in {list(WINDOWS.values())}")
+    assert resumes(launch.log) == resumed, launch.log[-4000:]
+    assert_same_state(run, references[parallel]["state"], f"{parallel}, killed in {list(hooks.values())}")
 
 
 @pytest.mark.parametrize("parallel", PARALLEL)
 def test_a_four_rank_checkpoint_resumes_on_two_ranks_like_an_uninterrupted_two_rank_run(
-        train_data, four_ranks, references, tmp_path, parallel):
+        train_data, warm_launchers, four_ranks, references, tmp_path, parallel):
     # the loader's position counts windows of the one global order, so 2 ranks of 4 windows read exactly the
     # windows 4 ranks of 2 would have read; the rank RNG streams cannot all continue, and dropout is off
     run = tmp_path / "run"
     shutil.copytree(four_ranks[parallel][0], run)
     launch = Launch(torchrun_argv(2, train_args(train_data, run, [*MR_FLAGS, "--parallel", parallel])),
-                    tmp_path / "run.log")
+                    tmp_path / "run.log", server=warm_launchers)
     assert launch.wait(LAUNCH_TIMEOUT) == 0, launch.log[-4000:]
     assert resumes(launch.log) == ["step_00000004.pt"] and "world 2 x cpu | grad accum 1" in launch.log, launch.log
     want = references[parallel]["state"]
@@ -222,11 +228,11 @@ def test_a_stuck_rank_ends_the_job_after_the_dist_timeout(train_data, tmp_path):
     assert timeout <= took < timeout + 5 + 30, f"rank 0 gave up {took:.0f}s after rank 1 hung"
 
 
-def test_sigterm_to_every_rank_saves_once_exits_zero_and_a_relaunch_continues_bitwise(train_data,
-                                                                                       references, tmp_path):
+def test_sigterm_to_every_rank_saves_once_exits_zero_and_a_relaunch_continues_bitwise(
+        train_data, warm_launchers, references, tmp_path):
     run = tmp_path / "run"
     launch = Launch(torchrun_argv(2, train_args(train_data, run, [*MR_FLAGS, "--max-steps", "100000"])),
-                    tmp_path / "run.log")
+                    tmp_path / "run.log", server=warm_launchers)
     wait_until(lambda: logged_steps(run) >= 3 and len(launch.rank_pids()) == 2, 120, "step 3", launch)
     before = list_step_checkpoints(run)
     for pid in launch.rank_pids().values():  # as Slurm's --signal=TERM@120 reaches every task
@@ -241,7 +247,8 @@ def test_sigterm_to_every_rank_saves_once_exits_zero_and_a_relaunch_continues_bi
     last = list_step_checkpoints(run)[-1]
     assert last.name == Path(m.group(1)).name and last not in before and read_checkpoint(last)["step"] == step
     if step < MAX_STEPS:
-        relaunch = Launch(torchrun_argv(2, train_args(train_data, run, MR_FLAGS)), tmp_path / "relaunch.log")
+        relaunch = Launch(torchrun_argv(2, train_args(train_data, run, MR_FLAGS)), tmp_path / "relaunch.log",
+                          server=warm_launchers)
         assert relaunch.wait(LAUNCH_TIMEOUT) == 0, relaunch.log[-4000:]
         assert f"resumed from {m.group(1)} at step {step}" in relaunch.log
         got, want = training_state(final_state(run)), training_state(references["ddp"]["state"])

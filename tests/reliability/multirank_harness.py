@@ -215,13 +215,15 @@ def train_args(data: Path, run: Path, flags: list[str]) -> list:
 
 
 def restart_try(data: Path, run: Path, ref: dict, flags: list[str], *, kill: tuple[int, int] | None = None,
-                hooks: dict | None = None, max_restarts: int = 1, server: WarmLaunchers | None = None) -> str:
+                hooks: dict | None = None, max_restarts: int = 1, warm: bool = True,
+                server: WarmLaunchers | None = None) -> str:
     """A 2-rank ``torchrun --max-restarts N`` run hit by faults; '' when it ends in ``ref``'s state, else why not.
 
     ``kill=(rank, steps)``: SIGKILL that rank once ``steps`` steps are logged. ``hooks``: fault hooks by rank
     and round (:mod:`hooked_worker`), e.g. ``{"rank0": {"kill_in_save": ...}, "round1.rank0": {...}}``.
+    ``warm``/``server``: as :func:`torchrun_argv` and :class:`Launch` take them.
     """
-    launch = Launch(torchrun_argv(2, train_args(data, run, flags), max_restarts=max_restarts),
+    launch = Launch(torchrun_argv(2, train_args(data, run, flags), max_restarts=max_restarts, warm=warm),
                     run.with_suffix(".log"), hooks=hooks, server=server)
     try:
         if kill is not None:

@@ -77,8 +77,9 @@ def four_ranks(train_data, warm_launchers, tmp_path_factory) -> dict[str, tuple[
     ddp = [Launch(torchrun_argv(2, train_args(train_data, root / "ddp", [*MR_FLAGS, *FOUR_RANKS]), nnodes=2,
                                 node_rank=i, endpoint=endpoint), root / f"ddp-node{i}.log", server=warm_launchers)
            for i in range(2)]
-    fsdp = Launch(torchrun_argv(4, train_args(train_data, root / "fsdp", [*MR_FLAGS, *FOUR_RANKS, "--parallel", "fsdp"])),
-                  root / "fsdp.log", server=warm_launchers)
+    fsdp_flags = [*MR_FLAGS, *FOUR_RANKS, "--parallel", "fsdp"]
+    fsdp = Launch(torchrun_argv(4, train_args(train_data, root / "fsdp", fsdp_flags)), root / "fsdp.log",
+                  server=warm_launchers)
     _wait_all([*ddp, fsdp])
     return {"ddp": (root / "ddp", "".join(node.log for node in ddp)), "fsdp": (root / "fsdp", fsdp.log)}
 

@@ -13,6 +13,7 @@ import json
 import os
 import queue
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -64,7 +65,9 @@ class WarmLaunchers:
         self.proc = subprocess.Popen([sys.executable, str(WARM_LAUNCHER), "--serve"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, bufsize=1,
                                      env={**os.environ, "OMP_NUM_THREADS": "1"})
-        assert json.loads(self.proc.stdout.readline() or "null") == {"ready": True}, "the launcher server died"
+        ready = select.select([self.proc.stdout], [], [], 120)[0]
+        assert ready and json.loads(self.proc.stdout.readline() or "null") == {"ready": True}, \
+            "the launcher server died or did not start within 120 s"
         self._lock, self._ended = threading.Lock(), threading.Condition()
         self._started: queue.Queue[int] = queue.Queue()
         self._codes: dict[int, int] = {}
@@ -108,10 +111,12 @@ class ForkedLauncher:
         self.server, self.pid, self.args, self.returncode = server, pid, argv, None
 
     def poll(self) -> int | None:
+        """Its exit status if it ended, else None."""
         self.returncode = self.server.returncode(self.pid, 0)
         return self.returncode
 
     def wait(self, timeout: float | None = None) -> int:
+        """Its exit status; ``subprocess.TimeoutExpired`` when it runs past ``timeout`` seconds."""
         self.returncode = self.server.returncode(self.pid, timeout)
         if self.returncode is None:
             raise subprocess.TimeoutExpired(self.args, timeout)

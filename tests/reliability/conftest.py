@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from gpt2kit.data.prepare import prepare
+from multirank_harness import WarmLaunchers
 from reliability_harness import HOOKS, MAX_STEPS, SEED, ForkServer, final_state, train_argv, write_corpus
 
 
@@ -15,6 +16,14 @@ from reliability_harness import HOOKS, MAX_STEPS, SEED, ForkServer, final_state,
 def forkserver(tmp_path_factory):
     """One fork server for the whole session."""
     server = ForkServer(tmp_path_factory.mktemp("forkserver-logs"))
+    yield server
+    server.close()
+
+
+@pytest.fixture(scope="session")
+def warm_launchers():
+    """One server of warm torchrun launchers for the whole session (started at first use)."""
+    server = WarmLaunchers()
     yield server
     server.close()
 

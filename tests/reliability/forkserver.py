@@ -46,6 +46,10 @@ def _install_hooks(hooks: dict) -> None:
     - ``kill_in_dcp_write``: {"match": S, "nth": K}: SIGKILL just after the K-th tensor that
       torch.distributed.checkpoint writes into a file whose path contains S (this rank's part of a sharded
       checkpoint, cut off in the middle).
+    - ``kill_in_gather``: {"nth": K}: SIGKILL at the K-th call of ``get_optimizer_state_dict`` (how an FSDP
+      checkpoint gathers the full optimizer state on every rank, after the weights and before rank 0 writes).
+    - ``keep_checkpoints``: DIR: hard-link every ``step_*.pt`` into DIR as it gets its final name, so a test can
+      resume from a checkpoint that ``--keep-last`` pruned later (the run itself sees no difference).
     """
     if hooks.get("threads"):
         import torch
@@ -66,6 +70,29 @@ def _install_hooks(hooks: dict) -> None:
     nspec = hooks.get("nan")
     if nspec:
         _install_nan(nspec)
+    if hooks.get("keep_checkpoints"):
+        keep_replace = os.replace
+
+        def replace_and_keep(src, dst, *a, **kw):
+            keep_replace(src, dst, *a, **kw)
+            name = os.path.basename(os.fspath(dst))
+            if name.startswith("step_") and name.endswith(".pt"):
+                os.link(dst, os.path.join(hooks["keep_checkpoints"], name))
+
+        os.replace = replace_and_keep
+    gspec = hooks.get("kill_in_gather")
+    if gspec:
+        import torch.distributed.checkpoint.state_dict as dcp_state
+
+        real_gather, calls = dcp_state.get_optimizer_state_dict, [0]
+
+        def gather(*a, **kw):
+            calls[0] += 1
+            if calls[0] == gspec["nth"]:
+                _kill_self()
+            return real_gather(*a, **kw)
+
+        dcp_state.get_optimizer_state_dict = gather
     rspec = hooks.get("kill_at_replace")
     if rspec:
         real_replace, seen = os.replace, [0]

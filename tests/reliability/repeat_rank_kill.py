@@ -5,7 +5,8 @@ Not collected by pytest (tests/reliability/test_multirank.py runs a few tries); 
 
     PYTHONPATH=$PWD python tests/reliability/repeat_rank_kill.py --tries 20
 
-It prints one line per try and a summary; exit 0 only when every try matched.
+It prints one line per try and a summary; exit 0 only when every try matched. The launchers are plain torchrun
+(each rank a fresh interpreter, as users run it); ``--warm`` forks the ranks from a warm launcher instead.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> int:
     p.add_argument("--tries", type=int, default=20)
     p.add_argument("--seed", type=int, default=17)
     p.add_argument("--flags", default="", help="extra gpt2kit train flags, space-separated")
+    p.add_argument("--warm", action="store_true", help="ranks forked from tests/reliability/warm_torchrun.py")
     p.add_argument("--workdir", help="keep the runs and their logs here (default: a temporary directory)")
     args = p.parse_args()
     flags = MR_FLAGS + args.flags.split()
@@ -42,7 +44,8 @@ def main() -> int:
         prepare([write_corpus(root / "corpus.jsonl", num_docs=80, words_per_doc=100)], root / "data",
                 val_fraction=0.1, workers=1, progress=False)
         ref_run = root / "reference"
-        launch = Launch(torchrun_argv(2, train_args(root / "data", ref_run, flags)), root / "reference.log")
+        launch = Launch(torchrun_argv(2, train_args(root / "data", ref_run, flags), warm=args.warm),
+                        root / "reference.log")
         assert launch.wait(300) == 0, launch.log[-4000:]
         ref = final_state(ref_run)
         passed = 0
@@ -50,7 +53,7 @@ def main() -> int:
         for i in range(args.tries):
             rank, kill_after = rng.randrange(2), rng.randint(1, MAX_STEPS - 2)
             t = time.perf_counter()
-            why = restart_try(root / "data", root / f"try{i:02d}", ref, flags, kill=(rank, kill_after))
+            why = restart_try(root / "data", root / f"try{i:02d}", ref, flags, kill=(rank, kill_after), warm=args.warm)
             passed += not why
             log = (root / f"try{i:02d}.log").read_text(errors="replace")
             print(f"try {i + 1:2d}: rank {rank} killed after step {kill_after} logged, restarted from "

@@ -61,7 +61,8 @@ def tiny_train_cfg(tiny_data, tmp_path):
     from gpt2kit.train.config import get_preset, resolve_config
 
     def make(name: str, **overrides):
-        fields = {**TINY_SHAPE, "data": str(tiny_data), "out": str(tmp_path / name), "dtype": "float32",
+        fields = {**TINY_SHAPE, "optimizer": "adamw", "lr_schedule": "cosine", "data": str(tiny_data),
+                  "out": str(tmp_path / name), "dtype": "float32",
                   "warmup_steps": 1, "schedule_steps": 20, "lr": 1e-3, "eval_batches": 2, "samples": 0,
                   "progress": False, "tensorboard": False, "log_every": 1, "eval_every": 0, "save_every": 1000,
                   **overrides}

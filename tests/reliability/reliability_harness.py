@@ -173,7 +173,8 @@ def group_members(pgid: int) -> list[int]:
 
 MAX_STEPS = 12
 FLAGS = [
-    "--preset", "demo-cpu", "--device", "cpu", "--dtype", "float32", "--n-layer", "2", "--n-head", "2",
+    "--preset", "demo-cpu", "--optimizer", "adamw", "--lr-schedule", "cosine", "--device", "cpu", "--dtype", "float32",
+    "--n-layer", "2", "--n-head", "2",
     "--n-embd", "32", "--block-size", "32", "--batch-size", "4", "--warmup-steps", "2", "--schedule-steps", "50",
     "--lr", "1e-3", "--eval-every", "4", "--eval-batches", "2", "--save-every", "2", "--keep-last", "2",
     "--samples", "1", "--sample-tokens", "8", "--log-every", "1", "--no-progress", "--no-tensorboard",

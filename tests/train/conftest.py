@@ -28,11 +28,13 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture
 def tiny_cfg(data_dir, tmp_path):
-    """A factory: the demo-cpu preset shrunk to a tiny model, writing into a fresh run dir, with overrides."""
+    """A factory: the demo-cpu preset shrunk to a tiny model, writing into a fresh run dir, with overrides
+    (AdamW and cosine unless overridden: what these tests check is the loop, not the preset's optimizer)."""
     from gpt2kit.train.config import get_preset, resolve_config
 
     def make(**overrides):
-        fields = {**TINY, "data": str(data_dir), "out": str(tmp_path / "run"), **overrides}
+        fields = {**TINY, "optimizer": "adamw", "lr_schedule": "cosine", "data": str(data_dir),
+                  "out": str(tmp_path / "run"), **overrides}
         return resolve_config(get_preset("demo-cpu"), fields)
 
     return make

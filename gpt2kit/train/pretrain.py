@@ -70,9 +70,10 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any], log: Cal
         raise UserError("--resume auto: needs --out (the run directory to continue) or --preset")
     point = find_resume(out, spec) if spec else None
     if point is None:
+        cfg = _new_run_config(preset, overrides, given, log)
         if spec == "auto":
             log(f"--resume auto: no checkpoint in {Path(out).resolve()}; starting a new run there")
-        return _new_run_config(preset, overrides, given, log), None
+        return cfg, None
     try:
         base = TrainConfig.from_dict(point.checkpoint["config"])
     except (TypeError, ValueError) as e:
@@ -104,13 +105,17 @@ def _new_run_config(preset: str | None, overrides: dict[str, Any], given: dict[s
     if init:
         overrides = {**overrides, **init_model_config(init, overrides).to_dict()}
     max_steps = given.get("max_steps")
+    notice = None
     if max_steps and "schedule_steps" not in overrides:  # (--epochs with --max-steps was refused above)
         # nanoGPT's max_iters is the schedule's length: a new run asked to stop at N decays its lr by step N
         warmup = overrides.get("warmup_steps", base.warmup_steps)
         overrides = {**overrides, "schedule_steps": max_steps, "warmup_steps": _warmup_within(warmup, max_steps)}
-        log(f"--max-steps {max_steps}: the learning-rate schedule is {max_steps} steps long (give --schedule-steps "
-            "for a longer one to stop early in)")
-    return resolve_config(base, overrides)
+        notice = (f"--max-steps {max_steps}: the learning-rate schedule is {max_steps} steps long (give "
+                  "--schedule-steps for a longer one to stop early in)")
+    cfg = resolve_config(base, overrides)
+    if notice:  # after the settings are valid: a bad flag gets its one error line alone
+        log(notice)
+    return cfg
 
 
 def _warmup_within(warmup: int, steps: int) -> int:

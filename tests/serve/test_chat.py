@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import select
 import signal
 import time
 import subprocess
@@ -85,10 +87,17 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(checkpoints):
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
     )
 
+    fd = proc.stdout.fileno()
+
+    def read_some(timeout: float = 120) -> bytes:
+        # never a read that blocks for ever: a chat that went quiet fails the test instead of hanging the suite
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return os.read(fd, 4096) if ready else b""
+
     def read_until(text: bytes, needle: bytes) -> bytes:
         deadline = time.monotonic() + 120
         while needle not in text and time.monotonic() < deadline:
-            piece = proc.stdout.read1(4096)
+            piece = read_some(max(0.0, deadline - time.monotonic()))
             if not piece:
                 break
             text += piece
@@ -97,14 +106,16 @@ def test_ctrl_c_stops_the_reply_and_the_chat_goes_on(checkpoints):
     try:
         proc.stdin.write(b"hi\n")
         proc.stdin.flush()
-        out = proc.stdout.read1(64)  # the first reply is streaming
+        out = read_some()  # the first reply is streaming
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         out = read_until(out, b" [stopped]\n")
         proc.stdin.write(b"again\n")  # the conversation goes on
         proc.stdin.flush()
-        out += proc.stdout.read1(64)  # the second reply is streaming
+        out += read_some()  # the second reply is streaming
         proc.send_signal(signal.SIGINT)
-        rest, _ = proc.communicate(b"", timeout=60)  # then end of input: Ctrl-D
+        proc.stdin.close()  # then end of input: Ctrl-D
+        rest = read_until(b"", b"\0")  # everything up to the exit
+        proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()

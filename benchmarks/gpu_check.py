@@ -241,12 +241,13 @@ def _torchrun_step(c: Check, parallel: str) -> dict[str, Any]:
     shutil.rmtree(run_dir, ignore_errors=True)  # a new run, also when OUT holds an earlier check's
     # float32 in the dry run: a bf16 run on a CPU first times bf16 matmuls for its MFU peak (slow where emulated)
     shape = [*TINY_FLAGS, "--dtype", "float32"] if c.dry else []
+    # AdamW: demo-cpu trains with Muon, which FSDP refuses (it would orthogonalize shards, not whole matrices)
     # on the GPU a second launch resumes the run (FSDP loads its sharded optimizer state); the CPU suite already
     # resumes two-rank gloo runs, so the dry run launches once
     steps = (3, None) if c.dry else (10, 15)
     base = [c.python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "gpt2kit", "train",
-            "--preset", "demo-cpu", "--data", str(c.data), "--out", str(run_dir), *shape, "--device", c.device,
-            "--parallel", parallel, "--eval-every", str(steps[0]), "--save-every", str(steps[0]), "--keep-last", "1",
+            "--preset", "demo-cpu", "--optimizer", "adamw", "--data", str(c.data), "--out", str(run_dir), *shape,
+            "--device", c.device, "--parallel", parallel, "--eval-every", str(steps[0]), "--save-every", str(steps[0]), "--keep-last", "1",
             "--eval-batches", "2", "--samples", "1", "--sample-tokens", "8", "--log-every", "1", "--no-progress",
             "--no-tensorboard"]
     # NCCL prints its version when it starts a communicator: the sign that the group really runs on NCCL

@@ -30,6 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import signal
+
     import torch
 
     from gpt2kit.checkpoint import load_model
@@ -53,6 +55,9 @@ def run(args: argparse.Namespace) -> int:
     if template is None and args.system is not None:
         raise UserError(f"--system: {loaded.source} has no chat template (a base model continues text); leave "
                         "--system out, or use a checkpoint from `gpt2kit finetune sft`")
+    # Ctrl-C stops a reply: Python installs that only where SIGINT was not ignored, and a shell's background job
+    # starts with it ignored
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     interactive = sys.stdin.isatty()
     how = f"template {template.name!r}" if template is not None else "a base model: it continues your text"
     print(f"chatting with {loaded.source} ({how}); Ctrl-C stops a reply, Ctrl-D leaves", file=sys.stderr)

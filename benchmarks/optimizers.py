@@ -374,17 +374,14 @@ def main(argv: list[str] | None = None) -> int:
                 for i, arm in enumerate(arms):
                     t0 = time.time()
                     run_dir = runs / f"{corpus.split(':')[-1]}-{'x'.join(map(str, size))}-{phase}-{i}"
-                    key = arm_key(arm, corpus, tokens)
-                    for attempt in range(3):  # a stray signal from another process on a shared machine
-                        if key in earlier:
-                            r = earlier[key]
-                            break
+                    r = earlier.get(arm_key(arm, corpus, tokens))
+                    for attempt in range(3 if r is None else 0):  # a stray signal from another process
                         try:
                             r = run_arm(data, arm, args, run_dir.with_name(f"{run_dir.name}-{attempt}"))
                             break
                         except InterruptedError as e:
                             print(f"  arm {i}: {e}; running it again", flush=True)
-                    else:
+                    if r is None:
                         raise SystemExit("three arms in a row were interrupted; stopping")
                     r["corpus"] = corpus
                     results.append(r)

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from gpt2kit.errors import UserError, torch_load_error
+from gpt2kit.errors import UserError, first_line, torch_load_error
 from gpt2kit.io import atomic_write_text, atomic_write_with
 from gpt2kit.checkpoint_finetune import language_model_checkpoint
 from gpt2kit.checkpoint_sharded import META_FILE, SUFFIX as SHARDED_SUFFIX, MetadataError, read_tensors
@@ -181,8 +181,7 @@ def _read_sharded(path: Path, weights: bool, optimizer: bool) -> dict[str, Any]:
     except MetadataError as e:
         raise UserError(f"{path}: {e}; only gpt2kit checkpoints are accepted") from None
     except Exception as e:  # DCP wraps a missing or cut shard in its own exception types
-        why = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-        raise UserError(f"{path}: the sharded checkpoint's tensors could not be read ({why}); "
+        raise UserError(f"{path}: the sharded checkpoint's tensors could not be read ({first_line(e, 200)}); "
                         "is a file missing or damaged?") from None
     if weights:
         ckpt["model"] = tree.get("model", {})

@@ -23,6 +23,8 @@ from typing import Any, Iterable, Iterator
 import torch
 import torch.nn as nn
 
+from gpt2kit.errors import first_line
+
 SUFFIX = ".dcp"
 """The name ending of a sharded checkpoint directory."""
 META_FILE = "meta.pt"
@@ -125,8 +127,7 @@ def _plain_errors() -> Iterator[None]:
         failures = getattr(e, "failures", {}) or {}
         first = next(iter(failures.values()), e)
         cause = first[0] if isinstance(first, tuple) else first  # (exception, traceback) in some versions
-        lines = str(cause).strip().splitlines()
-        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else (lines or [type(cause).__name__])[0]
+        why = cause.strerror if isinstance(cause, OSError) and cause.strerror else first_line(cause)
         raise RuntimeError(f"rank {', '.join(map(str, sorted(failures)))}: {why}") from None
 
 

@@ -24,7 +24,7 @@ from gpt2kit.checkpoint import (
 )
 from gpt2kit.checkpoint_sharded import load_tensors, save_tensors
 from gpt2kit.distributed import DistEnv, barrier, gather_objects
-from gpt2kit.errors import UserError
+from gpt2kit.errors import UserError, first_line
 from gpt2kit.io import atomic_write_text, publish_dir
 from gpt2kit.model.config import SHAPE_KEYS
 from gpt2kit.train.optim import Optimizer, load_optimizer_state
@@ -82,9 +82,8 @@ class Checkpointer:
             try:
                 load_tensors(point.path, model, optimizer, ckpt["optimizer_param_groups"])
             except (ValueError, KeyError, RuntimeError) as e:
-                why = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
                 raise UserError(f"--resume: {point.path}: the sharded checkpoint does not fit this model and "
-                                f"--optimizer, or a file of it is missing or damaged ({why})") from None
+                                f"--optimizer, or a file of it is missing or damaged ({first_line(e, 300)})") from None
             return
         fmt = ckpt.get("optimizer_format", "index")
         if fmt == "index" and fsdp:
@@ -180,11 +179,11 @@ class Checkpointer:
     # ---- helpers
 
     def _write_failed(self, path: Path, e: Exception) -> UserError:
-        why = e.strerror if isinstance(e, OSError) and e.strerror else (str(e).strip().splitlines() or [""])[0]
+        why = e.strerror if isinstance(e, OSError) and e.strerror else first_line(e)
         kept = list_step_checkpoints(self.run_dir)
         kept_msg = f"the previous checkpoint {kept[-1]} is intact" if kept else "no earlier checkpoint exists"
         return UserError(
-            f"{path}: could not write the checkpoint ({why or type(e).__name__}; is the disk full?); "
+            f"{path}: could not write the checkpoint ({why}; is the disk full?); "
             f"nothing was overwritten, {kept_msg}; free space, then continue with --resume auto"
         )
 

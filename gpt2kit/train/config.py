@@ -362,7 +362,8 @@ def demo_cpu() -> TrainConfig:
     return TrainConfig(
         preset="demo-cpu", out="runs/demo", model=_pretraining_model("demo-cpu"), batch_size=8,
         total_batch_tokens=None, lr=3e-3, min_lr_ratio=0.1, warmup_steps=30, schedule_steps=1600,
-        optimizer="muon", muon_lr=0.02, lr_schedule="wsd", decay_fraction=0.3, weight_decay=0.1, beta1=0.9, beta2=0.95, grad_clip=1.0, dtype="auto",
+        optimizer="muon", muon_lr=0.02, lr_schedule="wsd", decay_fraction=0.3, weight_decay=0.1, beta1=0.9,
+        beta2=0.95, grad_clip=1.0, dtype="auto",
         compile=False, log_every=10, eval_every=200, eval_batches=20, save_every=400, keep_last=2, samples=2,
         sample_tokens=48, sample_prompt="The",
     )

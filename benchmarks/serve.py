@@ -219,21 +219,19 @@ def main() -> None:
 
     single = ours[clients[0]][0]
     reference = {i: r[0] for i, r in enumerate(ours[clients[-1]][1]) if r is not None}  # texts at most clients
-    print(f"\n| clients | gpt2kit tok/s | x own {clients[0]}-client | {args.baseline} tok/s | ratio | failed "
-          "(gpt2kit/baseline) | same text at every concurrency | same text as baseline |")
-    print("|---|---|---|---|---|---|---|---|")
+    head = f"| clients | gpt2kit tok/s | x own {clients[0]}-client | failed | same text at every concurrency |"
+    if base:
+        head += f" {args.baseline} tok/s | ratio | baseline failed | same text as baseline |"
+    print("\n" + head + "\n" + "|---" * head.count(" | ") + "|---|")
     for c in clients:
         tps, res, failed = ours[c]
         same = all(r is not None and r[0] == reference.get(i) for i, r in enumerate(res))
+        row = f"| {c} | {tps:.1f} | {tps / single:.2f}x | {failed} | {'yes' if same else 'NO'} |"
         if base:
             btps, bres, bfailed = base[c]
             as_base = all(a is not None and b is not None and a[0] == b[0] for a, b in zip(res, bres))
-            row = f"{btps:.1f} | {tps / btps:.2f}x | {failed}/{bfailed} | {'yes' if same else 'NO'} | " \
-                  f"{'yes' if as_base else 'no'}"
-        else:
-            row = f"- | - | {failed}/- | {'yes' if same else 'NO'} | -"
-        print(f"| {c} | {tps:.1f} | {tps / single:.2f}x | {row} |", flush=True)
-
+            row += f" {btps:.1f} | {tps / btps:.2f}x | {bfailed} | {'yes' if as_base else 'no'} |"
+        print(row, flush=True)
 
 if __name__ == "__main__":
     main()

@@ -75,15 +75,19 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import load_model
     from gpt2kit.cli.common import resolve_device, resolve_dtype
     from gpt2kit.finetune.data import template_from_checkpoint
-    from gpt2kit.serve.engine import Engine
+    from gpt2kit.serve.engine import Engine, on_passing_thread
     from gpt2kit.tokenizer import get_tokenizer
 
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key is empty; give a key, or leave the flag out for an open server")
     sock = _bind(args.host, args.port)
-    loaded = load_model(args.checkpoint, device=resolve_device(args.device), dtype=resolve_dtype(args.dtype))
+    def build() -> tuple:
+        device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
+        loaded = load_model(args.checkpoint, device=device, dtype=dtype)
+        return loaded, Engine(loaded.model, max_batch=args.max_batch, max_queue=args.max_queue)
+
+    loaded, engine = on_passing_thread(build)  # the engine thread stays the only one with torch workers
     template = template_from_checkpoint(loaded.checkpoint, loaded.source)
-    engine = Engine(loaded.model, max_batch=args.max_batch, max_queue=args.max_queue)
     served = ServedModel(name=args.model_name or _model_name(args.checkpoint), engine=engine,
                          tokenizer=get_tokenizer(), template=template, api_key=args.api_key)
 

@@ -24,13 +24,43 @@ import collections
 import contextlib
 import threading
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, TypeVar
 
 import torch
 
 from gpt2kit.fastpath import packed_cpu_linears
 from gpt2kit.generation import packed_by_default, sample_next
 from gpt2kit.model.gpt import GPT, KVCache
+
+
+T = TypeVar("T")
+
+
+def on_passing_thread(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a thread that ends when it returns; return its result or raise its exception.
+
+    Build the model and the :class:`Engine` this way when the process does no other torch work. Torch's CPU ops
+    run on OpenMP, and libgomp gives each thread that starts a parallel op its own team of worker threads, kept
+    as long as that thread lives. Once a process holds more of them than there are cores, libgomp stops spinning
+    between ops and lets the workers sleep, so every op pays a wake-up: with the model loaded on the main thread
+    and decoded on the engine thread, one-row decode steps on 2 cores ran about 1.5x slower (benchmarks/RESULTS.md).
+    Loading on a thread that ends leaves the engine thread's team the only one.
+    """
+    out: list = []
+
+    def target() -> None:
+        try:
+            out.append((True, fn()))
+        except BaseException as e:  # re-raised on the caller's thread
+            out.append((False, e))
+
+    thread = threading.Thread(target=target, name="gpt2kit-load")
+    thread.start()
+    thread.join()
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value
 
 
 class QueueFull(Exception):

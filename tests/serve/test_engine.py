@@ -11,7 +11,7 @@ import torch
 from gpt2kit import GPTConfig
 from gpt2kit.generation import generate
 from gpt2kit.model.gpt import GPT
-from gpt2kit.serve.engine import Engine, QueueFull, SamplingParams
+from gpt2kit.serve.engine import Engine, QueueFull, SamplingParams, on_passing_thread
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +134,21 @@ def test_requests_that_do_not_fit_are_refused(model):
         engine.submit([1] * 100, SamplingParams(29), lambda t: None, lambda r: None)
     with pytest.raises(ValueError, match="at least one token"):
         engine.submit([], SamplingParams(1), lambda t: None, lambda r: None)
+
+
+def test_on_passing_thread_returns_or_raises_on_the_caller():
+    names = []
+
+    def work() -> int:
+        names.append(threading.current_thread().name)
+        return 7
+
+    assert on_passing_thread(work) == 7
+    assert names == ["gpt2kit-load"]  # it ran elsewhere, on a thread that has ended
+    assert not any(t.name == "gpt2kit-load" for t in threading.enumerate())
+
+    def fail() -> None:
+        raise FileNotFoundError("no such checkpoint")
+
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        on_passing_thread(fail)

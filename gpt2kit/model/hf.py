@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from gpt2kit.errors import UserError, torch_load_error
+from gpt2kit.errors import UserError, first_line, torch_load_error
 from gpt2kit.model.config import GPT2_VOCAB_SIZE, GPTConfig
 from gpt2kit.io import atomic_write_text, atomic_write_with
 from gpt2kit.tokenizer import EOT_ID, hf_tokenizer_files
@@ -103,9 +103,9 @@ def read_hf_state_dict(directory: Path) -> dict[str, torch.Tensor]:
             try:
                 return load_file(str(path))
             except Exception as e:  # corrupt, truncated or not a weights file at all
-                first = (str(e).strip().splitlines() or [""])[0][:200]
                 raise UserError(
-                    f"{path}: cannot read weights ({type(e).__name__}: {first}); re-download or re-export it"
+                    f"{path}: cannot read weights ({type(e).__name__}: {first_line(e, 200)}); re-download or "
+                    "re-export it"
                 ) from None
         try:
             return torch.load(path, map_location="cpu", weights_only=True)

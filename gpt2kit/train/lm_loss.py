@@ -67,8 +67,9 @@ def _chunk(hm: torch.Tensor, wm: torch.Tensor, safe_t: torch.Tensor, valid: torc
         z.mul_(valid[:, None].to(z.dtype))
     scale = 1.0 / denom
     if z.data_ptr() != logits.data_ptr():
-        # back to the matmul dtype, scaled first as the model's float32 loss gradient is
-        torch.mul(z, scale, out=logits[:, :V])
+        # back to the matmul dtype, scaled first as the model's float32 loss gradient is (in place: an out= of
+        # another dtype would allocate an (N, V) float32 temporary every step)
+        logits[:, :V].copy_(z.mul_(scale))
         scale = 1.0
     logits[:, V:].zero_()  # padded vocabulary rows: never targets, logits unused
     grad_h = torch.mm(logits, wm).mul_(scale)  # (N, C)

@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
 Streaming answers are server-sent events in OpenAI's chunk format ending with ``data: [DONE]``; the last chunk
-before it carries ``usage``. Every error is ``{"error": {"message", "type", "param", "code"}}``.
+before it carries ``usage`` (with ``stream_options.include_usage`` a chunk of its own with empty ``choices``, as
+OpenAI sends it). Every error is ``{"error": {"message", "type", "param", "code"}}``.
 
 Text lives here, not in the engine: token ids are decoded incrementally (a character split over two tokens
 waits for its second half) and ``stop`` strings are matched on the decoded text, holding back the few
@@ -103,6 +104,9 @@ class Common:
     stop: list[str]
     stream: bool
     n: int
+    include_usage: bool = False
+    """``stream_options.include_usage``: usage in a last chunk of its own with empty ``choices``, as OpenAI sends
+    it; otherwise on the chunk that ends the last choice (clients that read ``chunk.choices[0]`` keep working)."""
 
 
 COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "n",
@@ -138,6 +142,7 @@ def parse_common(body: dict[str, Any], served: ServedModel, allowed: set[str], d
     stream_options = _field(body, "stream_options", (dict,), "an object", {})
     if set(stream_options) - {"include_usage"}:
         raise ApiError(400, "'stream_options' supports only include_usage (usage is always sent)", "stream_options")
+    include_usage = _field(stream_options, "include_usage", (bool,), "true or false", False)
     return Common(
         max_tokens=_int(body, "max_tokens", 1, default_max),
         temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
@@ -147,6 +152,7 @@ def parse_common(body: dict[str, Any], served: ServedModel, allowed: set[str], d
         stop=stops,
         stream=_field(body, "stream", (bool,), "true or false", False),
         n=_int(body, "n", 1, 1),
+        include_usage=include_usage,
     )
 
 
@@ -448,7 +454,7 @@ def create_app(served: ServedModel) -> FastAPI:
                            for c in gen.choices]
             return {**head, "choices": choices, "usage": gen.usage()}
 
-        def chunk(c: Choice, text: str | None, first: bool = False) -> str:
+        def chunk(c: Choice, text: str | None, first: bool = False, usage: bool = False) -> str:
             if chat:
                 delta: dict[str, Any] = {"role": "assistant", "content": ""} if first else (
                     {"content": text} if text else {})
@@ -457,7 +463,7 @@ def create_app(served: ServedModel) -> FastAPI:
                 choice = {"index": c.index, "text": text or "", "logprobs": None, "finish_reason": None}
             if c.finish_reason is not None and not first:
                 choice["finish_reason"] = c.finish_reason
-            return _sse({**head, "choices": [choice]})
+            return _sse({**head, "choices": [choice], **({"usage": gen.usage()} if usage else {})})
 
         async def events() -> AsyncIterator[str]:
             try:
@@ -470,10 +476,12 @@ def create_app(served: ServedModel) -> FastAPI:
                     text = c.fresh_text()
                     if c.finish_reason is not None and c.index not in ended:
                         ended.add(c.index)
-                        yield chunk(c, text)
+                        last = len(ended) == len(gen.choices)
+                        yield chunk(c, text, usage=last and not common.include_usage)
                     elif text:
                         yield chunk(c, text)
-                yield _sse({**head, "choices": [], "usage": gen.usage()})
+                if common.include_usage:
+                    yield _sse({**head, "choices": [], "usage": gen.usage()})
                 yield "data: [DONE]\n\n"
             except ApiError as e:
                 yield _sse(e.payload())

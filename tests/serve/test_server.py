@@ -92,13 +92,18 @@ def test_streaming_is_openai_sse(sft_server):
     chunks = list(client.completions.create(model="sft", prompt="Once", max_tokens=9, temperature=0, stream=True,
                                             stream_options={"include_usage": True}))
     assert "".join(c.choices[0].text for c in chunks if c.choices) == whole
-    assert chunks[-1].usage.completion_tokens == 9 and chunks[-2].choices[0].finish_reason == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 9
+    assert chunks[-2].choices[0].finish_reason == "length" and chunks[-2].usage is None
     with httpx.stream("POST", sft_server.url + "/completions", timeout=60,
                       json={"prompt": "Once", "max_tokens": 3, "stream": True}) as resp:
         assert resp.headers["content-type"].startswith("text/event-stream")
         lines = [ln for ln in resp.iter_lines() if ln]
     assert all(ln.startswith("data: ") for ln in lines) and lines[-1] == "data: [DONE]"
-    assert json.loads(lines[-2][6:])["usage"]["completion_tokens"] == 3
+    last = json.loads(lines[-2][6:])  # without include_usage, usage rides on the chunk that ends the choice
+    assert last["usage"]["completion_tokens"] == 3 and last["choices"][0]["finish_reason"] == "length"
+    # so the usual client loop, which reads chunk.choices[0] of every chunk, works as against OpenAI
+    chunks = list(client.completions.create(model="sft", prompt="Once", max_tokens=9, temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in chunks) == whole and chunks[-1].usage.completion_tokens == 9
 
 
 def test_16_concurrent_clients_equal_their_single_requests(sft_server):

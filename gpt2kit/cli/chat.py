@@ -24,7 +24,8 @@ one generator seeded by --seed serves the whole conversation, so the same inputs
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(p)
     p.add_argument("--system", default=None, help="a system message that starts the conversation (chat templates)")
-    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="most tokens in one reply")
+    p.add_argument("--max-new-tokens", type=positive_int, default=None,
+                   help="most tokens in one reply (default: 256, or half the model's context where that is less)")
     add_sampling_arguments(p, seed_help="random seed (same seed and inputs, same replies)")
     add_device_arguments(p)
 
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_model(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
     model = loaded.model
     block_size = model.config.block_size
+    if args.max_new_tokens is None:
+        args.max_new_tokens = min(256, block_size // 2)
     budget = block_size - args.max_new_tokens  # prompt tokens that leave room for a whole reply
     if budget < 1:
         raise UserError(f"--max-new-tokens {args.max_new_tokens} leaves no room for the conversation in the "

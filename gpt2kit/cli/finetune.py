@@ -24,7 +24,8 @@ See docs/finetune.md for the data formats, templates and what happens to over-lo
 CLASSIFY_DESCRIPTION = """\
 Replace the LM head by a classification head over the hidden state of each text's last real token and
 train on a CSV/TSV/JSONL/JSON file with text and label columns (--text-column, --label-column). Labels are
-the sorted set of the training file's labels (or --labels). Accuracy and macro-F1 on --val are logged every
+the sorted set of the training file's labels (or --labels). Accuracy and macro-F1 on --val (without it, on the
+share of --train that --val-fraction holds out) are logged every
 epoch; at the end the best checkpoint (by val loss) is scored on --test and RUN/results.json is written
 (val_accuracy per epoch, test_accuracy, test_macro_f1).
 

@@ -30,7 +30,11 @@ class FinetuneConfig(LoopConfig):
     train: str | None = None
     """Training data file (.csv, .tsv, .jsonl or .json)."""
     val: str | None = None
-    """Validation data file, evaluated every epoch (the best checkpoint is chosen by its loss)."""
+    """Validation data file, evaluated every epoch (the best checkpoint is chosen by its loss); without it
+    --val-fraction of the training examples are held out instead."""
+    val_fraction: float = 0.1
+    """Without --val: this share of --train's examples (at least one; a fixed choice by --seed) is held out for
+    validation and not trained on."""
     epochs: int = 3
     """Passes over the training data."""
     evals_per_epoch: int = 1
@@ -67,6 +71,8 @@ class FinetuneConfig(LoopConfig):
         super().validate()
         _positive(self, "epochs", "evals_per_epoch", "accum_steps")
         _nonneg(self, "lora_rank", "lora_dropout")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"--val-fraction must be between 0 and 1, got {self.val_fraction}")
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(f"--max-length must be >= 2, got {self.max_length}")
         if self.lora_rank:

@@ -44,7 +44,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Literal, Sequence, TypeVar
 
 import numpy as np
 import torch
@@ -144,6 +144,10 @@ class ClassificationData:
     def fingerprint(self) -> str:
         """A short hash of the exact token ids and labels (a resumed run checks its data did not change)."""
         return _fingerprint(self.ids, self.labels)
+
+    def subset(self, items: Sequence[int]) -> "ClassificationData":
+        """The examples at ``items``, in that order."""
+        return ClassificationData([self.ids[i] for i in items], [self.labels[i] for i in items], self.vocab)
 
 
 def label_string(value: Any) -> str | None:
@@ -399,6 +403,10 @@ class SFTData:
         """A short hash of the exact token ids and masks."""
         return _fingerprint([e.ids for e in self.examples], [int(m) for e in self.examples for m in e.trainable])
 
+    def subset(self, items: Sequence[int]) -> "SFTData":
+        """The examples at ``items``, in that order."""
+        return SFTData([self.examples[i] for i in items])
+
 
 def _text_field(rec: dict[str, Any], name: str, where: str, required: bool, what: str) -> str:
     value = rec.get(name)
@@ -493,6 +501,20 @@ def load_sft(path: str | Path, template: PromptTemplate, *, max_length: int, ove
     if not out.examples:
         raise UserError(f"{path}: no example is left after dropping over-long ones; raise --max-length")
     return out
+
+
+D = TypeVar("D", "ClassificationData", "SFTData")
+
+
+def hold_out(data: D, fraction: float, seed: int, path: str) -> tuple[D, D]:
+    """Split ``data`` into (train, validation): ``fraction`` of the examples (at least one, never all) chosen by
+    ``seed``, each part in file order. For a run given --train without --val."""
+    n = len(data)
+    if n < 2:
+        raise UserError(f"{path}: {n} example(s), too few to hold out a validation share; give --val FILE")
+    k = min(max(1, round(n * fraction)), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return data.subset(sorted(order[k:].tolist())), data.subset(sorted(order[:k].tolist()))
 
 
 def _fingerprint(seqs: Sequence[Sequence[int]], extra: Sequence[int]) -> str:

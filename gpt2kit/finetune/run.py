@@ -31,8 +31,8 @@ from gpt2kit.checkpoint import load_model
 from gpt2kit.eval.scoring import autocast_context
 from gpt2kit.finetune.classifier import GPTClassifier, load_classifier, set_trainable, trainable_summary
 from gpt2kit.finetune.data import (
-    EpochBatches, classification_batch, get_template, label_vocabulary, load_classification, load_sft,
-    pack_examples, packed_attn_mask, packed_batch, sft_batch, steps_per_epoch,
+    D, EpochBatches, classification_batch, get_template, hold_out, label_vocabulary, load_classification,
+    load_sft, pack_examples, packed_attn_mask, packed_batch, sft_batch, steps_per_epoch,
 )
 from gpt2kit.finetune.evaluate import evaluate_classifier, evaluate_sft
 from gpt2kit.generation import generate
@@ -49,7 +49,7 @@ def resolve_finetune_config(cls: type, overrides: dict[str, Any], log: Callable[
     """The run's settings and the checkpoint it resumes from (if any).
 
     A new run takes the defaults of ``cls`` plus ``overrides``; a resumed run its saved settings plus
-    ``overrides``. ``--out`` is always required; ``--checkpoint``, ``--train`` and ``--val`` for a new run.
+    ``overrides``. ``--out`` is always required; ``--checkpoint`` and ``--train`` for a new run.
     """
     task = "classify" if cls is ClassifyConfig else "sft"
     out = overrides.get("out")
@@ -59,7 +59,7 @@ def resolve_finetune_config(cls: type, overrides: dict[str, Any], log: Callable[
     point = find_resume(out, spec) if spec else None
     if point is None:
         cfg = resolve_config(cls(), overrides)
-        missing = [f"--{name}" for name in ("checkpoint", "train", "val") if not getattr(cfg, name)]
+        missing = [f"--{name}" for name in ("checkpoint", "train") if not getattr(cfg, name)]
         if missing:
             raise UserError(f"{', '.join(missing)}: required for a new fine-tuning run")
         return cfg, None
@@ -97,6 +97,16 @@ def _max_length(cfg: FinetuneConfig, model: GPT) -> int:
         raise UserError(f"--max-length {cfg.max_length} is longer than the model's context ({block} tokens); "
                         f"use at most {block}")
     return cfg.max_length
+
+
+def _val_split(cfg: FinetuneConfig, train: D, val: D | None, say: Callable[[str], None]) -> tuple[D, D]:
+    """``(train, val)`` as loaded, or, without --val, ``train`` split by --val-fraction (the same split on resume)."""
+    if val is not None:
+        return train, val
+    train, val = hold_out(train, cfg.val_fraction, cfg.seed, cfg.train)
+    say(f"no --val: {len(val)} of {len(train) + len(val)} examples of {cfg.train} are held out for validation "
+        f"(--val-fraction {cfg.val_fraction}, chosen by --seed {cfg.seed}) and not trained on")
+    return train, val
 
 
 def _note_lengths(say: Callable[[str], None], path: str, n: int, truncated: int, dropped: int, max_len: int) -> None:
@@ -180,11 +190,12 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
         kw = dict(max_length=max_len, text_column=cfg.text_column, label_column=cfg.label_column,
                   overlong=cfg.overlong)
         train_data = load_classification(cfg.train, vocab, **kw)
-        val_data = load_classification(cfg.val, vocab, **kw)
+        val_data = load_classification(cfg.val, vocab, **kw) if cfg.val else None
         test_data = load_classification(cfg.test, vocab, **kw) if cfg.test else None
         for path, d in ((cfg.train, train_data), (cfg.val, val_data), (cfg.test, test_data)):
             if d is not None:
                 _note_lengths(say, path, len(d), d.truncated, d.dropped, max_len)
+        train_data, val_data = _val_split(cfg, train_data, val_data, say)
 
         torch.manual_seed(cfg.seed)  # the same head and adapters on every rank
         model = GPTClassifier(backbone, len(vocab))
@@ -275,9 +286,11 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
         max_len = _max_length(cfg, model)
         template = get_template(cfg.template)
         train_data = load_sft(cfg.train, template, max_length=max_len, overlong=cfg.overlong)
-        val_data = load_sft(cfg.val, template, max_length=max_len, overlong=cfg.overlong)
+        val_data = load_sft(cfg.val, template, max_length=max_len, overlong=cfg.overlong) if cfg.val else None
         for path, d in ((cfg.train, train_data), (cfg.val, val_data)):
-            _note_lengths(say, path, len(d), d.truncated, d.dropped, max_len)
+            if d is not None:
+                _note_lengths(say, path, len(d), d.truncated, d.dropped, max_len)
+        train_data, val_data = _val_split(cfg, train_data, val_data, say)
 
         torch.manual_seed(cfg.seed)
         lora = cfg.lora_config()

@@ -4,6 +4,7 @@ load and export, sample --instruction uses the stored template, and a stopped ru
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -11,7 +12,10 @@ import torch.nn.functional as F
 
 from gpt2kit import GPTConfig, generate
 from gpt2kit.cli import main
-from gpt2kit.finetune.data import TEMPLATES, SFTExample, encode_pieces, packed_batch, record_pieces, sft_batch
+from gpt2kit.errors import UserError
+from gpt2kit.finetune.data import (
+    TEMPLATES, SFTExample, encode_pieces, get_template, hold_out, load_sft, packed_batch, record_pieces, sft_batch,
+)
 from gpt2kit.finetune.run import sft_loss
 from gpt2kit.model.gpt import GPT
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
@@ -166,3 +170,25 @@ def test_sft_data_errors_are_one_line(ft_dir, sft_files, tmp_path, capsys):
     assert "not a built-in template" in capsys.readouterr().err
     assert main(_sft_argv(ft_dir, *sft_files, tmp_path / "r", "--lora-targets", "q_proj", "--lora-rank", "2")) == 2
     assert "unknown target 'q_proj'" in capsys.readouterr().err
+
+
+def test_without_val_a_seeded_share_of_train_is_held_out(ft_dir, sft_files, tmp_path, capsys):
+    train, _ = sft_files
+    template = get_template("alpaca")
+    data = load_sft(train, template, max_length=64)
+    kept, held = hold_out(data, 0.1, seed=7, path=str(train))
+    assert (len(kept), len(held)) == (22, 2)  # round(24 x 0.1), the rest in file order
+    where = {id(e): i for i, e in enumerate(data.examples)}
+    kept_at, held_at = [where[id(e)] for e in kept.examples], [where[id(e)] for e in held.examples]
+    assert sorted(kept_at + held_at) == list(range(24)) and kept_at == sorted(kept_at)
+    again = hold_out(data, 0.1, seed=7, path=str(train))[1]
+    assert [e.ids for e in again.examples] == [e.ids for e in held.examples]  # a resumed run splits the same
+    with pytest.raises(UserError, match="too few to hold out a validation share; give --val FILE"):
+        hold_out(data.subset([0]), 0.1, seed=7, path="one.jsonl")
+
+    argv = [a for a in _sft_argv(ft_dir, train, "-", tmp_path / "run", "--max-steps", "2") if a not in ("--val", "-")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"no --val: 2 of 24 examples of {train} are held out for validation" in out
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert math.isfinite(results["best_val_loss"])

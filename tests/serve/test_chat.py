@@ -55,6 +55,20 @@ def test_chat_with_a_base_model_continues_the_text(checkpoints, monkeypatch, cap
     assert capsys.readouterr().out == first + "\n" + second + "\n"
 
 
+def test_chat_fits_its_default_reply_length_to_a_short_context(tmp_path, monkeypatch, capsys):
+    from gpt2kit import GPTConfig
+    from gpt2kit.checkpoint import model_state_dict, save_checkpoint
+    from gpt2kit.model.gpt import GPT
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig.from_preset("tiny", block_size=128)).eval()  # demo-cpu's context: half of 256
+    save_checkpoint(tmp_path / "short.pt", {"model_config": model.config.to_dict(), "model": model_state_dict(model)})
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Once upon a time\n"))
+    assert main(["chat", "--checkpoint", str(tmp_path / "short.pt"), "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out == _reply(model, TOK.encode("Once upon a time"), 64) + "\n"  # 64 = half the context
+
+
 @pytest.mark.parametrize("argv, needle", [
     (["--max-new-tokens", "5000"], "leaves no room"),
     (["--system", "hi"], "no chat template"),

@@ -59,9 +59,13 @@ def resolve_finetune_config(cls: type, overrides: dict[str, Any], log: Callable[
     point = find_resume(out, spec) if spec else None
     if point is None:
         cfg = resolve_config(cls(), overrides)
-        missing = [f"--{name}" for name in ("checkpoint", "train") if not getattr(cfg, name)]
+        need = {"checkpoint": "the weights to start from (a gpt2kit run or checkpoint, a Hugging Face GPT-2 "
+                              "directory, or a hub name such as gpt2)",
+                "train": "the training data (.csv, .tsv, .jsonl or .json)"}
+        missing = [name for name in need if not getattr(cfg, name)]
         if missing:
-            raise UserError(f"{', '.join(missing)}: required for a new fine-tuning run")
+            raise UserError(", ".join(f"--{n}" for n in missing) + ": required for a new fine-tuning run; give "
+                            + " and ".join(need[n] for n in missing))
         return cfg, None
     record = finetune_record(point.checkpoint)
     if record is None or record.get("task") != task:

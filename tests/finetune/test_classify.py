@@ -120,7 +120,7 @@ def test_classify_errors_are_one_line(trained, ft_dir, tmp_path, capsys):
         (["finetune", "classify", "--checkpoint", str(ft_dir / "base.pt"), "--train", str(ft_dir / "train.csv"),
           "--val", str(tmp_path / "val.csv"), "--out", str(tmp_path / "r")], "label 'neutral' does not occur"),
         (["finetune", "classify", "--train", str(ft_dir / "train.csv"), "--out", str(tmp_path / "r")],
-         "--checkpoint, --val: required"),
+         "--checkpoint: required"),
         (["finetune", "classify", "--checkpoint", str(ft_dir / "base.pt")], "--out: required"),
         (["finetune", "classify", "--checkpoint", str(ft_dir / "base.pt"), "--train", str(ft_dir / "train.csv"),
           "--val", str(ft_dir / "val.csv"), "--out", str(tmp_path / "r"), "--max-length", "999"],

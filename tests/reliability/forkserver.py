@@ -248,6 +248,8 @@ def serve() -> None:
         if not line.strip():
             continue
         req = json.loads(line)
+        # the log exists before the child does: a kill at a random moment can land before the child opens it
+        open(req["log"], "wb").close()
         pid = os.fork()
         if pid == 0:
             _child(req)

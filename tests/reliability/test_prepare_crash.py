@@ -163,3 +163,10 @@ def test_workers_exit_when_only_the_main_process_is_killed(forkserver, corpus, t
     finally:
         for pid in group_members(pgid):  # the orphans this test created
             os.kill(pid, signal.SIGKILL)
+
+
+def test_a_kill_before_the_run_opens_its_log_still_reports(forkserver, corpus, tmp_path):
+    # the harness itself: a random kill moment near 0 s once landed before the child had opened its log
+    for i in range(10):
+        r = forkserver.run(prepare_argv(corpus, tmp_path / f"out{i}"), signal_after=0.0)
+        assert r.returncode == -signal.SIGKILL and isinstance(r.log, str)

@@ -247,7 +247,8 @@ def _torchrun_step(c: Check, parallel: str) -> dict[str, Any]:
     steps = (3, None) if c.dry else (10, 15)
     base = [c.python, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "gpt2kit", "train",
             "--preset", "demo-cpu", "--optimizer", "adamw", "--data", str(c.data), "--out", str(run_dir), *shape,
-            "--device", c.device, "--parallel", parallel, "--eval-every", str(steps[0]), "--save-every", str(steps[0]), "--keep-last", "1",
+            "--device", c.device, "--parallel", parallel, "--eval-every", str(steps[0]), "--save-every", str(steps[0]),
+            "--keep-last", "1",
             "--eval-batches", "2", "--samples", "1", "--sample-tokens", "8", "--log-every", "1", "--no-progress",
             "--no-tensorboard"]
     # NCCL prints its version when it starts a communicator: the sign that the group really runs on NCCL

@@ -233,5 +233,6 @@ def main() -> None:
             row += f" {btps:.1f} | {tps / btps:.2f}x | {bfailed} | {'yes' if as_base else 'no'} |"
         print(row, flush=True)
 
+
 if __name__ == "__main__":
     main()

@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key is empty; give a key, or leave the flag out for an open server")
     sock = _bind(args.host, args.port)
+
     def build() -> tuple:
         device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
         loaded = load_model(args.checkpoint, device=device, dtype=dtype)

@@ -21,6 +21,7 @@ are the caller's (:mod:`gpt2kit.serve.app`).
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import threading
 from dataclasses import dataclass, field
@@ -43,24 +44,11 @@ def on_passing_thread(fn: Callable[[], T]) -> T:
     run on OpenMP, and libgomp gives each thread that starts a parallel op its own team of worker threads, kept
     as long as that thread lives. Once a process holds more of them than there are cores, libgomp stops spinning
     between ops and lets the workers sleep, so every op pays a wake-up: with the model loaded on the main thread
-    and decoded on the engine thread, one-row decode steps on 2 cores ran about 1.5x slower (benchmarks/RESULTS.md).
+    and decoded on the engine thread, the server on 2 cores ran at about half speed (benchmarks/RESULTS.md).
     Loading on a thread that ends leaves the engine thread's team the only one.
     """
-    out: list = []
-
-    def target() -> None:
-        try:
-            out.append((True, fn()))
-        except BaseException as e:  # re-raised on the caller's thread
-            out.append((False, e))
-
-    thread = threading.Thread(target=target, name="gpt2kit-load")
-    thread.start()
-    thread.join()
-    ok, value = out[0]
-    if not ok:
-        raise value
-    return value
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpt2kit-load") as pool:
+        return pool.submit(fn).result()  # leaving the block joins the thread
 
 
 class QueueFull(Exception):

@@ -144,8 +144,8 @@ def test_on_passing_thread_returns_or_raises_on_the_caller():
         return 7
 
     assert on_passing_thread(work) == 7
-    assert names == ["gpt2kit-load"]  # it ran elsewhere, on a thread that has ended
-    assert not any(t.name == "gpt2kit-load" for t in threading.enumerate())
+    assert names == ["gpt2kit-load_0"]  # it ran elsewhere, on a thread that has ended
+    assert not any(t.name == "gpt2kit-load_0" for t in threading.enumerate())
 
     def fail() -> None:
         raise FileNotFoundError("no such checkpoint")

@@ -11,6 +11,11 @@ and LoRA adapters. LoRA's factors stay on AdamW because the update that matters 
 learning rates in use were tuned for AdamW. The two optimizers step together as one
 :class:`MuonWithAdamW` whose state dict holds both.
 
+``torch.optim.Muon`` runs its Newton-Schulz iterations in bfloat16, which is right where the device multiplies
+bfloat16 natively (CUDA with bf16, CPUs with AVX-512 BF16 or AMX) and many times slower than float32 where it
+is emulated (most laptop CPUs, MPS). There :class:`Float32Muon` runs the same update with the iterations in
+float32; its state dict is torch's, so a checkpoint resumes on either kind of machine.
+
 Every group's learning rate is ``base * lr_factor``: ``base`` is ``--lr`` (AdamW groups) or ``--muon-lr``
 (Muon groups) times the group's ``lr_scale``, read from the config at every step rather than stored in the
 group, so that ``--lr``/``--muon-lr`` given when resuming take effect (``load_state_dict`` restores the
@@ -19,12 +24,14 @@ saved group values).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import TYPE_CHECKING, Any, Callable, Union
 
 import torch
 import torch.nn as nn
 
+from gpt2kit.device import native_bf16
 from gpt2kit.errors import UserError
 from gpt2kit.train.schedule import lr_factor, muon_momentum_at
 
@@ -65,6 +72,77 @@ def muon_split(model: nn.Module) -> tuple[list[str], list[str]]:
         if p.requires_grad:
             (muon if is_hidden_matrix(name, p) else adamw).append(name)
     return muon, adamw
+
+
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+"""Newton-Schulz quintic coefficients of Keller Jordan's Muon (torch.optim.Muon's defaults)."""
+
+
+def orthogonalize(grad: torch.Tensor, dtype: torch.dtype, steps: int = 5, eps: float = 1e-7,
+                  coefficients: tuple[float, float, float] = NS_COEFFICIENTS) -> torch.Tensor:
+    """Muon's Newton-Schulz approximation of ``U V^T`` for ``grad = U S V^T``, computed in ``dtype``.
+
+    With ``dtype=torch.bfloat16`` this is ``torch.optim.Muon``'s iteration operation for operation; the result
+    keeps ``dtype`` (the caller's ``add_`` casts it to the parameter's).
+    """
+    a, b, c = coefficients
+    x = grad.to(dtype)  # (rows, cols)
+    wide = grad.size(0) > grad.size(1)
+    if wide:
+        x = x.T  # (small, large): the Gram matrix is the smaller one
+    x.div_(x.norm().clamp(min=eps))  # spectral norm <= Frobenius norm <= 1
+    for _ in range(steps):
+        gram = x @ x.T  # (small, small)
+        poly = torch.addmm(gram, gram, gram, beta=b, alpha=c)
+        x = torch.addmm(x, poly, x, beta=a)
+    return x.T if wide else x
+
+
+def _muon_lr_ratio(adjust_lr_fn: str | None, shape: torch.Size) -> float:
+    """torch.optim.Muon's learning-rate factor for a matrix of ``shape`` (``original`` or ``match_rms_adamw``)."""
+    rows, cols = shape[:2]
+    if adjust_lr_fn == "match_rms_adamw":
+        return 0.2 * math.sqrt(max(rows, cols))
+    return math.sqrt(max(1, rows / cols))
+
+
+class Float32Muon(torch.optim.Muon):
+    """``torch.optim.Muon`` with the Newton-Schulz iterations in float32, for devices that emulate bfloat16.
+
+    Same settings, same state (``momentum_buffer`` per parameter) and the same update as torch's step; only the
+    precision of :func:`orthogonalize` differs.
+    """
+
+    ns_dtype = torch.float32
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+        """One Muon update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, momentum = float(group["lr"]), group["momentum"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - momentum)
+                update = p.grad.lerp(buf, momentum) if group["nesterov"] else buf
+                update = orthogonalize(update, self.ns_dtype, group["ns_steps"], group["eps"],
+                                       group["ns_coefficients"])
+                p.mul_(1 - lr * group["weight_decay"])
+                p.add_(update, alpha=-lr * _muon_lr_ratio(group["adjust_lr_fn"], p.shape))
+        return loss
+
+
+def muon_class(device: torch.device) -> type[torch.optim.Muon]:
+    """torch's Muon where ``device`` multiplies bfloat16 natively, else :class:`Float32Muon`."""
+    return torch.optim.Muon if native_bf16(device.type) else Float32Muon
 
 
 class MuonWithAdamW:
@@ -149,7 +227,7 @@ def build_optimizer(model: nn.Module, cfg: "LoopConfig", device: torch.device,
     if not muon_groups:
         raise UserError("--optimizer muon: none of the trained parameters is a hidden matrix (a block's attention "
                         "or MLP weight; LoRA adapters, embeddings and heads train with AdamW); use --optimizer adamw")
-    muon = torch.optim.Muon(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True,
+    muon = muon_class(device)(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True,
                             adjust_lr_fn=cfg.muon_adjust_lr_fn)
     return MuonWithAdamW(muon, torch.optim.AdamW(adamw_groups, **adamw_kw))
 

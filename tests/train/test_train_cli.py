@@ -133,7 +133,7 @@ def test_two_gloo_ranks_follow_the_single_process_trajectory(data_dir, tmp_path,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "world 2 x cpu | grad accum 1" in proc.stdout
     a, b = _metrics(single), _metrics(ddp)
-    # torch.optim.Muon orthogonalizes in bfloat16 (hard-coded), which magnifies the last-bit differences between
+    # Muon orthogonalizes in bfloat16 where the CPU has it natively, which magnifies the last-bit differences between
     # summing gradients over micro-steps and all-reducing them over ranks; AdamW's update does not
     tol = dict(abs=1e-5) if optimizer == "adamw" else dict(rel=1e-4)
     assert losses(b) == pytest.approx(losses(a), **tol)

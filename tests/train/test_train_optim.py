@@ -10,7 +10,14 @@ from gpt2kit.checkpoint import read_checkpoint
 from gpt2kit.errors import UserError
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train.config import LoopConfig, get_preset
-from gpt2kit.train.optim import MuonWithAdamW, apply_schedule, build_optimizer, muon_split
+from gpt2kit.train.optim import (
+    Float32Muon,
+    MuonWithAdamW,
+    apply_schedule,
+    build_optimizer,
+    muon_split,
+    orthogonalize,
+)
 from gpt2kit.train.pretrain import resolve_train_config, run_pretraining
 
 
@@ -96,3 +103,40 @@ def test_lrs_given_on_resume_take_effect_over_the_saved_group_values():
     assert [g["lr"] for g in opt.param_groups] == [0.05, 1e-3, 1e-3]  # the saved values came back
     assert apply_schedule(opt, 0, new) == 2e-4
     assert [g["lr"] for g in opt.param_groups] == [0.01, 2e-4, 2e-4]
+
+
+@pytest.mark.parametrize("adjust_lr_fn", [None, "match_rms_adamw"])
+def test_float32_muon_is_torchs_update_with_the_iterations_in_float32(adjust_lr_fn):
+    # with its iterations put back in bfloat16 Float32Muon is torch.optim.Muon bit for bit: the same update
+    class Bfloat16Muon(Float32Muon):
+        ns_dtype = torch.bfloat16
+
+    def run(cls):
+        torch.manual_seed(0)
+        ps = [torch.nn.Parameter(torch.randn(48, 16)), torch.nn.Parameter(torch.randn(16, 40))]
+        opt = cls([{"params": ps, "weight_decay": 0.1}], lr=0.02, adjust_lr_fn=adjust_lr_fn)
+        for _ in range(3):
+            for p in ps:
+                p.grad = torch.randn_like(p)
+            opt.step()
+        return ps, opt
+
+    torch_ps, torch_opt = run(torch.optim.Muon)
+    same_ps, _ = run(Bfloat16Muon)
+    f32_ps, f32_opt = run(Float32Muon)
+    assert all(torch.equal(a, b) for a, b in zip(torch_ps, same_ps))
+    assert all(torch.allclose(a, b, atol=1e-3) and not torch.equal(a, b) for a, b in zip(torch_ps, f32_ps))
+    assert f32_opt.state_dict()["param_groups"] == torch_opt.state_dict()["param_groups"]
+    # orthogonalize approximates U V^T: singular values near 1 (the quintic leaves them in about (0.5, 1.5))
+    s = torch.linalg.svdvals(orthogonalize(torch.randn(64, 24), torch.float32))
+    assert s.min() > 0.5 and s.max() < 1.5
+
+
+def test_muon_orthogonalizes_in_bfloat16_only_where_the_device_computes_it_natively(monkeypatch):
+    import gpt2kit.train.optim as optim
+
+    for native, cls in ((True, torch.optim.Muon), (False, Float32Muon)):
+        monkeypatch.setattr(optim, "native_bf16", lambda device_type, native=native: native)
+        model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32))
+        opt = build_optimizer(model, LoopConfig(optimizer="muon"), torch.device("cpu"))
+        assert type(opt.muon) is cls

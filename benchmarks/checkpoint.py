@@ -36,12 +36,12 @@ from pathlib import Path
 
 import torch
 
+from gpt2kit.checkpoint import find_resume
 from gpt2kit.distributed import DistEnv, barrier, gather_objects, setup_distributed, teardown, wrap_model
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.train.checkpointer import Checkpointer
 from gpt2kit.train.config import LoopConfig
 from gpt2kit.train.optim import build_optimizer
-from gpt2kit.train.state import find_resume
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

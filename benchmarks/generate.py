@@ -81,7 +81,8 @@ def main() -> None:
     if not args.no_hf:
         import transformers
 
-        from gpt2kit.model.hf import config_to_hf, state_dict_to_hf
+        from gpt2kit.checkpoint.hf import config_to_hf
+        from gpt2kit.model.hf_keys import state_dict_to_hf
 
         hf_base = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config_to_hf(cfg))).eval()
         hf_base.load_state_dict(state_dict_to_hf(model_state_dict(base), cfg), strict=False)

@@ -33,7 +33,7 @@ import torch
 
 from gpt2kit import GPT, GPTConfig
 from gpt2kit.checkpoint import model_state_dict
-from gpt2kit.model.hf import write_hf_dir
+from gpt2kit.checkpoint.hf import write_hf_dir
 from gpt2kit.tokenizer import get_tokenizer
 
 WORDS = "the state of the union is strong and our people are free to build a future worth having".split()

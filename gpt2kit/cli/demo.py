@@ -43,14 +43,13 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from gpt2kit.checkpoint import load_model
+    from gpt2kit.checkpoint import find_resume, load_model
     from gpt2kit.data.prepare import prepare
     from gpt2kit.errors import UserError
     from gpt2kit.generation import generate
     from gpt2kit.tokenizer import get_tokenizer
     from gpt2kit.train.config import get_preset, resolve_config
     from gpt2kit.train.pretrain import run_pretraining, summary_line
-    from gpt2kit.train.state import find_resume
 
     t0 = time.perf_counter()
     out = Path(args.out)

@@ -5,7 +5,7 @@ tokenize the data, build the model from ``--checkpoint`` (a classification head 
 top), and hand everything to :func:`gpt2kit.train.loop.train`, which owns the optimizer, schedule,
 progress bar, ``metrics.jsonl``, checkpoints, best-by-val-loss and ``--resume``. The fine-tune's
 metadata (task, labels or prompt template, LoRA settings) rides in every checkpoint under ``finetune``
-(see :mod:`gpt2kit.checkpoint_finetune`). At the end rank 0 writes ``RUN/results.json``.
+(see :mod:`gpt2kit.checkpoint.finetune`). At the end rank 0 writes ``RUN/results.json``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any, Callable
 import torch
 
 from gpt2kit.errors import UserError
-from gpt2kit.checkpoint_finetune import RECORD_KEY, RECORD_VERSION, finetune_record
+from gpt2kit.checkpoint.finetune import RECORD_KEY, RECORD_VERSION, finetune_record
 from gpt2kit.finetune.config import ClassifyConfig, FinetuneConfig, SFTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.train.config import resolve_config
@@ -26,8 +26,7 @@ from gpt2kit.distributed import DistEnv, distributed
 from gpt2kit.train.loop import train
 from gpt2kit.train.optim import decay_param_groups
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
-from gpt2kit.train.state import ResumePoint, find_resume
-from gpt2kit.checkpoint import load_model
+from gpt2kit.checkpoint import ResumePoint, find_resume, load_model
 from gpt2kit.eval.scoring import autocast_context
 from gpt2kit.finetune.classifier import GPTClassifier, load_classifier, set_trainable, trainable_summary
 from gpt2kit.finetune.data import (

@@ -1,6 +1,10 @@
 """The run directory's checkpoints during training: where a run resumes from, saving, pruning, best tracking, and
 the repairs a killed run needs before it continues.
 
+The files and their layout are :mod:`gpt2kit.checkpoint`'s; the checkpointer is the trainer's component that
+orchestrates them with the optimizer and the ranks (which is why it sits in ``train/``, above ``distributed``
+and the optimizers it restores).
+
 :meth:`Checkpointer.save` is collective (every rank calls it, and a barrier follows the write). In the full format
 only rank 0 writes (under FSDP gathering the full weights needs every rank). In the sharded format
 (``--checkpoint-format sharded``) every rank writes its part into one temporary directory, rank 0 adds the
@@ -19,16 +23,28 @@ from typing import Any
 import torch.nn as nn
 
 from gpt2kit.checkpoint import (
-    BEST_FILE, CHECKPOINT_DIR, is_sharded, list_step_checkpoints, load_state_dict_checked, model_state_dict,
-    prune_step_checkpoints, remove_checkpoint, save_checkpoint, step_checkpoint_path, write_best, write_sharded_meta,
+    CHECKPOINT_DIR,
+    ResumePoint,
+    find_resume,
+    is_sharded,
+    list_step_checkpoints,
+    load_state_dict_checked,
+    model_state_dict,
+    prune_step_checkpoints,
+    remove_checkpoint,
+    save_checkpoint,
+    step_checkpoint_path,
+    write_best,
+    write_sharded_meta,
 )
-from gpt2kit.checkpoint_sharded import load_tensors, save_tensors
+from gpt2kit.checkpoint.run_dir import best_record, remove_stale_temp_files
+from gpt2kit.checkpoint.sharded import load_tensors, save_tensors
+from gpt2kit.checkpoint.state_dict import TIED
 from gpt2kit.distributed import DistEnv, barrier, gather_objects
 from gpt2kit.errors import UserError, first_line
 from gpt2kit.io import atomic_write_text, publish_dir
 from gpt2kit.model.config import SHAPE_KEYS
 from gpt2kit.train.optim import Optimizer, load_optimizer_state
-from gpt2kit.train.state import ResumePoint, find_resume
 
 SAMPLES_FILE = "samples.jsonl"
 CONFIG_FILE = "train_config.json"
@@ -68,7 +84,8 @@ class Checkpointer:
             want = ", ".join(f"{k}={model_config.get(k)}" for k in diff)
             raise UserError(
                 f"--resume: {point.path} holds a model with {have}, but this run asks for {want}; resume with the "
-                "same model settings (omit --preset/--n-layer/... to take them from the checkpoint) or choose a new --out"
+                "same model settings (omit --preset/--n-layer/... to take them from the checkpoint) "
+                "or choose a new --out"
             )
         if not is_sharded(point.path):
             load_state_dict_checked(model, point.checkpoint["model"], str(point.path))
@@ -106,7 +123,7 @@ class Checkpointer:
         if not self.env.is_main:
             return
         self._drop_samples_after(step)
-        self._remove_stale_temp_files()
+        remove_stale_temp_files(self.run_dir)
         if point is not None and best_val_loss is not None:
             self._repair_best(point.path, step, best_val_loss, point.checkpoint.get("metrics") or [])
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -201,35 +218,11 @@ class Checkpointer:
                 pass  # a line cut short by the kill
         atomic_write_text(path, "".join(keep))
 
-    def _remove_stale_temp_files(self) -> None:
-        """Delete half-written checkpoints (``.NAME.tmp.PID``, files or sharded directories) that a killed run left,
-        and directories a killed prune was deleting; each can be gigabytes."""
-        cdir = self.run_dir / CHECKPOINT_DIR
-        if not cdir.is_dir():
-            return
-        for p in cdir.glob(".*.tmp.*"):
-            pid = p.name.rsplit(".", 1)[-1]
-            if not pid.isdigit() or int(pid) == os.getpid():
-                continue
-            try:
-                os.kill(int(pid), 0)
-                continue  # its writer is still alive
-            except ProcessLookupError:
-                if p.is_dir():
-                    shutil.rmtree(p, ignore_errors=True)
-                else:
-                    p.unlink(missing_ok=True)
-            except PermissionError:
-                continue
-
     def _repair_best(self, path: Path, step: int, best_val: float, records: list[dict[str, Any]]) -> None:
         """Finish what a run killed between writing a new-best checkpoint and ``best.json`` left undone."""
         if path.parent != self.run_dir / CHECKPOINT_DIR:
             return
-        try:
-            recorded = json.loads((self.run_dir / CHECKPOINT_DIR / BEST_FILE).read_text()).get("val_loss")
-        except (OSError, ValueError, AttributeError):
-            recorded = None
+        recorded = (best_record(self.run_dir) or {}).get("val_loss")
         is_best = any(r.get("step") == step and r.get("val_loss") == best_val for r in records)
         if recorded != best_val and is_best:
             write_best(self.run_dir, path, step, best_val)
@@ -242,11 +235,13 @@ def _model_and_optimizer_state(model: nn.Module, optimizer: Optimizer,
     if fsdp:
         # imported only under FSDP: torch.distributed.checkpoint takes seconds to import, at every start
         from torch.distributed.checkpoint.state_dict import (
-            StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
+            StateDictOptions,
+            get_model_state_dict,
+            get_optimizer_state_dict,
         )
 
         opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
         sd = get_model_state_dict(model, options=opts)
-        sd.pop("lm_head.weight", None)  # tied to transformer.wte.weight
+        sd.pop(TIED, None)
         return sd, get_optimizer_state_dict(model, optimizer, options=opts), "fqn"
     return model_state_dict(model), optimizer.state_dict(), "index"

@@ -58,6 +58,7 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
+from gpt2kit.checkpoint import ResumePoint
 from gpt2kit.device import autocast_dtype_for, pinned_transfer, set_tf32
 from gpt2kit.distributed import (
     DistEnv, all_reduce_mean, any_rank, gather_objects, gradient_sync, is_fsdp, setup_distributed, wrap_model,
@@ -68,7 +69,7 @@ from gpt2kit.train.config import LoopConfig
 from gpt2kit.train.metrics import MetricsWriter, peak_flops
 from gpt2kit.train.optim import Optimizer, apply_schedule, build_optimizer, decay_param_groups, default_fused_adamw
 from gpt2kit.train.schedule import lr_at
-from gpt2kit.train.state import ResumePoint, RunState, rng_state, seed_everything, set_rng_state
+from gpt2kit.train.state import RunState, rng_state, seed_everything, set_rng_state
 from gpt2kit.train.task import (
     BatchSource, EvalContext, TrainResult, TrainTask, default_batch_tokens, lm_loss,
 )
@@ -79,7 +80,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     """Run (or continue) training as described in the module docstring; returns how it ended.
 
     ``env`` defaults to :func:`~gpt2kit.distributed.setup_distributed`; ``resume`` defaults to what
-    ``cfg.resume`` names (see :func:`~gpt2kit.train.state.find_resume`). Only rank 0 prints and writes.
+    ``cfg.resume`` names (see :func:`~gpt2kit.checkpoint.find_resume`). Only rank 0 prints and writes.
     """
     env = env or setup_distributed(cfg.device, cfg.dist_timeout)
     say = _rank0_printer(log, env)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import shutil
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,8 +23,9 @@ from gpt2kit.train.lm_loss import FusedLossGPT
 from gpt2kit.train.loop import train
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.train.metrics import gpt_flops_per_token
-from gpt2kit.train.state import ResumePoint, find_resume
-from gpt2kit.checkpoint import best_checkpoint, export_hf, load_model, load_state_dict_checked, model_state_dict
+from gpt2kit.checkpoint import (
+    ResumePoint, best_checkpoint, export_hf, find_resume, load_model, load_state_dict_checked, model_state_dict,
+)
 from gpt2kit.io import dir_lock
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
@@ -198,19 +197,6 @@ def initial_model(cfg: TrainConfig, fresh: bool = True) -> GPT:
     return model
 
 
-def export_hf_atomic(spec: str | Path, dest: Path) -> None:
-    """Write the model ``spec`` names as a Hugging Face directory ``dest``, whole or not at all (a temporary
-    directory beside it, renamed into place)."""
-    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
-    old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    export_hf(spec, tmp)
-    if dest.exists():
-        os.replace(dest, old)
-    os.replace(tmp, dest)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                     log: Callable[[str], None] | None = None) -> TrainResult:
     """Pretrain (or continue) the model ``cfg`` describes on ``cfg.data``; rank 0 prints and writes."""
@@ -268,10 +254,10 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         )
         result = train(cfg, task, env, resume, log=log)
         if cfg.export_hf and env.is_main and result.checkpoint is not None and not result.interrupted:
-            export_hf_atomic(result.checkpoint, Path(cfg.out) / "hf-final")
+            export_hf(result.checkpoint, Path(cfg.out) / "hf-final")
             best = best_checkpoint(cfg.out)
             if best is not None:
-                export_hf_atomic(best, Path(cfg.out) / "hf-best")
+                export_hf(best, Path(cfg.out) / "hf-best")
             say(f"wrote Hugging Face models to {Path(cfg.out) / 'hf-final'}"
                 + (f" and {Path(cfg.out) / 'hf-best'}" if best is not None else " (no val loss, so no hf-best)"))
         return result
@@ -289,5 +275,5 @@ def summary_line(result: TrainResult, out: str) -> str:
     return ("interrupted at " if result.interrupted else "done: ") + ", ".join(parts) + f" (run dir {out})"
 
 
-__all__ = ["check_data_matches_model", "export_hf", "export_hf_atomic", "init_model_config", "initial_model", "make_evaluator", "make_sampler", "resolve_train_config",
+__all__ = ["check_data_matches_model", "export_hf", "init_model_config", "initial_model", "make_evaluator", "make_sampler", "resolve_train_config",
            "run_pretraining", "summary_line"]

@@ -1,8 +1,9 @@
-"""What a training checkpoint holds beyond the weights, and where a run resumes from.
+"""What a training checkpoint holds beyond the weights: the run's counters and the random states.
 
 Every value here is plain data or tensors, so checkpoints load with ``torch.load(weights_only=True)``
 (through :func:`gpt2kit.checkpoint.read_checkpoint`): RNG states of python, numpy, torch and CUDA are
 converted to lists, ints and tensors; optimizer state is ``Optimizer.state_dict()`` (tensors and numbers).
+Where a run resumes from is :func:`gpt2kit.checkpoint.find_resume`.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ from __future__ import annotations
 import dataclasses
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from gpt2kit.checkpoint import is_sharded, list_step_checkpoints, read_checkpoint
 from gpt2kit.device import cuda_rng_states, set_cuda_rng_states
-from gpt2kit.errors import UserError
 
 
 def rng_state() -> dict[str, Any]:
@@ -50,59 +48,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-@dataclass
-class ResumePoint:
-    """A checkpoint to continue from."""
-
-    path: Path
-    checkpoint: dict[str, Any]
-
-
-def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    """The newest step checkpoint (``step_*.pt`` or ``step_*.dcp``) of a run directory (resume continues from the latest, not the best)."""
-    steps = list_step_checkpoints(run_dir)
-    return steps[-1] if steps else None
-
-
-def find_resume(out: str | Path, spec: str | None) -> ResumePoint | None:
-    """The checkpoint ``--resume`` names, read and checked; None for a fresh start.
-
-    ``auto``: the latest checkpoint in ``out`` (None when there is none). A run directory: its latest
-    checkpoint. A file or a sharded checkpoint directory: that checkpoint.
-    """
-    if spec is None or spec == "":
-        return None
-    if spec == "auto":
-        path = latest_checkpoint(out)
-        return None if path is None else ResumePoint(path, _read_training_checkpoint(path))
-    p = Path(spec)
-    if is_sharded(p):
-        path = p
-    elif p.is_dir():
-        path = latest_checkpoint(p)
-        if path is None:
-            raise UserError(
-                f"--resume {spec}: no checkpoints/step_*.pt or .dcp in this directory; use --resume auto to start fresh")
-    elif p.is_file():
-        path = p
-    else:
-        raise UserError(f"--resume {spec}: no such checkpoint file or run directory")
-    return ResumePoint(path, _read_training_checkpoint(path))
-
-
-def _read_training_checkpoint(path: Path) -> dict[str, Any]:
-    # a sharded checkpoint's tensors are read later, each rank its own part (Checkpointer.restore_optimizer)
-    ckpt = read_checkpoint(path, weights=False)
-    has = {*ckpt, *(["optimizer"] if "optimizer_param_groups" in ckpt else [])}
-    missing = [k for k in ("optimizer", "step", "config") if k not in has]
-    if missing:
-        raise UserError(
-            f"{path}: has weights but no training state ({', '.join(missing)} missing), so training cannot resume "
-            "from it; to start a new run from these weights use the fine-tuning commands"
-        )
-    return ckpt
 
 
 @dataclass

@@ -9,8 +9,10 @@ from __future__ import annotations
 import pytest
 
 import gpt2kit.checkpoint as checkpoint
+import gpt2kit.checkpoint.load as checkpoint_load
 from gpt2kit.checkpoint import resolve_checkpoint
 from gpt2kit.cli import main
+from gpt2kit.errors import UserError
 
 
 @pytest.fixture
@@ -22,7 +24,7 @@ def in_project(tmp_path, monkeypatch):
     def no_hub(name):
         raise AssertionError(f"{name!r} was sent to the hub")
 
-    monkeypatch.setattr(checkpoint, "download_hub_model", no_hub)
+    monkeypatch.setattr(checkpoint_load, "download_hub_model", no_hub)  # where load_model looks it up
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -56,7 +58,7 @@ def test_a_bare_name_that_fails_on_the_hub_says_both(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "snapshot_download", offline)
     (tmp_path / "demo").mkdir()
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(checkpoint.UserError) as err:
+    with pytest.raises(UserError) as err:
         checkpoint.load_model("dmeo")
     assert str(err.value).startswith("dmeo: no such local file or directory (did you mean demo?), and downloading "
                                      "it from the Hugging Face Hub failed (OSError)")
@@ -67,7 +69,7 @@ def test_a_directory_of_releases_names_them_and_the_hub_name_it_shadows(tmp_path
     (tmp_path / "gpt2" / "124M").mkdir(parents=True)
     (tmp_path / "gpt2" / "124M" / "hparams.json").write_text("{}")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(checkpoint.UserError) as err:
+    with pytest.raises(UserError) as err:
         resolve_checkpoint("gpt2")
     assert str(err.value).endswith("; it holds gpt2/124M: pass one of them; to use the hub's 'gpt2', "
                                    "run from another directory (this one shadows it)")

@@ -355,7 +355,7 @@ def test_safetensors_is_preferred_over_a_malicious_bin(tmp_path, ckpt):
     marker = tmp_path / "marker"
     hf = _evil_files(tmp_path / "evil", marker, ckpt)["Hugging Face pytorch_model.bin"]
     from gpt2kit.checkpoint import model_state_dict
-    from gpt2kit.model.hf import state_dict_to_hf
+    from gpt2kit.model.hf_keys import state_dict_to_hf
 
     model = load_model(ckpt).model
     hf_sd = state_dict_to_hf(model_state_dict(model), model.config)

@@ -30,7 +30,7 @@ def _save(path: Path, sft: bool) -> Path:
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("tiny", block_size=BLOCK_SIZE))
     payload = {"model_config": model.config.to_dict(), "model": model_state_dict(model)}
-    if sft:  # the record `gpt2kit finetune sft` writes (gpt2kit.checkpoint_finetune), with the chat template
+    if sft:  # the record `gpt2kit finetune sft` writes (gpt2kit.checkpoint.finetune), with the chat template
         payload["finetune"] = {"version": 1, "task": "sft", "base": "base.pt", "lora": None,
                                "template": TEMPLATES["chat"].to_dict(), "max_length": 64}
     save_checkpoint(path, payload)

@@ -3,7 +3,7 @@
 A sharded checkpoint is a directory ``step_XXXXXXXX.dcp`` holding DCP's files (``.metadata`` and one
 ``__R_0.distcp`` per rank that wrote) for two trees of tensors, ``model`` (weights by parameter name, the tied
 ``lm_head.weight`` left out) and ``optimizer`` (the optimizer's per-parameter state by parameter name), plus
-:data:`META_FILE`, everything else (written by :mod:`gpt2kit.checkpoint`). Only tensors go through DCP: DCP
+:data:`META_FILE`, everything else (written by :mod:`gpt2kit.checkpoint.format`). Only tensors go through DCP: DCP
 unpickles other values with ``weights_only=False``, and its ``.metadata`` is read here by an unpickler that
 accepts DCP's own metadata classes and nothing else, so a sharded checkpoint cannot run code when loaded.
 
@@ -17,20 +17,20 @@ from __future__ import annotations
 import contextlib
 import pickle
 import warnings
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from gpt2kit.checkpoint.state_dict import TIED
 from gpt2kit.errors import first_line
 
 SUFFIX = ".dcp"
 """The name ending of a sharded checkpoint directory."""
 META_FILE = "meta.pt"
 """The file of a sharded checkpoint with everything but the model's and optimizer's tensors."""
-TIED = "lm_head.weight"
-"""Tied to ``transformer.wte.weight``: saved once, under that name."""
 
 # the classes a DCP .metadata pickle is made of (as torch 2.13 writes it); anything else is refused
 _METADATA_GLOBALS = {
@@ -45,6 +45,12 @@ _METADATA_GLOBALS = {
     "collections": {"OrderedDict"},
     "pathlib": {"PosixPath", "WindowsPath", "PurePosixPath", "PureWindowsPath"},
 }
+
+
+def is_sharded(path: str | Path) -> bool:
+    """Whether ``path`` is a sharded checkpoint directory (``*.dcp``)."""
+    path = Path(path)
+    return path.suffix == SUFFIX and path.is_dir()
 
 
 class MetadataError(ValueError):

@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from gpt2kit.checkpoint import load_model, resolve_checkpoint
+from gpt2kit.checkpoint.tf_bundle import crc32c, read_bundle_index
 from gpt2kit.cli import main
 from gpt2kit.errors import UserError
-from gpt2kit.model.openai import crc32c, read_bundle_index
 
 ARCHIVE = Path(__file__).parent / "fixtures" / "openai_gpt2_tiny" / "openai_gpt2_tiny.tar.xz"
 DATA = "model.ckpt.data-00000-of-00001"

@@ -49,7 +49,8 @@ def plain_state_dict(ckpt: dict[str, Any], source: str, keep_head: bool = False)
 
 
 def language_model_checkpoint(ckpt: dict[str, Any], source: str) -> dict[str, Any]:
-    """``ckpt`` with plain GPT weights in ``model``, for :func:`gpt2kit.checkpoint.load_model`.
+    """``ckpt`` with plain GPT weights in ``model``, for :func:`gpt2kit.checkpoint.load_model` (a checkpoint that
+    is not a fine-tune is returned as it is).
 
     An SFT checkpoint is a language model: its adapters are merged. A classification checkpoint is
     refused: its LM head was never trained, so sampling, LM evaluation or exporting it as

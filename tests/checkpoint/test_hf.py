@@ -7,8 +7,8 @@ import torch
 
 from gpt2kit import GPT
 from gpt2kit.checkpoint import load_model, model_state_dict, save_checkpoint
+from gpt2kit.checkpoint.hf import write_hf_dir
 from gpt2kit.errors import UserError
-from gpt2kit.model.hf import write_hf_dir
 
 transformers = pytest.importorskip("transformers")
 

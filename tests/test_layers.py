@@ -4,7 +4,7 @@ Layers, lowest first (a module may import its own layer and those below):
 
 0. errors, io, tokenizer, device (the CUDA-only decisions)
 1. model
-2. checkpoint, generate (and the CPU decode fast path)
+2. checkpoint (the package: every file format), generate (and the CPU decode fast path)
 3. distributed, data
 4. eval
 5. train
@@ -27,8 +27,7 @@ ROOT = Path(gpt2kit.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version", "gpt2kit.device"),
     ("gpt2kit.model",),
-    ("gpt2kit.checkpoint", "gpt2kit.checkpoint_finetune", "gpt2kit.checkpoint_sharded", "gpt2kit.generation",
-     "gpt2kit.fastpath"),
+    ("gpt2kit.checkpoint", "gpt2kit.generation", "gpt2kit.fastpath"),
     ("gpt2kit.distributed", "gpt2kit.data"),
     ("gpt2kit.eval",),
     ("gpt2kit.train",),
@@ -118,3 +117,32 @@ def test_the_checker_sees_an_upward_import():
     found = list(gpt2kit_imports(tree, "gpt2kit.train.distributed", False))
     assert found == [(2, "gpt2kit.cli.common", False)]
     assert layer_of(found[0][1]) > layer_of("gpt2kit.train.distributed")
+
+
+def _imports_of_package(folder: str) -> dict[str, set[str]]:
+    """{module: the gpt2kit modules it imports} for every module under ``gpt2kit/<folder>/``."""
+    found = {}
+    for path in sorted((ROOT / folder).rglob("*.py")):
+        module = module_name(path)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        found[module] = {name for _, name, _ in gpt2kit_imports(tree, module, path.name == "__init__.py")}
+    return found
+
+
+def test_the_checkpoint_package_imports_only_the_layers_below_and_itself():
+    allowed = (*LAYERS[0], *LAYERS[1], "gpt2kit.checkpoint")
+    found = _imports_of_package("checkpoint")
+    assert "gpt2kit.checkpoint.format" in found and "gpt2kit.checkpoint.load" in found
+    wrong = {m: sorted(n for n in names if not any(n == p or n.startswith(p + ".") for p in allowed))
+             for m, names in found.items()}
+    assert not any(wrong.values()), wrong
+
+
+def test_the_model_knows_nothing_about_files():
+    # file formats (Hugging Face, OpenAI, gpt2kit's own) are the checkpoint package's; the model holds only the
+    # key table that spells its parameter names
+    found = _imports_of_package("model")
+    assert "gpt2kit.model.hf_keys" in found
+    wrong = {m: sorted(n for n in names if not (n.startswith("gpt2kit.model") or n == "gpt2kit.errors"))
+             for m, names in found.items()}
+    assert not any(wrong.values()), wrong

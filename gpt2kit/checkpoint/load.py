@@ -97,9 +97,9 @@ def export_hf(spec: str | Path, out_dir: str | Path) -> LoadedModel:
     model.safetensors, tokenizer files); returns what was loaded.
 
     The export is written whole into a temporary directory beside ``out_dir`` first, so a failure or a kill
-    leaves ``out_dir`` as it was. A new ``out_dir``, or one holding only an earlier export, is then replaced by
-    renames; into a directory holding other files too (or a symlink, or the working directory), each exported
-    file is renamed over its namesake and the other files stay.
+    while writing leaves ``out_dir`` as it was. Then a new ``out_dir`` is one rename, and one holding only an
+    earlier export is swapped for it by two; into a directory holding other files too (or a symlink, or the
+    working directory), each exported file is renamed over its namesake and the other files stay.
     """
     if Path(out_dir).exists() and not Path(out_dir).is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory; name a directory for the model")

@@ -10,7 +10,9 @@ CUDA branch elsewhere in gpt2kit is not registered there with the test that reac
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -87,3 +89,10 @@ def autocast_dtype_for(dtype: str, device_type: str, cuda: Any = torch.cuda) -> 
     if dtype == "bfloat16" or (dtype == "auto" and native_bf16(device_type, cuda)):
         return torch.bfloat16
     return None
+
+
+def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` to ``dtype`` on ``device``'s type, or a no-op when ``dtype`` is None (plain float32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)

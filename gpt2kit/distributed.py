@@ -159,14 +159,14 @@ def init_process_group(backend: str, rank: int, world_size: int, device: torch.d
     except dist.DistError as e:
         raise UserError(
             f"rank {rank}: could not join the other {world_size - 1} rank(s) within --dist-timeout {timeout:g}s "
-            f"({_first_line(e)}); check that every node was started with the same --nnodes and rendezvous "
+            f"({first_line(e, 200, sentence=True)}); check that every node was started with the same --nnodes and rendezvous "
             "endpoint and can reach it, then relaunch (with --resume auto to continue)"
         ) from None
     except RuntimeError as e:  # gloo's connection errors are plain RuntimeErrors
         if "Gloo" not in str(e) and "connect" not in str(e).lower():
             raise
         raise UserError(
-            f"rank {rank}: could not connect to the other ranks ({_first_line(e)}); if the hosts have several "
+            f"rank {rank}: could not connect to the other ranks ({first_line(e, 200, sentence=True)}); if the hosts have several "
             "network interfaces, set GLOO_SOCKET_IFNAME (NCCL_SOCKET_IFNAME) to the one they share, then "
             "relaunch with --resume auto"
         ) from None
@@ -267,7 +267,7 @@ def rank_failure(env: DistEnv, error: BaseException) -> UserError:
             if restarts_left > 0 else "the job stops here; relaunch with --resume auto to continue from the last "
             "complete checkpoint (torchrun --max-restarts N does that by itself)")
     return UserError(
-        f"rank {env.rank}: a collective with the other ranks failed: {who} ({_first_line(error)}; collectives "
+        f"rank {env.rank}: a collective with the other ranks failed: {who} ({first_line(error, 200, sentence=True)}; collectives "
         f"wait at most --dist-timeout {env.timeout:g}s); {then}"
     )
 
@@ -289,14 +289,6 @@ def _main_thread() -> bool:
 
 def _ranks(ranks: list[int]) -> str:
     return f"rank {ranks[0]}" if len(ranks) == 1 else "ranks " + ", ".join(map(str, ranks))
-
-
-def _first_line(e: BaseException) -> str:
-    """The first sentence of an exception's message, without the C++ source location torch puts in front."""
-    line = re.sub(r"\[[^\]]*\.(?:cc|cpp|h|hpp):\d+\]\s*", "", first_line(e)).split(". ")[0]
-    return line if len(line) < 200 else line[:200] + "..."
-
-
 
 
 def teardown(env: DistEnv) -> None:
@@ -415,3 +407,12 @@ def barrier(env: DistEnv) -> None:
     """Wait for every rank."""
     if env.distributed:
         dist.barrier()
+
+
+def broadcast_object(obj: Any, world_size: int) -> Any:
+    """Rank 0's ``obj`` (plain data) on every rank; ``obj`` itself in a world of one."""
+    if world_size > 1:
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        obj = box[0]
+    return obj

@@ -13,7 +13,6 @@ file) is checked against the manifest by :func:`verify_shard` before anything re
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import BinaryIO
@@ -21,7 +20,7 @@ from typing import BinaryIO
 import numpy as np
 
 from gpt2kit.errors import UserError
-from gpt2kit.io import atomic_path
+from gpt2kit.io import atomic_path, file_sha256
 from gpt2kit.tokenizer import VOCAB_SIZE
 
 SHARD_MAGIC = 20240520
@@ -30,7 +29,6 @@ HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
 TOKEN_DTYPE = np.dtype("<u2")
 MAX_SHARD_TOKENS = 2**31 - 1  # the count is an int32 in the header
-_HASH_BLOCK = 1 << 22
 
 
 def make_header(num_tokens: int) -> bytes:
@@ -63,15 +61,6 @@ def read_header(path: str | os.PathLike) -> int:
             f"({HEADER_BYTES + 2 * num_tokens} bytes); it is truncated or corrupt, re-run `gpt2kit prepare` to rebuild it"
         )
     return num_tokens
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a whole file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_shard(path: str | os.PathLike, *, tokens: int, sha256: str | None, full: bool = True) -> None:

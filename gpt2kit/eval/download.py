@@ -7,7 +7,6 @@ truncated file that a later run would trust.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -64,11 +63,3 @@ def resolve_data_file(
         return dest
     return download(url, dest, what=what, flag=flag)
 
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()

@@ -23,7 +23,8 @@ import torch
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
 from gpt2kit.io import iter_jsonl
-from gpt2kit.eval.scoring import autocast_context, safe_exp
+from gpt2kit.device import autocast
+from gpt2kit.eval.scoring import safe_exp
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
 
@@ -74,7 +75,7 @@ def mean_loss(
                 n_bytes += int(lengths[y[scored].cpu()].sum())
             x = x.to(device, non_blocking=True)
             y = y.to(device, non_blocking=True)
-            with autocast_context(device, autocast_dtype):
+            with autocast(device, autocast_dtype):
                 _, loss = model(x, y)
             # the model returns the mean over scored tokens; times n gives this batch's total nats
             nll_sum += loss.double() * n

@@ -10,7 +10,6 @@ score. Only the continuation's positions are scored. Shape letters:
 
 from __future__ import annotations
 
-import contextlib
 import math
 from typing import Callable, Iterator, Sequence, TypeVar
 
@@ -19,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from gpt2kit.checkpoint import unwrap_model
+from gpt2kit.device import autocast
 from gpt2kit.tokenizer import EOT_ID
 
 T = TypeVar("T")
@@ -50,13 +50,6 @@ def fit_row(context: list[int], continuation: list[int], block_size: int) -> Row
     return context[-keep:], continuation
 
 
-def autocast_context(device: torch.device | str, dtype: torch.dtype | None):
-    """``torch.autocast`` for ``dtype`` on ``device``, or a no-op when ``dtype`` is None."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
-
-
 @torch.no_grad()
 def score_rows(
     model: torch.nn.Module,
@@ -83,7 +76,7 @@ def score_rows(
         tgt[r, len(ctx) - 1 : len(seq) - 1] = torch.tensor(cont)
     idx = idx.to(device, non_blocking=True)
     tgt = tgt.to(device, non_blocking=True)
-    with autocast_context(device, autocast_dtype):
+    with autocast(device, autocast_dtype):
         logits, _ = model(idx)  # (R, T, V)
     mask = tgt != -100  # (R, T)
     scored = logits[mask].float()  # (N, V): only the continuation's positions get a softmax

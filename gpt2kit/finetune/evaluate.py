@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from gpt2kit.distributed import all_reduce_sum
-from gpt2kit.eval.scoring import autocast_context, sharded_batches
+from gpt2kit.device import autocast
+from gpt2kit.eval.scoring import sharded_batches
 from gpt2kit.finetune.data import (
     IGNORE_INDEX, ClassificationData, SFTExample, classification_batch, sft_batch,
 )
@@ -34,7 +35,7 @@ def evaluate_classifier(model: torch.nn.Module, data: ClassificationData, *, bat
     for chunk in sharded_batches(range(len(data)), batch_size, rank, world_size, model=model):
         batch = classification_batch(data, chunk or [0], pad_id)
         batch = {k: v.to(device) for k, v in batch.items()}
-        with autocast_context(device, autocast_dtype):
+        with autocast(device, autocast_dtype):
             logits, _ = model(batch["idx"], mask=batch["mask"])  # (B, K)
         if not chunk:
             continue  # a padding pass: this rank has no items left
@@ -58,7 +59,7 @@ def evaluate_sft(model: torch.nn.Module, examples: Sequence[SFTExample], *, batc
     for chunk in sharded_batches(range(len(examples)), batch_size, rank, world_size, model=model):
         batch = sft_batch([examples[i] for i in (chunk or [0])], pad_id)
         x, y = batch["idx"].to(device), batch["targets"].to(device)  # (B, T) each
-        with autocast_context(device, autocast_dtype):
+        with autocast(device, autocast_dtype):
             logits, _ = model(x)  # (B, T, V)
         if not chunk:
             continue  # a padding pass: this rank has no items left

@@ -27,7 +27,7 @@ from gpt2kit.train.loop import train
 from gpt2kit.train.optim import decay_param_groups
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.checkpoint import ResumePoint, find_resume, load_model
-from gpt2kit.eval.scoring import autocast_context
+from gpt2kit.device import autocast
 from gpt2kit.finetune.classifier import GPTClassifier, load_classifier, set_trainable, trainable_summary
 from gpt2kit.finetune.data import (
     D, EpochBatches, classification_batch, get_template, hold_out, label_vocabulary, load_classification,
@@ -340,7 +340,7 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
             texts = []
             for ids in prompts:
                 idx = torch.tensor([ids], dtype=torch.long, device=ctx.device)  # (1, P)
-                with autocast_context(ctx.device, ctx.autocast_dtype):
+                with autocast(ctx.device, ctx.autocast_dtype):
                     out = generate(ctx.raw_model, idx, cfg.sample_tokens, temperature=0.0, eos_id=EOT_ID)
                 reply = [t for t in out[0, len(ids):].tolist() if t != EOT_ID]
                 texts.append(tok.decode(reply))

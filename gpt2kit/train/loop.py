@@ -59,7 +59,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from gpt2kit.checkpoint import ResumePoint
-from gpt2kit.device import autocast_dtype_for, pinned_transfer, set_tf32
+from gpt2kit.device import autocast, autocast_dtype_for, pinned_transfer, set_tf32
 from gpt2kit.distributed import (
     DistEnv, all_reduce_mean, any_rank, gather_objects, gradient_sync, is_fsdp, setup_distributed, wrap_model,
 )
@@ -171,7 +171,7 @@ def train_step(wrapped: nn.Module, task: TrainTask, params: list[nn.Parameter], 
         batch = to_device(task.train_data.next_batch(), env.device)
         tokens += task.batch_tokens(batch)
         with gradient_sync(wrapped, micro == A - 1):
-            with _autocast(env.device, autocast_dtype):
+            with autocast(env.device, autocast_dtype):
                 loss = task.loss_fn(wrapped, batch)
             # the gradients of the micro-steps are summed, so each loss is divided by A
             # to make the sum the gradient of the mean loss over the global batch
@@ -239,10 +239,6 @@ def _out_of_memory_message(device: torch.device, cfg: LoopConfig, task: TrainTas
             f"out of memory on {device} with micro-batch --batch-size {cfg.batch_size}: "
             f"{task.oom_hint}; or use --parallel fsdp on several GPUs, --dtype bfloat16, --compile"
         ) from None
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------- evaluation, saving

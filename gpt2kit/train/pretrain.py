@@ -30,7 +30,7 @@ from gpt2kit.io import dir_lock
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
 from gpt2kit.eval.loss import all_reduce_loss, mean_loss
-from gpt2kit.eval.scoring import autocast_context
+from gpt2kit.device import autocast
 from gpt2kit.generation import generate
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
@@ -175,7 +175,7 @@ def make_sampler(cfg: TrainConfig) -> Callable[[EvalContext], list[str]]:
         tok = get_tokenizer()
         ids = tok.encode(cfg.sample_prompt) or [tok.eot]
         idx = torch.tensor([ids] * cfg.samples, dtype=torch.long, device=ctx.device)  # (S, P)
-        with autocast_context(ctx.device, ctx.autocast_dtype):
+        with autocast(ctx.device, ctx.autocast_dtype):
             out = generate(ctx.raw_model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, seed=cfg.seed + ctx.step)
         return [tok.decode(row.tolist()) for row in out]  # prompt + continuation
 

@@ -21,86 +21,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="loss on a logarithmic axis (the early drop and the late slope both visible)")
 
 
-def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False) -> list[str]:
-    """Write ``loss.png``, ``lr.png`` and, when the run has HellaSwag scores, ``hellaswag.png``; returns their paths."""
-    from pathlib import Path
-
-    from gpt2kit.errors import UserError
-    from gpt2kit.train.metrics import read_metrics
-
-    records = read_metrics(run_dir)
-    if not records:
-        raise UserError(f"{Path(run_dir) / 'metrics.jsonl'}: empty; the run has not logged a step yet")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")  # files only, no display needed
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise UserError("gpt2kit plot needs matplotlib: pip install 'gpt2kit[viz]'") from None
-    out = Path(out_dir or run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def series(key: str) -> tuple[list[int], list[float]]:
-        pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-        return [s for s, _ in pts], [v for _, v in pts]
-
-    paths = []
-    fig, ax = plt.subplots(figsize=(8, 5))
-    steps, loss = series("loss")
-    ax.plot(steps, loss, label="train loss", linewidth=1)
-    vsteps, vloss = series("val_loss")
-    if vsteps:
-        ax.plot(vsteps, vloss, "o-", label="val loss", markersize=3)
-        best = min(range(len(vloss)), key=vloss.__getitem__)
-        ax.annotate(f"best {vloss[best]:.3f}", (vsteps[best], vloss[best]), textcoords="offset points", xytext=(5, 8))
-    if log_scale:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)" + (", log scale" if log_scale else ""))
-    ax.set_title(f"loss — {Path(run_dir).resolve().name}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    paths.append(_save(fig, out / "loss.png"))
-
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    steps, lr = series("lr")
-    ax.plot(steps, lr, linewidth=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("learning rate")
-    ax.set_title("learning rate")
-    ax.grid(alpha=0.3)
-    paths.append(_save(fig, out / "lr.png"))
-
-    hsteps, acc_norm = series("hellaswag_acc_norm")
-    if hsteps:
-        fig, ax = plt.subplots(figsize=(8, 3.5))
-        ax.plot(hsteps, acc_norm, "o-", label="acc_norm", markersize=3)
-        asteps, acc = series("hellaswag_acc")
-        if asteps:
-            ax.plot(asteps, acc, "s--", label="acc", markersize=3, alpha=0.7)
-        ax.axhline(0.25, color="gray", linestyle=":", linewidth=1, label="chance (4 endings)")
-        ax.set_xlabel("step")
-        ax.set_ylabel("HellaSwag accuracy")
-        ax.set_title(f"HellaSwag — best acc_norm {max(acc_norm):.3f}")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        paths.append(_save(fig, out / "hellaswag.png"))
-    return paths
-
-
-def _save(fig, path) -> str:
-    """Lay out, write ``path`` as a 120-dpi PNG and free ``fig``; returns the path written."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
-
-
 def run(args: argparse.Namespace) -> int:
     """Write the PNGs and print their paths."""
+    from gpt2kit.train.plot import plot_run
+
     for path in plot_run(args.run_dir, args.out, log_scale=args.log_scale):
         print(f"wrote {path}")
     return 0

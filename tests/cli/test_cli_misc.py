@@ -91,7 +91,8 @@ def test_plot_draws_hellaswag_and_a_log_scale_loss(tmp_path, monkeypatch):
 
     def record(fig, path, *a, **kw):
         ax = fig.axes[0]
-        drawn[os.path.basename(str(path))] = (ax.get_yscale(), [ln.get_label() for ln in ax.get_lines()])
+        name = re.sub(r"^\.(.+)\.tmp\.\d+$", r"\1", os.path.basename(str(path)))  # written atomically
+        drawn[name] = (ax.get_yscale(), [ln.get_label() for ln in ax.get_lines()])
         return real(fig, path, *a, **kw)
 
     monkeypatch.setattr(Figure, "savefig", record)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from gpt2kit import GPT, GPTConfig
-from gpt2kit.fastpath import packed_cpu_linears
+from gpt2kit.packed_decode import packed_cpu_linears
 from gpt2kit.serve.engine import Engine, Request, SamplingParams
 
 

@@ -3,7 +3,7 @@
 Prints tokens/s at batch 1 and 8 in fp32 and bf16, the ratio to transformers, and how close batch-1
 decoding comes to the memory-bandwidth bound (every weight is read once per generated token). The
 "unpacked" column is gpt2kit with ``packed=False`` (nn.Linear's own matrix-vector products), to show what
-the packed CPU weights (gpt2kit.fastpath.packed_cpu_linears) bring.
+the packed CPU weights (gpt2kit.packed_decode.packed_cpu_linears) bring.
 
     python benchmarks/generate.py                       # gpt2 preset, random weights, current device
     python benchmarks/generate.py --preset tiny --new-tokens 16   # quick check

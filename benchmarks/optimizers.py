@@ -49,7 +49,7 @@ from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest  # noqa
 from gpt2kit.data.prepare import prepare  # noqa: E402
 from gpt2kit.distributed import DistEnv  # noqa: E402
 from gpt2kit.train.config import get_preset, resolve_config  # noqa: E402
-from gpt2kit.train.lm_loss import FusedLossGPT  # noqa: E402
+from gpt2kit.train.fused_head_loss import FusedLossGPT  # noqa: E402
 from gpt2kit.train.loop import TrainTask, train  # noqa: E402
 from gpt2kit.train.metrics import gpt_flops_per_token  # noqa: E402
 from gpt2kit.train.optim import build_optimizer  # noqa: E402

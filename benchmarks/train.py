@@ -3,7 +3,7 @@
 Both models take the same step on the same random batch: autocast forward (when --dtype bfloat16), loss,
 backward, global grad-norm clip at 1.0, AdamW (weight decay on 2-D parameters), zero_grad. gpt2kit runs
 what ``gpt2kit train`` runs: its padded vocabulary (--padded-vocab-size, 50304, as the presets) and, when not
-compiled, the fused output-layer loss (gpt2kit.train.lm_loss); gpt2kit-plain is the model's own forward loss.
+compiled, the fused output-layer loss (gpt2kit.train.fused_head_loss); gpt2kit-plain is the model's own forward loss.
 transformers has the plain 50257 vocabulary and is run two ways: its own ``labels=`` loss (how its Trainer
 trains) and transformers-ce (logits, then one cross-entropy on pre-shifted targets). Rounds alternate
 between the models so that load from other processes hits both alike; the best round of each is reported.
@@ -129,7 +129,7 @@ def run_loop(args, device) -> dict:
         cfg = LoopConfig(out=out, dtype=args.dtype, compile=args.compile, batch_size=args.batch_size,
                          max_steps=steps, schedule_steps=steps, warmup_steps=1, log_every=args.steps,
                          eval_every=0, save_every=10**9, progress=False, tensorboard=False)
-        from gpt2kit.train.lm_loss import FusedLossGPT
+        from gpt2kit.train.fused_head_loss import FusedLossGPT
 
         task = TrainTask(model=model, model_config=model.config.to_dict(), train_data=RandomBatches(),
                          flops_per_token=gpt_flops_per_token(model),
@@ -230,7 +230,7 @@ def main() -> int:
             built = {"gpt2kit": (make_step(torch.compile(ours), lambda m, a, b: m(a, b)[1], device, args.dtype),
                                  n_ours, x, y)}
         else:
-            from gpt2kit.train.lm_loss import FusedLossGPT
+            from gpt2kit.train.fused_head_loss import FusedLossGPT
 
             # what gpt2kit train runs by default (fused output layer + loss), and the model's own forward loss
             built = {"gpt2kit": (make_step(FusedLossGPT(ours), lambda m, a, b: m(a, b)[1], device, args.dtype),

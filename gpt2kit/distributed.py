@@ -10,7 +10,7 @@ every block and the root and then ``torch.compile`` (torchtitan's order for FSDP
 Restarts (``torchrun --max-restarts N``): torchrun's agent hosts one TCPStore for the whole job and hands it to
 every restart round, and ``init_process_group`` writes the same keys into it each round (pytorch/pytorch#135712,
 #167288). A restarted rank could read a dead rank's address from the round before ("Gloo connectFullMesh failed
-... Connection refused"; 3 of 4 restarts failed or hung). :func:`round_store` gives each round keys of its own.
+... Connection refused", or a hang). :func:`round_store` gives each round keys of its own.
 Every collective gives up after ``--dist-timeout`` seconds, and :func:`rank_failure` turns the failure into one
 line naming the ranks that stopped answering.
 """
@@ -295,8 +295,8 @@ def teardown(env: DistEnv) -> None:
     """Destroy the process group if :func:`setup_distributed` created it; call it from a ``finally`` block.
 
     A DDP wrapper that outlives its process group is freed only at interpreter exit, and with gloo that can
-    abort the process ("terminate called without an active exception", SIGABRT, after all the work is done;
-    seen in about a third of two-rank evaluation runs). DDP keeps reference cycles, so unreferenced wrappers are
+    abort the process ("terminate called without an active exception", SIGABRT, after all the work is done).
+    DDP keeps reference cycles, so unreferenced wrappers are
     collected here first.
     """
     if env.owns_process_group and dist.is_initialized():

@@ -14,7 +14,7 @@ from typing import Callable
 
 import torch
 
-from gpt2kit.fastpath import packed_cpu_linears
+from gpt2kit.packed_decode import packed_cpu_linears
 from gpt2kit.model.gpt import GPT
 
 PACKED_ENV = "GPT2KIT_PACKED_DECODE"
@@ -104,8 +104,8 @@ def generate(
     - Prompts longer than the context are cropped to the last ``block_size`` tokens; once prompt
       plus output fill the context, every step recomputes the last ``block_size`` tokens (a sliding
       window), exactly as generation without a cache would.
-    - ``packed``: decoding on a CPU reads the weights through :func:`gpt2kit.fastpath.packed_cpu_linears`
-      (measured faster there; costs a second copy of the linear weights; other devices are unaffected).
+    - ``packed``: decoding on a CPU reads the weights through :func:`gpt2kit.packed_decode.packed_cpu_linears`
+      (costs a second copy of the linear weights; other devices are unaffected).
       None (the default): on unless the environment sets ``GPT2KIT_PACKED_DECODE=0``.
     - ``on_token`` is called with each step's new tokens (B,), for streaming.
     """

@@ -4,7 +4,7 @@ Layers, lowest first (a module may import its own layer and those below):
 
 0. errors, io, tokenizer, device (the CUDA-only decisions)
 1. model
-2. checkpoint (the package: every file format), generate (and the CPU decode fast path)
+2. checkpoint (the package: every file format), generation (and packed_decode, its CPU weight packing)
 3. distributed, data
 4. eval
 5. train
@@ -27,7 +27,7 @@ ROOT = Path(gpt2kit.__file__).parent
 LAYERS: list[tuple[str, ...]] = [
     ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version", "gpt2kit.device"),
     ("gpt2kit.model",),
-    ("gpt2kit.checkpoint", "gpt2kit.generation", "gpt2kit.fastpath"),
+    ("gpt2kit.checkpoint", "gpt2kit.generation", "gpt2kit.packed_decode"),
     ("gpt2kit.distributed", "gpt2kit.data"),
     ("gpt2kit.eval",),
     ("gpt2kit.train",),

@@ -29,7 +29,7 @@ from typing import Callable, TypeVar
 
 import torch
 
-from gpt2kit.fastpath import packed_cpu_linears
+from gpt2kit.packed_decode import packed_cpu_linears
 from gpt2kit.generation import packed_by_default, sample_next
 from gpt2kit.model.gpt import GPT, KVCache
 

@@ -243,7 +243,7 @@ class TrainConfig(LoopConfig):
     model: GPTConfig = field(default_factory=_pretraining_model)
     """The model to train: its fields are flags of their own (--n-layer, --n-head, --n-embd, --block-size, ...)."""
     fused_loss: bool = True
-    """Output layer + cross-entropy in one memory-lean step (gpt2kit.train.lm_loss; eager runs without FSDP)."""
+    """Output layer + cross-entropy in one memory-lean step (gpt2kit.train.fused_head_loss; eager runs without FSDP)."""
     hellaswag: str | None = None
     """HellaSwag jsonl file to score every hellaswag_every steps ('download' fetches the official validation set)."""
     hellaswag_every: int = 250

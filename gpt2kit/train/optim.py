@@ -54,8 +54,8 @@ def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
 
 
 def default_fused_adamw(device: torch.device) -> bool:
-    """Whether AdamW runs its fused kernel by default: on CUDA and CPU (torch >= 2.4 has both), where it measured
-    faster (benchmarks/RESULTS.md). The update is the same formula with another rounding order, so results match
+    """Whether AdamW runs its fused kernel by default: on CUDA and CPU (torch >= 2.4 has both; the
+    comparison is in benchmarks/). The update is the same formula with another rounding order, so results match
     up to rounding, not bitwise over long runs."""
     return device.type in ("cuda", "cpu")
 

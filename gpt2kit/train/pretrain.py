@@ -19,7 +19,7 @@ from gpt2kit.errors import UserError
 from gpt2kit.model.config import SHAPE_KEYS
 from gpt2kit.train.config import MODEL_FLAGS, TrainConfig, flag_name, get_preset, resolve_config
 from gpt2kit.distributed import DistEnv, distributed
-from gpt2kit.train.lm_loss import FusedLossGPT
+from gpt2kit.train.fused_head_loss import FusedLossGPT
 from gpt2kit.train.loop import train
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.train.metrics import gpt_flops_per_token

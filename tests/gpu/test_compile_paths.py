@@ -57,7 +57,7 @@ def test_compiled_training_evaluation_and_generation_match_eager(device, tiny_tr
 
 def test_fused_loss_compiled_matches_eager(device):
     from gpt2kit import GPTConfig
-    from gpt2kit.train.lm_loss import FusedLossGPT
+    from gpt2kit.train.fused_head_loss import FusedLossGPT
 
     cfg = GPTConfig(n_layer=TINY_SHAPE["n_layer"], n_head=TINY_SHAPE["n_head"], n_embd=TINY_SHAPE["n_embd"],
                     block_size=TINY_SHAPE["block_size"], padded_vocab_size=50304)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from gpt2kit.model import GPT, GPTConfig
-from gpt2kit.train.lm_loss import FusedLossGPT
+from gpt2kit.train.fused_head_loss import FusedLossGPT
 
 
 def _grads(model, loss_of, autocast):

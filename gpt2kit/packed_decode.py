@@ -1,9 +1,9 @@
-"""The CPU decode fast path: nn.Linear layers run from packed weight copies while generating.
+"""Packed-weight CPU decoding: nn.Linear layers run from packed weight copies while generating.
 
 A hardware trick kept at the edge: :func:`gpt2kit.generation.generate` enters :func:`packed_cpu_linears` around
 its decode loop (``packed=False`` or ``GPT2KIT_PACKED_DECODE=0`` turns it off); the model never knows. It is
-on only where it measured faster: CPU decoding of float32 with several threads, and bfloat16 where oneDNN runs
-it (benchmarks/RESULTS.md has the figures). Which packed form a step uses depends on its rows: float32 steps of
+on only where it is the faster form (benchmarks/generate.py compares): CPU decoding of float32 with several
+threads, and bfloat16 where oneDNN runs it. Which packed form a step uses depends on its rows: float32 steps of
 one row read input-dimension slabs through ``bmm``, steps of 2..:data:`PACKED_MAX_ROWS` rows (a batch, a
 serving step, a short prefill) oneDNN's prepacked weights, as bfloat16 does at every row count.
 """
@@ -31,7 +31,7 @@ def _packed(linear: nn.Linear, parts: int) -> torch.Tensor:
 
     ``parts`` > 0 (float32): transposed and cut along the input dimension into (parts, chunk, out) with
     parts * chunk >= in, the extra input rows zero. ``parts`` == 0: oneDNN's blocked layout for small batches
-    (an opaque mkldnn tensor; bfloat16 laid out for one row as measured before, float32 for a few rows).
+    (an opaque mkldnn tensor; bfloat16 laid out for one row, float32 for a few rows).
     """
     w = linear.weight
     key = (w._version, w.data_ptr())

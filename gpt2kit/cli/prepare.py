@@ -49,7 +49,8 @@ def _fraction(value: str) -> float:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of ``gpt2kit prepare``."""
     from gpt2kit.data.builtin import BUILTIN_CORPORA
-    from gpt2kit.data.prepare import DEFAULT_SHARD_TOKENS, DEFAULT_VAL_FRACTION, MAX_DEFAULT_VAL_FRACTION
+    from gpt2kit.data.prepare import DEFAULT_SHARD_TOKENS
+    from gpt2kit.data.split_plan import DEFAULT_VAL_FRACTION, MAX_DEFAULT_VAL_FRACTION
 
     p.formatter_class = HelpFormatter
 
@@ -79,7 +80,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prepare the corpus and print a one-line summary."""
-    from gpt2kit.data.prepare import default_workers, prepare
+    from gpt2kit.data.prepare import prepare
+    from gpt2kit.data.tokenize import default_workers
 
     manifest = prepare(
         args.sources, args.out, text_field=args.text_field, val_fraction=args.val_fraction, val_tokens=args.val_tokens,

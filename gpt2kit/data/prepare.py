@@ -5,7 +5,7 @@ processes that tokenize (GPT-2 BPE, each document preceded by ``<|endoftext|>``)
 in order, at most a few chunks in flight, so memory stays bounded whatever the corpus size. Each
 split's tokens stream into shards of ``shard_tokens`` tokens written atomically.
 
-Splits (see :class:`_SplitPlanner` and docs/data.md): the first ``HEAD_TOKENS`` tokens are held back
+Splits (see :class:`~gpt2kit.data.split_plan.SplitPlanner` and docs/data.md): the first ``HEAD_TOKENS`` tokens are held back
 before anything is written, so a corpus that fits there (any single book) is split knowing its size.
 Whole documents go to ``val`` when they can give the asked share within ``SPLIT_TOLERANCE``; where they
 cannot (one file, a few or very unequal documents), each long document gives its tail to ``val``, as
@@ -23,12 +23,10 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
-import multiprocessing as mp
 import os
 import re
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -49,29 +47,15 @@ from gpt2kit.data.manifest import (
 )
 from gpt2kit.data.shards import MAX_SHARD_TOKENS, ShardWriter, verify_shard
 from gpt2kit.data.sources import ReadProgress, Source, SourceOptions, iter_documents, resolve_sources
+from gpt2kit.data.split_plan import SplitPlanner
+from gpt2kit.data.tokenize import default_workers, tokenize_stream
 from gpt2kit.errors import UserError
 from gpt2kit.io import dir_lock
-from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 from gpt2kit.version import __version__
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # as build-nanogpt's FineWeb shards
-DEFAULT_VAL_FRACTION = 0.01
-"""The default val share for large corpora; smaller ones get up to ``MAX_DEFAULT_VAL_FRACTION``."""
-MAX_DEFAULT_VAL_FRACTION = 0.1  # nanoGPT's and Raschka's share for a single text
-DEFAULT_MIN_VAL_TOKENS = 50_000  # the default share gives at least this many val tokens, up to the 10% above
-SPLIT_TOLERANCE = 0.1  # the val share lands within 10% (relative) of the asked share
 HEAD_TOKENS = 1 << 24  # tokens held back to plan the split knowing the corpus size (32 MiB as uint16)
-_CHUNK_CHARS = 1 << 20  # text per task sent to a worker
-_CHUNK_DOCS = 4096
 _SHARD_RE = re.compile(r"^(train|val)_\d{6}\.bin$")
-
-
-def default_workers() -> int:
-    """All CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
 
 
 @dataclass
@@ -128,104 +112,6 @@ class PrepareConfig:
         """The settings that shape the output (recorded in the manifest; a change needs --overwrite)."""
         return {"text_field": self.text_field, "val_fraction": self.val_fraction, "val_tokens": self.val_tokens,
                 "shard_tokens": self.shard_tokens}
-
-
-# ---------------------------------------------------------------------------------------------- tokenizing
-
-
-def encode_documents(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize texts, each preceded by ``<|endoftext|>``: (concatenated tokens uint16, per-document lengths int64)."""
-    enc = get_tokenizer().encoding  # built once per process
-    if hasattr(enc, "encode_to_numpy"):
-        # with no special tokens allowed or disallowed this is encode_ordinary, minus a Python list per document
-        ids = [_encode_to_numpy(enc, t) for t in texts]
-    else:
-        ids = [enc.encode_ordinary(t) for t in texts]
-    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))  # (D,) incl. EOT
-    out = np.empty(int(lengths.sum()), dtype=np.uint16)
-    for start, x in zip((np.cumsum(lengths) - lengths).tolist(), ids):
-        out[start] = EOT_ID
-        out[start + 1:start + 1 + len(x)] = x
-    return out, lengths
-
-
-def _encode_to_numpy(enc: Any, text: str) -> np.ndarray:
-    try:
-        return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-    except UnicodeEncodeError:
-        # lone surrogates (valid JSON: "\ud800") are not UTF-8; replace them as encode_ordinary does
-        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-        return enc.encode_to_numpy(text, allowed_special=set(), disallowed_special=())
-
-
-def _chunks(docs: Iterable[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    chars = 0
-    for doc in docs:
-        chunk.append(doc)
-        chars += len(doc)
-        if chars >= _CHUNK_CHARS or len(chunk) >= _CHUNK_DOCS:
-            yield chunk
-            chunk, chars = [], 0
-    if chunk:
-        yield chunk
-
-
-def _pool_context() -> mp.context.BaseContext:
-    # fork starts workers instantly and they inherit the built tokenizer; spawn would re-import torch
-    # (via the gpt2kit package) in every worker. The workers are started before any reader threads.
-    methods = mp.get_all_start_methods()
-    return mp.get_context("fork" if "fork" in methods else "spawn")
-
-
-def _worker_init(parent: int) -> None:
-    # Ctrl-C reaches the whole process group; the main process handles it and stops the pool,
-    # so workers ignore it instead of each printing a traceback
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    # a worker blocks forever on its task queue if the main process is SIGKILLed (OOM killer):
-    # ask Linux to end it when the main process dies, and end now if that already happened
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() != parent:
-            os._exit(1)
-
-
-def tokenize_stream(docs: Iterable[str], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Tokenized chunks of ``docs`` in order, from ``workers`` processes (1: in this process).
-
-    At most ``2 * workers + 1`` chunks are in flight: the next chunk is read only when a result is
-    taken, so memory does not grow with the corpus (``Pool.imap`` would read its whole input ahead).
-    """
-    get_tokenizer()  # built before forking, so every worker inherits it
-    if workers <= 1:
-        yield from map(encode_documents, _chunks(docs))
-        return
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    pool = ProcessPoolExecutor(workers, mp_context=_pool_context(), initializer=_worker_init, initargs=(os.getpid(),))
-    try:
-        for f in [pool.submit(int, 0) for _ in range(workers)]:  # start every worker now
-            f.result()
-        pending: deque = deque()
-        for chunk in _chunks(docs):
-            pending.append(pool.submit(encode_documents, chunk))
-            if len(pending) > 2 * workers:
-                yield pending.popleft().result()
-        while pending:
-            yield pending.popleft().result()
-    except BrokenProcessPool:
-        raise UserError(
-            "a tokenizer worker process died (out of memory?); re-run the same command to resume, "
-            "with fewer --workers if it happens again"
-        ) from None
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------------------------------- output state
@@ -288,89 +174,6 @@ def _usable_prefix(out_dir: Path, state: dict[str, Any], log: Callable[[str], No
         kept["splits"][split]["shards"] = shards
         kept["splits"][split]["tokens"] = sum(e["tokens"] for e in shards)
     return kept, all_ok
-
-
-def default_val_fraction(corpus_tokens: int) -> float:
-    """The val share used when none is asked: 1%, raised to give 50,000 tokens, at most 10%."""
-    if corpus_tokens <= 0:
-        return MAX_DEFAULT_VAL_FRACTION
-    return max(DEFAULT_VAL_FRACTION, min(MAX_DEFAULT_VAL_FRACTION, DEFAULT_MIN_VAL_TOKENS / corpus_tokens))
-
-
-def _whole_document_share(lengths: list[int], fraction: float) -> float:
-    """The val share that whole documents alone give under :meth:`_SplitPlanner.pieces`' rule."""
-    total = val = 0
-    for n in lengths:
-        total += n
-        if fraction * total - val >= n / 2:
-            val += n
-    return val / max(total, 1)
-
-
-class _SplitPlanner:
-    """Decides which tokens of each document are validation; deterministic given the order and ``reference``.
-
-    ``reference`` is the size of the held-back head of the corpus (the whole corpus when it fits), so a
-    re-run, and a resumed run that reads it back from its checkpoint, decide exactly alike.
-    """
-
-    def __init__(self, cfg: PrepareConfig, reference: int, head_lengths: list[int] | None,
-                 whole_only: bool | None = None) -> None:
-        self.val_tokens, self.reference = cfg.val_tokens, reference
-        self.asked_default = cfg.val_tokens is None and cfg.val_fraction is None
-        self.fraction = default_val_fraction(reference) if self.asked_default else (cfg.val_fraction or 0.0)
-        if whole_only is None:  # a resumed run passes what the first run decided on the head
-            # whole documents only, when they land the share within the tolerance on the head of the corpus
-            share = _whole_document_share(head_lengths or [], self.fraction) if self.fraction > 0 else 0.0
-            whole_only = self.fraction > 0 and abs(share - self.fraction) <= SPLIT_TOLERANCE * self.fraction
-        self.whole_only = whole_only
-
-    def pieces(self, totals: dict[str, int], n: int) -> list[tuple[str, int, int]]:
-        """(split, start, end) token ranges of the next document of ``n`` tokens, in document order."""
-        if self.val_tokens is not None:
-            # the first val_tokens tokens of the corpus, cut inside a document as build-nanogpt's first shard
-            take = min(n, max(0, self.val_tokens - totals["val_tokens"]))
-            return [p for p in (("val", 0, take), ("train", take, n)) if p[1] < p[2]]
-        f = self.fraction
-        if f <= 0:
-            return [("train", 0, n)]
-        owed = f * (totals["tokens"] + n) - totals["val_tokens"]
-        # a document so long that, whole, it would throw the share off by more than the tolerance
-        long = n > 2 * SPLIT_TOLERANCE * f * max(self.reference, totals["tokens"] + n)
-        if long and (not self.whole_only or totals["tokens"] + n > self.reference):
-            take = min(n, max(0, round(owed)))  # its tail, so that val is back at the asked share
-            return [p for p in (("train", 0, n - take), ("val", n - take, n)) if p[1] < p[2]]
-        # whole documents, spread evenly: one goes to val once val is owed at least half of it
-        return [("val", 0, n)] if owed >= n / 2 else [("train", 0, n)]
-
-    def record(self, totals: dict[str, int]) -> dict[str, Any]:
-        """The manifest's ``split`` record: how the corpus was split, the asked and the actual share."""
-        tokens, val = totals["tokens"], totals["val_tokens"]
-        if self.val_tokens is not None:
-            method, asked = "first_tokens", {"asked_tokens": self.val_tokens}
-        else:
-            cut = totals.get("split_documents", 0)
-            method = ("none" if self.fraction <= 0 else "whole_documents" if cut == 0
-                      else "document_tails" if totals["val_documents"] == cut else "whole_documents+document_tails")
-            asked = {"asked_share": self.fraction, "default": self.asked_default}
-        return {"method": method, **asked, "actual_share": round(val / max(tokens, 1), 6),
-                "val_tokens": val, "documents_split": totals.get("split_documents", 0)}
-
-    def describe(self, totals: dict[str, int]) -> str:
-        """One line saying how the corpus was split."""
-        rec = self.record(totals)
-        actual = f"val {rec['actual_share']:.2%} of {totals['tokens']:,} tokens"
-        if rec["method"] == "first_tokens":
-            return f"{actual}: the first {self.val_tokens:,} tokens (--val-tokens)"
-        asked = f"asked {self.fraction:.2%}" + (" by default for this corpus size" if self.asked_default else "")
-        how = {"none": "no val split (--val-fraction 0)",
-               "whole_documents": f"whole documents ({totals['val_documents']:,} of {totals['documents']:,})",
-               "document_tails": f"the tail of each of {rec['documents_split']:,} long document(s), whole documents "
-                                 "could not give that share",
-               "whole_documents+document_tails": f"the tails of {rec['documents_split']:,} long document(s) and "
-                                                 f"{totals['val_documents'] - rec['documents_split']:,} whole "
-                                                 "document(s), whole documents alone could not give that share"}
-        return f"{actual} ({asked}): {how[rec['method']]}"
 
 
 class _Output:
@@ -580,10 +383,10 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
                     f"--val-tokens {cfg.val_tokens}: the corpus has only {reference:,} tokens, so none would be left "
                     f"to train on; pass a smaller --val-tokens, e.g. --val-tokens {reference // 10}, or leave it out"
                 )
-            planner = _SplitPlanner(cfg, reference, [len(d) for d in head])
+            planner = SplitPlanner(cfg.val_tokens, cfg.val_fraction, reference, [len(d) for d in head])
             totals["whole_only"] = int(planner.whole_only)  # checkpoints carry the plan, so a resume decides alike
         else:
-            planner = _SplitPlanner(cfg, reference, None, whole_only=bool(totals.get("whole_only", 0)))
+            planner = SplitPlanner(cfg.val_tokens, cfg.val_fraction, reference, None, whole_only=bool(totals.get("whole_only", 0)))
         for tokens in itertools.chain(head, doc_iter):
             n = len(tokens)
             pieces = planner.pieces(totals, n)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gpt2kit.data import prepare as prep
+from gpt2kit.data import tokenize
 from gpt2kit.data.prepare import prepare
 from gpt2kit.errors import UserError
 from gpt2kit.tokenizer import EOT_ID
@@ -65,7 +66,7 @@ def test_val_tokens_takes_exactly_the_first_tokens(tmp_path, jsonl_corpus, docs,
 
 
 def test_two_workers_write_the_same_bytes_as_one(tmp_path, jsonl_corpus, monkeypatch, h):
-    monkeypatch.setattr(prep, "_CHUNK_DOCS", 4)  # many chunks, so results really come back from several workers
+    monkeypatch.setattr(tokenize, "_CHUNK_DOCS", 4)  # many chunks, so results really come back from several workers
     a = prepare([jsonl_corpus], tmp_path / "one", shard_tokens=50, workers=1, progress=False)
     b = prepare([jsonl_corpus], tmp_path / "two", shard_tokens=50, workers=2, progress=False)
     assert a == b
@@ -77,7 +78,7 @@ def test_rerun_of_a_finished_output_verifies_and_writes_nothing(tmp_path, jsonl_
     first = prepare([jsonl_corpus], out, shard_tokens=80, **FAST)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     tokenized = []
-    monkeypatch.setattr(prep, "encode_documents", lambda texts: tokenized.append(texts) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(tokenize, "encode_documents", lambda texts: tokenized.append(texts) or (_ for _ in ()).throw(AssertionError))
     again = prepare([jsonl_corpus], out, shard_tokens=80, **FAST)
     assert again == first and tokenized == []
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
@@ -118,8 +119,8 @@ def test_interrupted_run_leaves_nothing_that_looks_finished_and_resumes_exactly(
     assert len(done) == 3 and set(done) <= set(names)
 
     seen = []
-    real_encode = prep.encode_documents
-    monkeypatch.setattr(prep, "encode_documents", lambda texts: seen.extend(texts) or real_encode(texts))
+    real_encode = tokenize.encode_documents
+    monkeypatch.setattr(tokenize, "encode_documents", lambda texts: seen.extend(texts) or real_encode(texts))
     prepare([jsonl_corpus], out, shard_tokens=60, val_fraction=0.1, **FAST)
     assert 0 < len(seen) < len(h.documents_of(h.split_stream(clean, "train"))), "the resumed run skips done documents"
     assert h.shard_files(out) == h.shard_files(clean)
@@ -225,7 +226,7 @@ def test_builtin_corpus_prepares_offline_and_second_call_is_a_no_op(tmp_path, h)
     assert prepare(["builtin:moby-dick"], out, workers=2, progress=False) == man
 
 
-_real_encode = prep.encode_documents
+_real_encode = tokenize.encode_documents
 
 
 def _die_on_marker(texts):
@@ -238,8 +239,8 @@ def _die_on_marker(texts):
 
 
 def test_a_dying_worker_is_a_clear_error_not_a_hang(tmp_path, docs, monkeypatch, h):
-    monkeypatch.setattr(prep, "_CHUNK_DOCS", 2)
-    monkeypatch.setattr(prep, "encode_documents", _die_on_marker)
+    monkeypatch.setattr(tokenize, "_CHUNK_DOCS", 2)
+    monkeypatch.setattr(tokenize, "encode_documents", _die_on_marker)
     src = h.write_jsonl(tmp_path / "c.jsonl", docs[:10] + ["KILL-THIS-WORKER"] + docs[10:])
     with pytest.raises(UserError, match="worker process died"):
         prepare([src], tmp_path / "out", workers=2, progress=False)

@@ -8,7 +8,8 @@ import pytest
 from gpt2kit.cli import main
 from gpt2kit.data import prepare as prep
 from gpt2kit.data.builtin import builtin_text
-from gpt2kit.data.prepare import SPLIT_TOLERANCE, prepare
+from gpt2kit.data.prepare import prepare
+from gpt2kit.data.split_plan import SPLIT_TOLERANCE
 from gpt2kit.tokenizer import EOT_ID
 
 FAST = dict(workers=1, progress=False)

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from gpt2kit.data.loader import TokenLoader
 from gpt2kit.data.manifest import read_manifest
-from gpt2kit.data.prepare import encode_documents, prepare
+from gpt2kit.data.prepare import prepare
+from gpt2kit.data.tokenize import encode_documents
 from gpt2kit.data.shards import (
     HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, open_shard, read_header, verify_shard,
 )

@@ -7,7 +7,6 @@ so ``GPT2KIT_TEST_DEVICE=cuda pytest -m device`` runs them on a GPU (``make gpu-
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,22 +22,12 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "device: takes the device fixture (the GPU tier; GPT2KIT_TEST_DEVICE)")
 
 
-# The slow tier: whole training/fine-tuning runs, subprocesses, torchrun and the crash suite. `make test-fast`
-# (pytest -m "not slow") runs the rest, the unit tests, for the edit-run loop; `make test` runs everything.
-SLOW = (
-    "reliability/", "train/test_train_loop.py", "train/test_train_cli.py", "eval/test_eval_cli.py",
-    "eval/test_eval_distributed.py", "finetune/test_classify.py", "finetune/test_sft.py", "cli/",
-    "data/test_data_cli.py", "gpu/test_compile_paths.py", "test_gpu_check.py", "serve/test_server.py", "serve/test_chat.py",
-    "serve/test_cli.py",
-)
+# The slow tier (whole runs, subprocesses, torchrun, the crash suite) is the modules that say
+# ``pytestmark = pytest.mark.slow``; `make test-fast` (pytest -m "not slow") runs the rest for the edit-run loop.
 
 
 def pytest_collection_modifyitems(config, items):
-    root = Path(__file__).parent
     for item in items:
-        rel = Path(item.fspath).relative_to(root).as_posix()
-        if any(rel.startswith(prefix) for prefix in SLOW):
-            item.add_marker(pytest.mark.slow)
         if "device" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.device)
 

@@ -14,6 +14,8 @@ import torch
 
 from gpt2kit.cli import build_parser, main
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 COMMANDS = ["prepare", "train", "eval", "eval loss", "eval hellaswag", "eval lambada", "sample", "export",
             "finetune", "finetune classify", "finetune sft", "classify", "plot", "demo", "serve", "chat"]
 

@@ -9,6 +9,8 @@ import torch
 from gpt2kit import GPT, generate, load_model
 from gpt2kit.cli import main
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def _gpt2kit(*args):
     return subprocess.run([sys.executable, "-m", "gpt2kit", *args], capture_output=True, text=True, timeout=120)

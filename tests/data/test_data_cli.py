@@ -8,6 +8,8 @@ import pytest
 
 from gpt2kit.cli import main
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def test_help_explains_sources_and_flags(capsys):
     with pytest.raises(SystemExit) as e:

@@ -14,6 +14,8 @@ from gpt2kit.eval.hellaswag import load_examples, score_hellaswag
 from gpt2kit.eval.loss import batch_windows, document_windows, mean_loss
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def run_json(capsys, argv):
     """Run the CLI with --json; stdout must be exactly one JSON object."""

@@ -12,6 +12,8 @@ import pytest
 
 from gpt2kit.cli import main
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 TEXT = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
         "must be in want of a wife. ")
 

@@ -16,6 +16,8 @@ from gpt2kit.model.gpt import GPT
 
 from .conftest import write_csv
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def _classifier(seed: int = 0, k: int = 3) -> GPTClassifier:
     torch.manual_seed(seed)

@@ -22,6 +22,8 @@ from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
 from .conftest import alpaca_records, write_jsonl
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 ALPACA = TEMPLATES["alpaca"]
 
 

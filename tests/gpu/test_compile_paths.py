@@ -17,6 +17,8 @@ from gpt2kit import GPT
 from gpt2kit.checkpoint import load_model
 from gpt2kit.train.pretrain import run_pretraining
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def _losses(records, key="loss"):
     return [r[key] for r in sorted(records, key=lambda r: r["step"]) if r.get(key) is not None]

@@ -14,6 +14,8 @@ from gpt2kit.checkpoint import resolve_checkpoint
 from gpt2kit.cli import main
 from gpt2kit.errors import UserError
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 @pytest.fixture
 def in_project(tmp_path, monkeypatch):

@@ -26,6 +26,8 @@ from gpt2kit.errors import UserError
 from gpt2kit.model import GPT, GPTConfig
 from reliability_harness import write_corpus
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def one_line_error(argv: list, capsys) -> str:
     """Run ``gpt2kit ARGV`` in this process; it must fail with exit 2 and exactly one ``error:`` line."""

@@ -21,6 +21,8 @@ from gpt2kit.io import atomic_write_bytes, atomic_write_text
 from gpt2kit.model import GPT, GPTConfig
 from reliability_harness import dir_files, write_corpus
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def _enospc(path="") -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))

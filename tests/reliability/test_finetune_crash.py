@@ -21,6 +21,8 @@ from gpt2kit.cli import main
 from gpt2kit.model import GPT, GPTConfig
 from reliability_harness import HOOKS, SEED, check_after_kill, final_state
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 KILLS = 4
 WORDS = "the cat dog sat ran over under big small red blue house tree river stone".split()
 

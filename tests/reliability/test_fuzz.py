@@ -27,6 +27,8 @@ from gpt2kit.io import file_sha256
 from gpt2kit.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
 from reliability_harness import write_corpus
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 # derandomized: the same examples on every run, so CI is reproducible; explicit @examples pin found bugs
 FUZZ = settings(max_examples=150, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])

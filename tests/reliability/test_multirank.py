@@ -36,6 +36,8 @@ from multirank_harness import (
 )
 from reliability_harness import HOOKS, MAX_STEPS, assert_same_state, final_state, training_state
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 LAUNCH_TIMEOUT = 300  # seconds; a tiny run takes 10-60 s here, depending on how busy the machine is
 FOUR_RANKS = ["--batch-size", "2", "--eval-batches", "4", "--max-steps", "4", "--eval-every", "2"]
 """4 ranks x 2 windows: the same global batch (and validation windows) as 2 ranks x 4, for 4 steps."""

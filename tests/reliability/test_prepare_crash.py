@@ -21,6 +21,8 @@ from gpt2kit.data.shards import read_header, verify_shard
 from gpt2kit.errors import UserError
 from reliability_harness import SEED, dir_files, group_members, write_corpus
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 SHARD_RE = re.compile(r"^(train|val)_\d{6}\.bin$")
 KILLS = 10
 

@@ -24,6 +24,8 @@ from gpt2kit.errors import UserError
 from multirank_harness import MR_FLAGS, Launch, torchrun_argv, train_args
 from reliability_harness import HOOKS, MAX_STEPS
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 LAUNCH_TIMEOUT = 420  # seconds, for two pairs of launchers sharing the machine
 SHARDED = ["--checkpoint-format", "sharded"]
 FAULTS = {

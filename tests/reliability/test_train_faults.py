@@ -20,6 +20,8 @@ from reliability_harness import (
     HOOKS, MAX_STEPS, assert_same_state, check_after_kill, final_state, train_argv, training_state,
 )
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 LONG = ("--max-steps", "100000")  # a run that only a signal ends
 RESULT_KEYS = ("final checkpoint", "metrics.jsonl", "samples.jsonl")
 

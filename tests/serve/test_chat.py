@@ -20,6 +20,8 @@ from gpt2kit.generation import generate
 from gpt2kit.serve.prompts import chat_prompt_ids, trim_conversation
 from gpt2kit.tokenizer import get_tokenizer
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 TOK = get_tokenizer()
 
 

@@ -8,6 +8,8 @@ import pytest
 
 from gpt2kit.cli import main
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def test_help_lists_the_flags(capsys):
     for cmd in ("serve", "chat"):

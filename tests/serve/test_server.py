@@ -20,6 +20,8 @@ from gpt2kit.tokenizer import get_tokenizer
 
 from .conftest import BLOCK_SIZE
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 TOK = get_tokenizer()
 
 

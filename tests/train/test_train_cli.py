@@ -14,6 +14,8 @@ from train_settings import TINY_FLAGS, losses
 
 from gpt2kit.cli import main
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def _metrics(run):
     return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]

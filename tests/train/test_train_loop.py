@@ -13,6 +13,8 @@ from gpt2kit.checkpoint import list_step_checkpoints, load_model, read_checkpoin
 from gpt2kit.errors import UserError
 from gpt2kit.train.pretrain import check_data_matches_model, resolve_train_config, run_pretraining
 
+pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
+
 
 def _weights(run_dir):
     return load_model(list_step_checkpoints(run_dir)[-1]).model.state_dict()

@@ -84,6 +84,7 @@ def test_past_the_held_back_head_the_split_streams_and_resumes_alike(tmp_path, j
     assert b == a and h.shard_files(tmp_path / "b") == h.shard_files(tmp_path / "a")
 
 
+@pytest.mark.slow  # a whole run or a transformers comparison
 def test_prepare_then_train_on_a_short_story_with_default_flags(story, tmp_path, capsys):
     data, run = tmp_path / "data", tmp_path / "run"
     assert main(["prepare", str(story), "--out", str(data), "--workers", "1", "--no-progress"]) == 0

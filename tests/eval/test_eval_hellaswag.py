@@ -40,6 +40,7 @@ def expected_figures(hf_model, examples):
     return {"acc": hits[0] / n, "acc_norm": hits[1] / n, "acc_norm_bytes": hits[2] / n, "n": n}
 
 
+@pytest.mark.slow  # a whole run or a transformers comparison
 def test_matches_transformers_and_batching_does_not_change_scores(tmp_path, gk_model, hf_model, write_hellaswag):
     path = write_hellaswag(tmp_path / "hs.jsonl")
     examples = load_examples(path)

@@ -53,6 +53,7 @@ def test_mean_loss_ignores_minus_100_and_matches_transformers(gk_model, hf_model
     assert again["loss"] == pytest.approx(got["loss"]) and again["tokens"] == got["tokens"]
 
 
+@pytest.mark.slow  # a whole run or a transformers comparison
 @pytest.mark.parametrize("stride", [64, 1])
 def test_sliding_window_matches_transformers(gk_model, hf_model, stride):
     """stride = block: independent chunks; stride 1: every token sees min(p, block) tokens of context."""

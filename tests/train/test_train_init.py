@@ -73,6 +73,7 @@ def test_continue_pretraining_a_run_dir_on_new_text(tiny_cfg, data_dir, tmp_path
     _step_zero_matches_source(cfg, tmp_path / "first", tmp_path)
 
 
+@pytest.mark.slow  # a whole run or a transformers comparison
 def test_epochs_set_the_schedule_and_export_hf_writes_final_and_best(tmp_path, capsys):
     from gpt2kit.data.builtin import builtin_text
     from gpt2kit.data.prepare import prepare
@@ -145,6 +146,7 @@ def test_a_second_train_into_a_run_dir_in_use_is_refused_naming_the_holder(data_
     assert main(argv) == 0
 
 
+@pytest.mark.slow  # a whole run or a transformers comparison
 def test_ctrl_c_says_at_once_that_it_stops_after_this_step(data_dir, tmp_path):
     run = tmp_path / "run"
     args = ["train", "--preset", "demo-cpu", "--data", str(data_dir), "--out", str(run), *TINY_FLAGS,

@@ -53,6 +53,7 @@ def test_wsd_schedule_is_warmup_constant_then_linear_decay():
             LoopConfig(**bad)
 
 
+@pytest.mark.slow  # a whole run or a transformers comparison
 def test_two_step_muon_run_is_deterministic_and_saves_both_optimizers(tiny_cfg, tmp_path):
     a = run_pretraining(tiny_cfg(out=str(tmp_path / "a"), optimizer="muon", max_steps=2))
     b = run_pretraining(tiny_cfg(out=str(tmp_path / "b"), optimizer="muon", max_steps=2))
@@ -70,6 +71,7 @@ def test_two_step_muon_run_is_deterministic_and_saves_both_optimizers(tiny_cfg, 
         run_pretraining(cfg, point)
 
 
+@pytest.mark.slow  # a whole run or a transformers comparison
 def test_wsd_run_stopped_before_its_decay_extends_like_a_longer_run(tiny_cfg, tmp_path):
     # schedule 10 with decay_fraction 0.5 decays from step 5; stopping at 4 and going on with schedule 20 must
     # be the run that had schedule 20 from the start (its decay starts at step 10)

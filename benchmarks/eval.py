@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit import GPT, GPTConfig, MODEL_PRESETS
+from gpt2kit import GPT, MODEL_PRESETS, GPTConfig
 from gpt2kit.eval.hellaswag import load_examples, score_hellaswag
 
 WORDS = (

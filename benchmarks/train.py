@@ -32,7 +32,8 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # huge pages for large CPU tensors (as gpt2kit train does)
 
@@ -101,9 +102,9 @@ def matmul_params(model, wpe) -> int:
 
 def run_loop(args, device) -> dict:
     """gpt2kit's real training loop on random batches; returns its last metrics record."""
+    from gpt2kit.distributed import DistEnv
     from gpt2kit.model import GPT, GPTConfig
     from gpt2kit.train.config import LoopConfig
-    from gpt2kit.distributed import DistEnv
     from gpt2kit.train.loop import TrainTask, train
     from gpt2kit.train.metrics import gpt_flops_per_token
 

@@ -21,13 +21,13 @@ import contextlib
 import datetime
 import gc
 import os
-import re
 import signal
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import os
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from gpt2kit.packed_decode import packed_cpu_linears
 from gpt2kit.model.gpt import GPT
+from gpt2kit.packed_decode import packed_cpu_linears
 
 PACKED_ENV = "GPT2KIT_PACKED_DECODE"
 """Set to 0 to decode through nn.Linear's own products (the packed CPU fast path off) where ``packed`` is not given."""

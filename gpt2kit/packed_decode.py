@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import weakref
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,7 @@ PACKED_MAX_ROWS = 16
 """Decoding steps of at most this many rows (batch x new positions) use the packed weights."""
 
 # nn.Linear -> {form: (weight version, data pointer, packed weight)}; form is the slab count, or 0 for oneDNN's
-_PACKED: "weakref.WeakKeyDictionary[nn.Linear, dict[int, tuple]]" = weakref.WeakKeyDictionary()
+_PACKED: weakref.WeakKeyDictionary[nn.Linear, dict[int, tuple]] = weakref.WeakKeyDictionary()
 
 
 def _packed(linear: nn.Linear, parts: int) -> torch.Tensor:

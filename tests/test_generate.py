@@ -3,8 +3,8 @@ import torch
 
 from gpt2kit import GPT, load_model
 from gpt2kit.device import native_bf16
-from gpt2kit.packed_decode import packed_cpu_linears
 from gpt2kit.generation import generate, sample_next
+from gpt2kit.packed_decode import packed_cpu_linears
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import lzma
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Iterator
 
 from gpt2kit.errors import UserError
 from gpt2kit.io import parse_jsonl

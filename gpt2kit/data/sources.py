@@ -23,13 +23,14 @@ import io
 import json
 import lzma
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO
 
+from gpt2kit.data.builtin import builtin_documents, get_builtin
 from gpt2kit.errors import UserError
 from gpt2kit.io import parse_json_line
-from gpt2kit.data.builtin import builtin_documents, get_builtin
 
 COMPRESSIONS = {".gz": "gzip", ".bz2": "bz2", ".xz": "xz", ".zst": "zstd", ".zstd": "zstd"}
 JSONL_EXTS = {".jsonl", ".ndjson"}

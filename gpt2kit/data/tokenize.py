@@ -10,7 +10,8 @@ import multiprocessing as mp
 import os
 import sys
 from collections import deque
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 

@@ -19,17 +19,17 @@ rank returns the global figures.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
-from gpt2kit.io import iter_jsonl
-from gpt2kit.eval.scoring import fit_row, model_block_size, scored_items
 from gpt2kit.eval.download import cache_root, resolve_data_file
+from gpt2kit.eval.scoring import fit_row, model_block_size, scored_items
+from gpt2kit.io import iter_jsonl
 from gpt2kit.tokenizer import get_tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"

@@ -15,17 +15,17 @@ when no ``--data`` is given. Batched and sharded across ranks like HellaSwag.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
-from gpt2kit.io import iter_jsonl
-from gpt2kit.eval.scoring import fit_row, model_block_size, safe_exp, scored_items
 from gpt2kit.eval.download import cache_root, resolve_data_file
+from gpt2kit.eval.scoring import fit_row, model_block_size, safe_exp, scored_items
+from gpt2kit.io import iter_jsonl
 from gpt2kit.tokenizer import get_tokenizer
 
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"

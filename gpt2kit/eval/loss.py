@@ -15,16 +15,16 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import torch
 
+from gpt2kit.device import autocast
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
-from gpt2kit.io import iter_jsonl
-from gpt2kit.device import autocast
 from gpt2kit.eval.scoring import safe_exp
+from gpt2kit.io import iter_jsonl
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
 

@@ -11,7 +11,8 @@ score. Only the continuation's positions are scored. Shape letters:
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F

@@ -8,8 +8,9 @@ message naming the field.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 GPT2_VOCAB_SIZE = 50257
 
@@ -81,7 +82,7 @@ class GPTConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GPTConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GPTConfig:
         """Inverse of :meth:`to_dict`; unknown keys are an error naming them."""
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
@@ -90,7 +91,7 @@ class GPTConfig:
         return cls(**d)
 
     @classmethod
-    def from_hf(cls, hf: Any, dropout: float | None = None) -> "GPTConfig":
+    def from_hf(cls, hf: Any, dropout: float | None = None) -> GPTConfig:
         """The GPTConfig of a ``transformers.GPT2Config`` (or its ``to_dict()``); options gpt2kit lacks are refused.
 
         Missing dict keys take GPT2Config's defaults. ``dropout``, when given, replaces the config's
@@ -126,7 +127,7 @@ class GPTConfig:
         )
 
     @classmethod
-    def from_preset(cls, name: str, **overrides: Any) -> "GPTConfig":
+    def from_preset(cls, name: str, **overrides: Any) -> GPTConfig:
         """A named preset with fields overridden (``None`` overrides are ignored)."""
         name = MODEL_PRESET_ALIASES.get(name, name)
         if name not in MODEL_PRESETS:

@@ -6,8 +6,9 @@ built without importing torch.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 TARGET_LAYERS = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
 """Every Linear layer of a block that LoRA can adapt (names relative to the block)."""
@@ -74,7 +75,7 @@ class LoRAConfig:
                 "dropout": float(self.dropout), "blocks": None if self.blocks is None else list(self.blocks)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LoRAConfig":
+    def from_dict(cls, d: dict[str, Any]) -> LoRAConfig:
         """Inverse of :meth:`to_dict`."""
         return cls(rank=int(d["rank"]), alpha=float(d["alpha"]), targets=tuple(d["targets"]),
                    dropout=float(d.get("dropout", 0.0)), blocks=None if d.get("blocks") is None else tuple(d["blocks"]))

@@ -34,7 +34,7 @@ def test_every_local_format_in_a_directory_in_path_order(tmp_path):
     (d / "c.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
     (d / "d.json").write_text(json.dumps([{"text": "array one"}, {"text": "array two"}]))
     (d / "e.jsonl.zst").write_bytes(zstandard.ZstdCompressor().compress(b'{"text": "zstd"}\n'))
-    (d / "f.txt.xz").write_bytes(lzma.compress("xz text".encode()))
+    (d / "f.txt.xz").write_bytes(lzma.compress(b"xz text"))
     (d / "g.ndjson.bz2").write_bytes(bz2.compress(b'{"text": "bz2"}\n\n'))
     pq.write_table(pa.table({"text": ["parquet 0", "parquet 1"], "n": [0, 1]}), d / "sub" / "h.parquet")
     (d / "notes.csv").write_text("ignored,because,unknown")

@@ -16,8 +16,15 @@ import torch
 
 import gpt2kit
 from gpt2kit.device import (
-    autocast_dtype_for, collective_backend, collective_device, cuda_rng_states, ddp_device_ids, native_bf16,
-    pinned_transfer, set_cuda_rng_states, set_tf32,
+    autocast_dtype_for,
+    collective_backend,
+    collective_device,
+    cuda_rng_states,
+    ddp_device_ids,
+    native_bf16,
+    pinned_transfer,
+    set_cuda_rng_states,
+    set_tf32,
 )
 from gpt2kit.errors import UserError
 

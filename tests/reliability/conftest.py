@@ -6,10 +6,10 @@ import random
 from pathlib import Path
 
 import pytest
-
-from gpt2kit.data.prepare import prepare
 from multirank_harness import WarmLaunchers
 from reliability_harness import HOOKS, MAX_STEPS, SEED, ForkServer, final_state, train_argv, write_corpus
+
+from gpt2kit.data.prepare import prepare
 
 
 @pytest.fixture(scope="session")

@@ -20,8 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from reliability_harness import FLAGS, HOOKS, assert_same_state, live_processes
 
@@ -83,7 +83,7 @@ class WarmLaunchers:
             else:
                 self._started.put(msg["pid"])
 
-    def popen(self, argv: list[str], log: Path, env: dict[str, str]) -> "ForkedLauncher":
+    def popen(self, argv: list[str], log: Path, env: dict[str, str]) -> ForkedLauncher:
         """Start the warm launcher command line ``argv`` (from :func:`torchrun_argv`) with ``env`` added."""
         assert argv[1] == str(WARM_LAUNCHER), argv[:3]
         with self._lock:  # one request and its answer at a time

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from reliability_harness import write_corpus
 
 from gpt2kit.checkpoint import load_model, save_checkpoint
 from gpt2kit.cli import main
@@ -24,7 +25,6 @@ from gpt2kit.data.loader import TokenLoader
 from gpt2kit.data.prepare import prepare
 from gpt2kit.errors import UserError
 from gpt2kit.model import GPT, GPTConfig
-from reliability_harness import write_corpus
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 

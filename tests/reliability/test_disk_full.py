@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_harness import dir_files, write_corpus
 
 from gpt2kit.checkpoint import load_model, save_checkpoint
 from gpt2kit.cli import main
 from gpt2kit.io import atomic_write_bytes, atomic_write_text
 from gpt2kit.model import GPT, GPTConfig
-from reliability_harness import dir_files, write_corpus
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 

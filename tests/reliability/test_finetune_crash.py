@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_harness import HOOKS, SEED, check_after_kill, final_state
 
 from gpt2kit.checkpoint import save_checkpoint
 from gpt2kit.cli import main
 from gpt2kit.model import GPT, GPTConfig
-from reliability_harness import HOOKS, SEED, check_after_kill, final_state
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 

@@ -14,18 +14,23 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
+from reliability_harness import write_corpus
 
 from gpt2kit.data.loader import TokenLoader
 from gpt2kit.data.manifest import read_manifest
 from gpt2kit.data.prepare import prepare
-from gpt2kit.data.tokenize import encode_documents
 from gpt2kit.data.shards import (
-    HEADER_BYTES, SHARD_MAGIC, SHARD_VERSION, open_shard, read_header, verify_shard,
+    HEADER_BYTES,
+    SHARD_MAGIC,
+    SHARD_VERSION,
+    open_shard,
+    read_header,
+    verify_shard,
 )
+from gpt2kit.data.tokenize import encode_documents
 from gpt2kit.errors import UserError
 from gpt2kit.io import file_sha256
 from gpt2kit.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
-from reliability_harness import write_corpus
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 

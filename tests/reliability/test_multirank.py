@@ -27,14 +27,21 @@ from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-
-from gpt2kit.checkpoint import list_step_checkpoints, read_checkpoint
-from gpt2kit.errors import UserError
-from gpt2kit.distributed import _fresh_round
 from multirank_harness import (
-    MR_FLAGS, Launch, free_port, logged_steps, resumes, torchrun_argv, train_args, wait_until,
+    MR_FLAGS,
+    Launch,
+    free_port,
+    logged_steps,
+    resumes,
+    torchrun_argv,
+    train_args,
+    wait_until,
 )
 from reliability_harness import HOOKS, MAX_STEPS, assert_same_state, final_state, training_state
+
+from gpt2kit.checkpoint import list_step_checkpoints, read_checkpoint
+from gpt2kit.distributed import _fresh_round
+from gpt2kit.errors import UserError
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 

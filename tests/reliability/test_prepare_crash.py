@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import pytest
+from reliability_harness import SEED, dir_files, group_members, write_corpus
 
 from gpt2kit.data.loader import TokenLoader
 from gpt2kit.data.manifest import read_json, read_manifest, validate_manifest, verify_split
 from gpt2kit.data.shards import read_header, verify_shard
 from gpt2kit.errors import UserError
-from reliability_harness import SEED, dir_files, group_members, write_corpus
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 

@@ -16,13 +16,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from gpt2kit.checkpoint import (
-    is_sharded, list_step_checkpoints, load_model, read_checkpoint, write_sharded_meta,
-)
-from gpt2kit.errors import UserError
 from multirank_harness import MR_FLAGS, Launch, torchrun_argv, train_args
 from reliability_harness import HOOKS, MAX_STEPS
+
+from gpt2kit.checkpoint import (
+    is_sharded,
+    list_step_checkpoints,
+    load_model,
+    read_checkpoint,
+    write_sharded_meta,
+)
+from gpt2kit.errors import UserError
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import signal
 
 import pytest
-
 from reliability_harness import HOOKS, MAX_STEPS, SEED, assert_same_state, check_after_kill, train_argv
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier

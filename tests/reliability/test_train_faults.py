@@ -13,12 +13,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from reliability_harness import (
+    HOOKS,
+    MAX_STEPS,
+    assert_same_state,
+    check_after_kill,
+    final_state,
+    train_argv,
+    training_state,
+)
 
 from gpt2kit.checkpoint import list_step_checkpoints, load_model, read_checkpoint
 from gpt2kit.cli import main
-from reliability_harness import (
-    HOOKS, MAX_STEPS, assert_same_state, check_after_kill, final_state, train_argv, training_state,
-)
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 

@@ -26,6 +26,7 @@ import traceback
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 # what the ranks would import before training (the fork server's list, the FSDP state-dict API included)
+import hooked_worker  # noqa: E402,F401
 import torch  # noqa: E402,F401
 import torch._dynamo  # noqa: E402,F401
 import torch.distributed.checkpoint.state_dict  # noqa: E402,F401
@@ -35,7 +36,6 @@ import gpt2kit.checkpoint  # noqa: E402,F401
 import gpt2kit.cli  # noqa: E402
 import gpt2kit.cli.train  # noqa: E402,F401
 import gpt2kit.train.pretrain  # noqa: E402,F401
-import hooked_worker  # noqa: E402,F401
 from gpt2kit.tokenizer import get_tokenizer  # noqa: E402
 
 

@@ -5,15 +5,14 @@ Streaming answers are server-sent events in OpenAI's chunk format ending with ``
 before it carries ``usage`` (with ``stream_options.include_usage`` a chunk of its own with empty ``choices``, as
 OpenAI sends it). Every error is ``{"error": {"message", "type", "param", "code"}}``.
 
-Text lives here, not in the engine: token ids are decoded incrementally (a character split over two tokens
-waits for its second half) and ``stop`` strings are matched on the decoded text, holding back the few
+Text lives here, not in the engine: token ids are decoded incrementally (:class:`~gpt2kit.prompts.StreamDecoder`:
+a character split over two tokens waits for its second half) and ``stop`` strings are matched on the decoded text, holding back the few
 characters that could still become a stop string.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import hmac
 import json
@@ -27,9 +26,8 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt2kit.errors import UserError
-from gpt2kit.finetune.data import PromptTemplate
+from gpt2kit.prompts import PromptTemplate, StreamDecoder, chat_prompt_ids
 from gpt2kit.serve.engine import Draining, Engine, QueueFull, SamplingParams
-from gpt2kit.serve.prompts import chat_prompt_ids
 
 MAX_STOP_STRINGS = 4
 RETRY_AFTER_S = 1
@@ -217,23 +215,24 @@ class Choice:
     """Characters of ``text`` already streamed."""
     finish_reason: str | None = None
     request: Any = None
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    decoder: StreamDecoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decoder = StreamDecoder(self.tokenizer)
 
     def add(self, token: int) -> None:
         """Append a generated token; a stop string ends the choice and cuts the text before it."""
         if self.finish_reason is not None:  # tokens the engine made before it saw the cancel
             return
         self.tokens += 1
-        if token == self.tokenizer.eot:
-            return
-        self.text += self.decoder.decode(self.tokenizer.decode_bytes([token]))
+        self.text += self.decoder.decode(token)
         self._match_stop()
 
     def end(self, reason: str) -> None:
         """The engine finished the sequence (``stop``, ``length``, ``cancelled`` or an error)."""
         if self.finish_reason is not None:
             return
-        self.text += self.decoder.decode(b"", final=True)
+        self.text += self.decoder.flush()
         self._match_stop()
         if self.finish_reason is None:
             self.finish_reason = reason

@@ -173,11 +173,13 @@ def check_fits(prompts: list[list[int]], max_tokens: int, block_size: int, param
 
 def plain_message(m: Any) -> Any:
     """A message as the templates read it: OpenAI's content-part lists (``[{"type": "text", "text": ...}]``)
-    joined into one string, or the ``developer`` role as ``system``."""
-    if isinstance(m, dict) and isinstance(m.get("content"), list):
-        parts = m["content"]
-        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
-            return {**m, "content": "".join(p["text"] for p in parts)}
-    if isinstance(m, dict) and m.get("role") == "developer":  # OpenAI's newer name for the system role
-        return {**m, "role": "system"}
+    joined into one string, the ``developer`` role as ``system``."""
+    if not isinstance(m, dict):
+        return m
+    parts = m.get("content")
+    if isinstance(parts, list) and all(
+            isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+        m = {**m, "content": "".join(p["text"] for p in parts)}
+    if m.get("role") == "developer":  # OpenAI's newer name for the system role
+        m = {**m, "role": "system"}
     return m

@@ -52,6 +52,7 @@ def test_prompts_messages_and_the_context_check():
     parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
     assert plain_message({"role": "user", "content": parts}) == {"role": "user", "content": "ab"}
     assert plain_message({"role": "developer", "content": "a"}) == {"role": "system", "content": "a"}
+    assert plain_message({"role": "developer", "content": parts}) == {"role": "system", "content": "ab"}
     check_fits([[1] * 4], 4, 8, "prompt")
     with pytest.raises(ApiError, match="set max_tokens to at most 4"):
         check_fits([[1] * 4], 5, 8, "prompt")

@@ -2,7 +2,8 @@
 
 Layers, lowest first (a module may import its own layer and those below):
 
-0. errors, io, tokenizer, device (the CUDA-only decisions)
+0. errors, io, tokenizer, device (the CUDA-only decisions), prompts (templates and the streaming decoder: text
+   only, on errors and the tokenizer)
 1. model
 2. checkpoint (the package: every file format), generation (and packed_decode, its CPU weight packing)
 3. distributed, data
@@ -25,7 +26,7 @@ import gpt2kit
 ROOT = Path(gpt2kit.__file__).parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version", "gpt2kit.device"),
+    ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version", "gpt2kit.device", "gpt2kit.prompts"),
     ("gpt2kit.model",),
     ("gpt2kit.checkpoint", "gpt2kit.generation", "gpt2kit.packed_decode"),
     ("gpt2kit.distributed", "gpt2kit.data"),
@@ -146,3 +147,10 @@ def test_the_model_knows_nothing_about_files():
     wrong = {m: sorted(n for n in names if not (n.startswith("gpt2kit.model") or n == "gpt2kit.errors"))
              for m, names in found.items()}
     assert not any(wrong.values()), wrong
+
+
+def test_prompts_know_only_text_and_tokens():
+    # fine-tuning, sample, chat and serve all read templates from here, so it stands on nothing they build on
+    tree = ast.parse((ROOT / "prompts.py").read_text(encoding="utf-8"))
+    names = {name for _, name, _ in gpt2kit_imports(tree, "gpt2kit.prompts", False)}
+    assert names <= {"gpt2kit.errors", "gpt2kit.tokenizer"}, names

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 
 from gpt2kit.cli.common import (
-    add_checkpoint_argument, add_device_arguments, add_sampling_arguments, check_sampling_arguments, positive_int,
+    add_checkpoint_argument,
+    add_device_arguments,
+    add_sampling_arguments,
+    check_sampling_arguments,
+    positive_int,
 )
 from gpt2kit.errors import UserError
 
@@ -37,9 +40,8 @@ def run(args: argparse.Namespace) -> int:
 
     from gpt2kit.checkpoint import load_model
     from gpt2kit.cli.common import resolve_device, resolve_dtype
-    from gpt2kit.finetune.data import template_from_checkpoint
     from gpt2kit.generation import generate
-    from gpt2kit.serve.prompts import trim_conversation
+    from gpt2kit.prompts import StreamDecoder, template_from_checkpoint, trim_conversation
     from gpt2kit.tokenizer import get_tokenizer
 
     check_sampling_arguments(args)
@@ -68,6 +70,15 @@ def run(args: argparse.Namespace) -> int:
     history = ""  # a base model's text so far
     generator = torch.Generator(device=device).manual_seed(args.seed)
     out = sys.stdout
+    decoder = StreamDecoder(tok)  # flushed at the end of every reply
+    reply: list[str] = []  # the reply being written, piece by piece
+
+    def stream(next_id: torch.Tensor) -> None:
+        piece = decoder.decode(int(next_id[0]))
+        reply.append(piece)
+        out.write(piece)
+        out.flush()
+
     while True:
         try:
             line = input("> " if interactive else "")
@@ -85,24 +96,14 @@ def run(args: argparse.Namespace) -> int:
         else:
             history += ("\n" if history else "") + line
             ids = tok.encode(history)[-budget:]
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        reply: list[str] = []
-
-        def stream(next_id: torch.Tensor) -> None:
-            t = int(next_id[0])
-            if t != tok.eot:
-                piece = decoder.decode(tok.decode_bytes([t]))
-                reply.append(piece)
-                out.write(piece)
-                out.flush()
-
+        reply.clear()
         try:
             generate(model, torch.tensor([ids], dtype=torch.long, device=device), args.max_new_tokens,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, generator=generator,
                      eos_id=tok.eot, on_token=stream)
         except KeyboardInterrupt:
             out.write(" [stopped]")  # what was said so far stays in the conversation
-        reply.append(decoder.decode(b"", final=True))
+        reply.append(decoder.flush())
         out.write(reply[-1] + "\n")
         out.flush()
         if template is not None:

@@ -55,7 +55,7 @@ def _read_texts(args: argparse.Namespace, record: dict) -> tuple[list[str], list
                 lines = path.read_text(encoding="utf-8").splitlines()
             texts += [line for line in lines if line.strip()]
         else:
-            from gpt2kit.finetune.data import read_records
+            from gpt2kit.finetune.files import read_records
 
             column = args.text_column or record.get("text_column", "text")
             label_column = record.get("label_column", "label")
@@ -76,14 +76,13 @@ def _read_texts(args: argparse.Namespace, record: dict) -> tuple[list[str], list
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
     import torch
 
     from gpt2kit.cli.common import resolve_device, resolve_dtype
     from gpt2kit.finetune.classifier import load_classifier, predict_logits
-    from gpt2kit.finetune.data import encode_texts
+    from gpt2kit.finetune.classify_data import encode_texts
 
     if args.file and args.file != "-" and not Path(args.file).is_file():
         # before loading the weights: a mistyped path should not wait for them (a directory is not a file either)
@@ -109,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     if labels is not None:
-        from gpt2kit.finetune.data import label_string
+        from gpt2kit.finetune.classify_data import label_string
         from gpt2kit.finetune.metrics import accuracy, confusion_matrix, macro_f1
 
         index = {name: k for k, name in enumerate(vocab)}

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import codecs
 import sys
 
 from gpt2kit.cli.common import (
-    add_checkpoint_argument, add_device_arguments, add_sampling_arguments, check_sampling_arguments, nonneg_int,
+    add_checkpoint_argument,
+    add_device_arguments,
+    add_sampling_arguments,
+    check_sampling_arguments,
+    nonneg_int,
     positive_int,
 )
 from gpt2kit.errors import UserError
@@ -40,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import load_model
     from gpt2kit.cli.common import loaded_description, resolve_device, resolve_dtype
     from gpt2kit.generation import generate
+    from gpt2kit.prompts import StreamDecoder
     from gpt2kit.tokenizer import get_tokenizer
 
     check_sampling_arguments(args)
@@ -59,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"sample: {loaded_description(args.checkpoint, loaded)}", file=sys.stderr)
     echo = args.prompt  # what is printed before each continuation
     if args.instruction is not None:
-        from gpt2kit.finetune.data import TEMPLATES, template_from_checkpoint
+        from gpt2kit.prompts import TEMPLATES, template_from_checkpoint
 
         template = template_from_checkpoint(loaded.checkpoint, loaded.source)
         if template is None:
@@ -74,25 +78,22 @@ def run(args: argparse.Namespace) -> int:
               file=sys.stderr)
     idx = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     out = sys.stdout
+    decoder = StreamDecoder(tok, skip_eot=not args.no_stop)  # flushed at the end of every sample
+
+    def stream(next_id: torch.Tensor) -> None:
+        out.write(decoder.decode(int(next_id[0])))
+        out.flush()
+
     for i in range(args.num_samples):
         if args.num_samples > 1:
             out.write(f"--- sample {i + 1}/{args.num_samples} ---\n")
         if echo is not None:
             out.write(echo)
         out.flush()
-        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-        def stream(next_id: torch.Tensor) -> None:
-            t = int(next_id[0])
-            if t == tok.eot and not args.no_stop:
-                return
-            out.write(decoder.decode(tok.decode_bytes([t])))
-            out.flush()
-
         generate(
             model, idx, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             seed=args.seed + i, eos_id=None if args.no_stop else tok.eot, on_token=stream,
         )
-        out.write(decoder.decode(b"", final=True) + "\n")
+        out.write(decoder.flush() + "\n")
         out.flush()
     return 0

@@ -11,7 +11,7 @@ stream whatever B, A and W split it: rank r at micro-step m takes the B position
 in it) is the same on every rank, and B, A and W may change between optimizer steps (not inside one).
 
 Pretraining streams token windows (:class:`gpt2kit.data.loader.TokenLoader`), fine-tuning streams examples or
-packed rows (:class:`gpt2kit.finetune.data.EpochBatches`); both wrap an :class:`EpochStream` and add what their
+packed rows (:class:`gpt2kit.finetune.batching.EpochBatches`); both wrap an :class:`EpochStream` and add what their
 items are and which data a saved position belongs to.
 """
 
@@ -124,8 +124,8 @@ class EpochStream:
         saved = (state["micro_batch_size"], state["grad_accum_steps"], state["world_size"])
         if state["micro_step"] != 0 and layout != saved:
             raise UserError(
-                f"the checkpoint was saved in the middle of an optimizer step with (micro batch, grad accum, world size) "
-                f"= {saved}; resume with the same values, not {layout}"
+                "the checkpoint was saved in the middle of an optimizer step with (micro batch, grad accum, "
+                f"world size) = {saved}; resume with the same values, not {layout}"
             )
         self.seed = int(state["seed"])
         self.shuffle = bool(state["shuffle"])

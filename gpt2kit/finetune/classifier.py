@@ -16,12 +16,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gpt2kit.model.gpt import GPT
 from gpt2kit.checkpoint import load_state_dict_checked, read_checkpoint, resolve_checkpoint
 from gpt2kit.checkpoint.finetune import finetune_record, plain_state_dict
 from gpt2kit.errors import UserError
-from gpt2kit.finetune.data import pad_right
+from gpt2kit.finetune.batching import pad_right
 from gpt2kit.model.config import GPTConfig
+from gpt2kit.model.gpt import GPT
 from gpt2kit.tokenizer import EOT_ID
 
 

@@ -9,18 +9,18 @@ Shape letters: B batch, T time, V vocab, K labels.
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
-from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.device import autocast
+from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.eval.scoring import sharded_batches
-from gpt2kit.finetune.data import (
-    IGNORE_INDEX, ClassificationData, SFTExample, classification_batch, sft_batch,
-)
+from gpt2kit.finetune.batching import classification_batch, sft_batch
+from gpt2kit.finetune.classify_data import ClassificationData
 from gpt2kit.finetune.metrics import accuracy, confusion_matrix, macro_f1
+from gpt2kit.finetune.sft_data import IGNORE_INDEX, SFTExample
 from gpt2kit.tokenizer import EOT_ID
 
 

@@ -12,33 +12,43 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from gpt2kit.errors import UserError
-from gpt2kit.checkpoint.finetune import RECORD_KEY, RECORD_VERSION, finetune_record
-from gpt2kit.finetune.config import ClassifyConfig, FinetuneConfig, SFTConfig
-from gpt2kit.model.gpt import GPT
-from gpt2kit.train.config import resolve_config
-from gpt2kit.distributed import DistEnv, distributed
-from gpt2kit.train.loop import train
-from gpt2kit.train.optim import decay_param_groups
-from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 from gpt2kit.checkpoint import ResumePoint, find_resume, load_model
+from gpt2kit.checkpoint.finetune import RECORD_KEY, RECORD_VERSION, finetune_record
 from gpt2kit.device import autocast
-from gpt2kit.finetune.classifier import GPTClassifier, load_classifier, set_trainable, trainable_summary
-from gpt2kit.finetune.data import (
-    D, EpochBatches, classification_batch, get_template, hold_out, label_vocabulary, load_classification,
-    load_sft, pack_examples, packed_attn_mask, packed_batch, sft_batch, steps_per_epoch,
+from gpt2kit.distributed import DistEnv, distributed
+from gpt2kit.errors import UserError
+from gpt2kit.finetune.batching import (
+    EpochBatches,
+    classification_batch,
+    pack_examples,
+    packed_attn_mask,
+    packed_batch,
+    sft_batch,
+    steps_per_epoch,
 )
+from gpt2kit.finetune.classifier import GPTClassifier, load_classifier, set_trainable, trainable_summary
+from gpt2kit.finetune.classify_data import label_vocabulary, load_classification
+from gpt2kit.finetune.config import ClassifyConfig, FinetuneConfig, SFTConfig
 from gpt2kit.finetune.evaluate import evaluate_classifier, evaluate_sft
+from gpt2kit.finetune.files import D, hold_out
+from gpt2kit.finetune.sft_data import load_sft
 from gpt2kit.generation import generate
 from gpt2kit.io import atomic_write_text
 from gpt2kit.model.config import GPTConfig
+from gpt2kit.model.gpt import GPT
 from gpt2kit.model.lora import apply_lora
+from gpt2kit.prompts import get_template
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
+from gpt2kit.train.config import resolve_config
+from gpt2kit.train.loop import train
+from gpt2kit.train.optim import decay_param_groups
+from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 
 RESULTS_FILE = "results.json"
 

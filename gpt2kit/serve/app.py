@@ -5,52 +5,42 @@ Streaming answers are server-sent events in OpenAI's chunk format ending with ``
 before it carries ``usage`` (with ``stream_options.include_usage`` a chunk of its own with empty ``choices``, as
 OpenAI sends it). Every error is ``{"error": {"message", "type", "param", "code"}}``.
 
-Text lives here, not in the engine: token ids are decoded incrementally (a character split over two tokens
-waits for its second half) and ``stop`` strings are matched on the decoded text, holding back the few
-characters that could still become a stop string.
+Text lives here, not in the engine: token ids are decoded incrementally (:class:`~gpt2kit.prompts.StreamDecoder`:
+a character split over two tokens waits for its second half) and ``stop`` strings are matched on the decoded
+text, holding back the few characters that could still become a stop string. Request bodies are checked in
+:mod:`gpt2kit.serve.params`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import codecs
 import contextlib
 import hmac
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt2kit.errors import UserError
-from gpt2kit.finetune.data import PromptTemplate
+from gpt2kit.prompts import PromptTemplate, StreamDecoder, chat_prompt_ids
 from gpt2kit.serve.engine import Draining, Engine, QueueFull, SamplingParams
-from gpt2kit.serve.prompts import chat_prompt_ids
+from gpt2kit.serve.params import (
+    COMPLETION_FIELDS,
+    ApiError,
+    CompletionParams,
+    check_fits,
+    parse_completion_params,
+    parse_prompts,
+    plain_message,
+)
 
-MAX_STOP_STRINGS = 4
 RETRY_AFTER_S = 1
-
-
-class ApiError(Exception):
-    """An error answered as OpenAI's JSON error object."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error", headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-        self.headers = headers
-
-    def payload(self) -> dict[str, Any]:
-        """OpenAI's error object."""
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-    def response(self) -> JSONResponse:
-        """The JSON error response."""
-        return JSONResponse(self.payload(), status_code=self.status, headers=self.headers)
 
 
 @dataclass(frozen=True)
@@ -63,144 +53,6 @@ class ServedModel:
     template: PromptTemplate | None
     """The checkpoint's instruction template; None for a base model (no chat endpoint)."""
     api_key: str | None = None
-
-
-# ------------------------------------------------------------------------------------------ parameters
-def _field(body: dict[str, Any], name: str, kinds: tuple[type, ...], what: str, default: Any = None) -> Any:
-    value = body.get(name)
-    if value is None:
-        return default
-    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-        raise ApiError(400, f"'{name}' must be {what}, got {json.dumps(value)[:80]}", name)
-    return value
-
-
-def _number(body: dict[str, Any], name: str, lo: float, hi: float, default: float | None,
-            lo_open: bool = False) -> float | None:
-    value = _field(body, name, (int, float), "a number", default)
-    if value is None:
-        return None
-    if not (lo < value if lo_open else lo <= value) or value > hi:
-        raise ApiError(400, f"'{name}' must be in {'(' if lo_open else '['}{lo}, {hi}], got {value}", name)
-    return float(value)
-
-
-def _int(body: dict[str, Any], name: str, lo: int, default: int | None) -> int | None:
-    value = _field(body, name, (int,), "an integer", default)
-    if value is not None and value < lo:
-        raise ApiError(400, f"'{name}' must be >= {lo}, got {value}", name)
-    return value
-
-
-@dataclass
-class Common:
-    """Parameters shared by both generation endpoints, checked."""
-
-    max_tokens: int | None
-    temperature: float
-    top_p: float | None
-    top_k: int | None
-    seed: int | None
-    stop: list[str]
-    stream: bool
-    n: int
-    include_usage: bool = False
-    """``stream_options.include_usage``: usage in a last chunk of its own with empty ``choices``, as OpenAI sends
-    it; otherwise on the chunk that ends the last choice (clients that read ``chunk.choices[0]`` keep working)."""
-
-
-COMMON_FIELDS = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream", "n",
-                 "stream_options", "user", "presence_penalty", "frequency_penalty", "logit_bias"}
-
-
-def parse_common(body: dict[str, Any], served: ServedModel, allowed: set[str], default_max: int | None) -> Common:
-    """Check the fields both endpoints share; an :class:`ApiError` names the first bad one."""
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(400, f"unrecognized request argument: '{unknown[0]}' (supported: {', '.join(sorted(allowed))})",
-                       unknown[0])
-    model = _field(body, "model", (str,), "a string")
-    if model is not None and model != served.name:
-        raise ApiError(404, f"model '{model}' is not served here; this server serves '{served.name}' "
-                            "(GET /v1/models)", "model", "model_not_found")
-    for name in ("presence_penalty", "frequency_penalty"):
-        if _number(body, name, -2.0, 2.0, 0.0) != 0.0:
-            raise ApiError(400, f"'{name}' is not supported; leave it out or 0", name)
-    if body.get("logit_bias"):
-        raise ApiError(400, "'logit_bias' is not supported; leave it out", "logit_bias")
-    stop = body.get("stop")
-    if stop is None:
-        stops = []
-    elif isinstance(stop, str):
-        stops = [stop]
-    elif isinstance(stop, list) and all(isinstance(s, str) for s in stop) and len(stop) <= MAX_STOP_STRINGS:
-        stops = list(stop)
-    else:
-        raise ApiError(400, f"'stop' must be a string or a list of up to {MAX_STOP_STRINGS} strings", "stop")
-    if any(s == "" for s in stops):
-        raise ApiError(400, "'stop' strings must not be empty", "stop")
-    stream_options = _field(body, "stream_options", (dict,), "an object", {})
-    if set(stream_options) - {"include_usage"}:
-        raise ApiError(400, "'stream_options' supports only include_usage (usage is always sent)", "stream_options")
-    include_usage = _field(stream_options, "include_usage", (bool,), "true or false", False)
-    return Common(
-        max_tokens=_int(body, "max_tokens", 1, default_max),
-        temperature=_number(body, "temperature", 0.0, 2.0, 1.0),
-        top_p=_number(body, "top_p", 0.0, 1.0, None, lo_open=True),
-        top_k=_int(body, "top_k", 1, None),
-        seed=_seed(body),
-        stop=stops,
-        stream=_field(body, "stream", (bool,), "true or false", False),
-        n=_int(body, "n", 1, 1),
-        include_usage=include_usage,
-    )
-
-
-def _seed(body: dict[str, Any]) -> int | None:
-    seed = _field(body, "seed", (int,), "an integer")
-    if seed is not None and not -2**63 <= seed < 2**64:  # what torch.Generator.manual_seed takes
-        raise ApiError(400, f"'seed' must be in [-2**63, 2**64), got {seed}", "seed")
-    return seed
-
-
-def parse_prompts(body: dict[str, Any], tokenizer: Any) -> list[list[int]]:
-    """``prompt``: a string, a list of strings, a list of token ids or a list of token-id lists."""
-    prompt = body.get("prompt")
-    bad = ApiError(400, "'prompt' must be a string, a list of strings, a list of token ids or a list of "
-                        "token-id lists", "prompt")
-    if isinstance(prompt, str):
-        prompts: list[Any] = [prompt]
-    elif isinstance(prompt, list) and prompt:
-        if all(isinstance(p, int) and not isinstance(p, bool) for p in prompt):
-            prompts = [prompt]
-        else:
-            prompts = prompt
-    else:
-        raise bad
-    out = []
-    for p in prompts:
-        if isinstance(p, str):
-            out.append(tokenizer.encode(p) if p else [tokenizer.eot])  # "" starts from <|endoftext|>, as sample
-        elif isinstance(p, list) and p and all(isinstance(t, int) and not isinstance(t, bool) for t in p):
-            if not all(0 <= t < tokenizer.vocab_size for t in p):
-                raise ApiError(400, f"'prompt' token ids must be in [0, {tokenizer.vocab_size})", "prompt")
-            out.append(list(p))
-        else:
-            raise bad
-    return out
-
-
-def check_fits(prompts: list[list[int]], max_tokens: int, block_size: int, param: str) -> None:
-    """A 400 with the numbers when a prompt, or prompt plus ``max_tokens``, does not fit the context."""
-    for i, p in enumerate(prompts):
-        which = f"prompt {i}" if len(prompts) > 1 else "the prompt"
-        if len(p) >= block_size:
-            raise ApiError(400, f"{which} has {len(p)} tokens; the model's context holds {block_size} tokens, "
-                                "prompt and completion together: shorten the prompt", param, "context_length_exceeded")
-        if len(p) + max_tokens > block_size:
-            raise ApiError(400, f"{which} ({len(p)} tokens) + max_tokens ({max_tokens}) = {len(p) + max_tokens} "
-                                f"tokens, more than the model's context of {block_size}: set max_tokens to at "
-                                f"most {block_size - len(p)}", "max_tokens", "context_length_exceeded")
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -217,23 +69,24 @@ class Choice:
     """Characters of ``text`` already streamed."""
     finish_reason: str | None = None
     request: Any = None
-    decoder: Any = field(default_factory=lambda: codecs.getincrementaldecoder("utf-8")(errors="replace"))
+    decoder: StreamDecoder = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.decoder = StreamDecoder(self.tokenizer)
 
     def add(self, token: int) -> None:
         """Append a generated token; a stop string ends the choice and cuts the text before it."""
         if self.finish_reason is not None:  # tokens the engine made before it saw the cancel
             return
         self.tokens += 1
-        if token == self.tokenizer.eot:
-            return
-        self.text += self.decoder.decode(self.tokenizer.decode_bytes([token]))
+        self.text += self.decoder.decode(token)
         self._match_stop()
 
     def end(self, reason: str) -> None:
         """The engine finished the sequence (``stop``, ``length``, ``cancelled`` or an error)."""
         if self.finish_reason is not None:
             return
-        self.text += self.decoder.decode(b"", final=True)
+        self.text += self.decoder.flush()
         self._match_stop()
         if self.finish_reason is None:
             self.finish_reason = reason
@@ -259,7 +112,7 @@ class Choice:
 class Generation:
     """The choices of one HTTP request, fed by engine callbacks through an asyncio queue."""
 
-    def __init__(self, served: ServedModel, prompts: list[list[int]], common: Common) -> None:
+    def __init__(self, served: ServedModel, prompts: list[list[int]], params: CompletionParams) -> None:
         self.served = served
         self.prompt_tokens = sum(len(p) for p in prompts)
         self.loop = asyncio.get_running_loop()
@@ -268,14 +121,14 @@ class Generation:
         engine = served.engine
         try:
             for p in prompts:
-                for j in range(common.n):
-                    c = Choice(len(self.choices), common.stop, served.tokenizer)
-                    params = SamplingParams(
-                        max_tokens=common.max_tokens, temperature=common.temperature, top_k=common.top_k,
-                        top_p=common.top_p, seed=None if common.seed is None else common.seed + j,
+                for j in range(params.n):
+                    c = Choice(len(self.choices), params.stop, served.tokenizer)
+                    sampling = SamplingParams(
+                        max_tokens=params.max_tokens, temperature=params.temperature, top_k=params.top_k,
+                        top_p=params.top_p, seed=None if params.seed is None else params.seed + j,
                         stop_token=served.tokenizer.eot,
                     )
-                    c.request = engine.submit(p, params, self._callback(c, "token"), self._callback(c, "end"))
+                    c.request = engine.submit(p, sampling, self._callback(c, "token"), self._callback(c, "end"))
                     self.choices.append(c)
         except (QueueFull, Draining) as e:
             self.cancel()
@@ -402,13 +255,14 @@ def create_app(served: ServedModel) -> FastAPI:
     @app.post("/v1/completions", dependencies=v1)
     async def completions(request: Request):
         body = await read_body(request)
-        common = parse_common(body, served, COMMON_FIELDS | {"prompt", "echo", "logprobs", "best_of", "suffix"}, 16)
+        params = parse_completion_params(body, served.name,
+                                         COMPLETION_FIELDS | {"prompt", "echo", "logprobs", "best_of", "suffix"}, 16)
         for name, ok in (("echo", (None, False)), ("logprobs", (None,)), ("best_of", (None, 1)), ("suffix", (None,))):
             if body.get(name) not in ok:
                 raise ApiError(400, f"'{name}' is not supported; leave it out", name)
         prompts = parse_prompts(body, served.tokenizer)
-        check_fits(prompts, common.max_tokens, block_size, "prompt")
-        return await respond(request, prompts, common, chat=False)
+        check_fits(prompts, params.max_tokens, block_size, "prompt")
+        return await respond(request, prompts, params, chat=False)
 
     @app.post("/v1/chat/completions", dependencies=v1)
     async def chat_completions(request: Request):
@@ -419,32 +273,32 @@ def create_app(served: ServedModel) -> FastAPI:
                                 "to continue text", "messages", "no_chat_template")
         if "max_completion_tokens" in body:  # the newer name of max_tokens
             body.setdefault("max_tokens", body.pop("max_completion_tokens"))
-        common = parse_common(body, served, COMMON_FIELDS | {"messages"}, None)
+        params = parse_completion_params(body, served.name, COMPLETION_FIELDS | {"messages"}, None)
         messages = body.get("messages")
         if isinstance(messages, list):
-            messages = [_plain_message(m) for m in messages]
+            messages = [plain_message(m) for m in messages]
         try:
             ids = chat_prompt_ids(messages, served.template, served.tokenizer)
         except UserError as e:
             raise ApiError(400, str(e), "messages") from None
-        if common.max_tokens is None:  # OpenAI's default: as long as the context allows
-            common.max_tokens = max(1, block_size - len(ids))
-        check_fits([ids], common.max_tokens, block_size, "messages")
-        return await respond(request, [ids], common, chat=True)
+        if params.max_tokens is None:  # OpenAI's default: as long as the context allows
+            params.max_tokens = max(1, block_size - len(ids))
+        check_fits([ids], params.max_tokens, block_size, "messages")
+        return await respond(request, [ids], params, chat=True)
 
-    async def respond(request: Request, prompts: list[list[int]], common: Common, chat: bool):
+    async def respond(request: Request, prompts: list[list[int]], params: CompletionParams, chat: bool):
         engine = served.engine
-        if len(prompts) * common.n > engine.max_batch + engine.max_queue:
-            raise ApiError(400, f"{len(prompts)} prompt(s) x n={common.n} asks for {len(prompts) * common.n} "
+        if len(prompts) * params.n > engine.max_batch + engine.max_queue:
+            raise ApiError(400, f"{len(prompts)} prompt(s) x n={params.n} asks for {len(prompts) * params.n} "
                                 f"sequences; this server takes at most {engine.max_batch + engine.max_queue} at "
                                 "once: send fewer prompts or a smaller n", "n")
-        gen = Generation(served, prompts, common)
+        gen = Generation(served, prompts, params)
         rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         created = int(time.time())
         obj = "chat.completion" if chat else "text_completion"
-        head = {"id": rid, "object": obj + (".chunk" if chat and common.stream else ""), "created": created,
+        head = {"id": rid, "object": obj + (".chunk" if chat and params.stream else ""), "created": created,
                 "model": served.name}
-        if not common.stream:
+        if not params.stream:
             await _wait_all(gen, request)
             if chat:
                 choices = [{"index": c.index, "message": {"role": "assistant", "content": c.text},
@@ -477,10 +331,10 @@ def create_app(served: ServedModel) -> FastAPI:
                     if c.finish_reason is not None and c.index not in ended:
                         ended.add(c.index)
                         last = len(ended) == len(gen.choices)
-                        yield chunk(c, text, usage=last and not common.include_usage)
+                        yield chunk(c, text, usage=last and not params.include_usage)
                     elif text:
                         yield chunk(c, text)
-                if common.include_usage:
+                if params.include_usage:
                     yield _sse({**head, "choices": [], "usage": gen.usage()})
                 yield "data: [DONE]\n\n"
             except ApiError as e:
@@ -512,14 +366,3 @@ class _Stream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             self.gen.cancel()
-
-
-def _plain_message(m: Any) -> Any:
-    """OpenAI's content-part lists (``[{"type": "text", "text": ...}]``) joined into one string."""
-    if isinstance(m, dict) and isinstance(m.get("content"), list):
-        parts = m["content"]
-        if all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
-            return {**m, "content": "".join(p["text"] for p in parts)}
-    if isinstance(m, dict) and m.get("role") == "developer":  # OpenAI's newer name for the system role
-        return {**m, "role": "system"}
-    return m

@@ -14,7 +14,7 @@ import pytest
 from gpt2kit.data.loader import TokenLoader
 from gpt2kit.data.stream import STATE_VERSION, EpochStream
 from gpt2kit.errors import UserError
-from gpt2kit.finetune.data import EpochBatches
+from gpt2kit.finetune.batching import EpochBatches
 
 T = 8
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "loader_states_main.json").read_text())

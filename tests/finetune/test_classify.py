@@ -9,8 +9,8 @@ import torch
 
 from gpt2kit import GPTConfig
 from gpt2kit.cli import main
+from gpt2kit.finetune.batching import pad_right
 from gpt2kit.finetune.classifier import GPTClassifier, last_token_index, load_classifier, set_trainable
-from gpt2kit.finetune.data import pad_right
 from gpt2kit.finetune.metrics import accuracy, confusion_matrix, macro_f1
 from gpt2kit.model.gpt import GPT
 
@@ -95,7 +95,8 @@ def test_classify_command_predicts_and_scores_a_labeled_file(trained, ft_dir, ca
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["pos", "neg"]
     assert all(0.5 < float(line.split("\t")[1]) <= 1.0 for line in lines)
-    assert main(["classify", "--checkpoint", str(trained), "--file", str(ft_dir / "test.csv"), "--format", "jsonl"]) == 0
+    assert main(["classify", "--checkpoint", str(trained), "--file", str(ft_dir / "test.csv"),
+                 "--format", "jsonl"]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert len(rows) == 64 and set(rows[0]["probabilities"]) == {"neg", "pos"}

@@ -13,11 +13,12 @@ import torch.nn.functional as F
 from gpt2kit import GPTConfig, generate
 from gpt2kit.cli import main
 from gpt2kit.errors import UserError
-from gpt2kit.finetune.data import (
-    TEMPLATES, SFTExample, encode_pieces, get_template, hold_out, load_sft, packed_batch, record_pieces, sft_batch,
-)
+from gpt2kit.finetune.batching import packed_batch, sft_batch
+from gpt2kit.finetune.files import hold_out
 from gpt2kit.finetune.run import sft_loss
+from gpt2kit.finetune.sft_data import SFTExample, encode_pieces, load_sft
 from gpt2kit.model.gpt import GPT
+from gpt2kit.prompts import TEMPLATES, get_template, record_pieces
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
 
 from .conftest import alpaca_records, write_jsonl
@@ -135,7 +136,8 @@ def test_export_merges_adapters_into_plain_hf_weights(lora_run, tmp_path):
 
 
 def test_stopped_run_resumes_to_the_same_weights(ft_dir, sft_files, tmp_path):
-    """A run stopped at step 2 (mid-epoch; 3 steps an epoch) and resumed with --resume auto ends bitwise equal to one that never stopped."""
+    """A run stopped at step 2 (mid-epoch; 3 steps an epoch) and resumed with --resume auto ends bitwise equal to
+    one that never stopped."""
     from gpt2kit.checkpoint import read_checkpoint
 
     full, part = tmp_path / "full", tmp_path / "part"

@@ -235,7 +235,7 @@ def serve() -> None:
     for name in ("tqdm", "numpy", "torch._dynamo", "gpt2kit.data.prepare", "gpt2kit.data.loader",
                  "gpt2kit.cli.prepare", "gpt2kit.checkpoint", "gpt2kit.generation", "gpt2kit.eval.loss",
                  "gpt2kit.train", "gpt2kit.train.pretrain", "gpt2kit.cli.train", "gpt2kit.cli.finetune",
-                 "gpt2kit.finetune.data", "gpt2kit.model.lora", "gpt2kit.finetune.classifier"):
+                 "gpt2kit.finetune.batching", "gpt2kit.model.lora", "gpt2kit.finetune.classifier"):
         try:
             __import__(name)
         except ImportError:

@@ -24,8 +24,8 @@ START_TIMEOUT_S = 120
 def _save(path: Path, sft: bool) -> Path:
     from gpt2kit import GPTConfig
     from gpt2kit.checkpoint import model_state_dict, save_checkpoint
-    from gpt2kit.finetune.data import TEMPLATES
     from gpt2kit.model.gpt import GPT
+    from gpt2kit.prompts import TEMPLATES
 
     torch.manual_seed(0)
     model = GPT(GPTConfig.from_preset("tiny", block_size=BLOCK_SIZE))

@@ -6,18 +6,17 @@ import io
 import os
 import select
 import signal
-import time
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from gpt2kit.checkpoint import load_model
 from gpt2kit.cli import main
-from gpt2kit.finetune.data import TEMPLATES
 from gpt2kit.generation import generate
-from gpt2kit.serve.prompts import chat_prompt_ids, trim_conversation
+from gpt2kit.prompts import TEMPLATES, chat_prompt_ids, trim_conversation
 from gpt2kit.tokenizer import get_tokenizer
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier

@@ -13,9 +13,8 @@ import torch
 
 from gpt2kit.checkpoint import load_model
 from gpt2kit.cli import main
-from gpt2kit.finetune.data import TEMPLATES
 from gpt2kit.generation import generate
-from gpt2kit.serve.prompts import chat_prompt_ids
+from gpt2kit.prompts import TEMPLATES, chat_prompt_ids
 from gpt2kit.tokenizer import get_tokenizer
 
 from .conftest import BLOCK_SIZE
@@ -73,7 +72,8 @@ def test_chat_uses_the_checkpoint_template(sft_server, checkpoints):
     assert r.usage.prompt_tokens == len(ids) and r.choices[0].finish_reason == "length"
 
     # the prompt is exactly the training encoding of the same record up to the reply (gpt2kit finetune sft)
-    from gpt2kit.finetune.data import encode_pieces, record_pieces
+    from gpt2kit.finetune.sft_data import encode_pieces
+    from gpt2kit.prompts import record_pieces
 
     trained = encode_pieces(record_pieces({"messages": messages + [{"role": "assistant", "content": "blue"}]},
                                           "x", TEMPLATES["chat"]), TOK).ids

@@ -119,7 +119,6 @@ def run(args: argparse.Namespace) -> None:
         say(f"{fmt}: save {save_s:.1f} s, load {read_s + restore_s:.1f} s (read {read_s:.1f} s, into the model "
             f"and optimizer {restore_s:.1f} s), {size / 2**30:.2f} GiB on disk ({path.name})")
         del wrapped, optimizer, point, model
-        model = None
         gc.collect()
         if env.is_main:
             shutil.rmtree(cfg.out, ignore_errors=True)

@@ -66,10 +66,10 @@ def main() -> None:
                     q, kv = torch.randn(B, 12, 1, 64), engines[B]._caches[0].k[:B, :, :40]
                     logits = torch.randn(B, 50304)[:, :50257]
                     timed("engine", B, engines[B]._decode_step)
-                    timed("blocks", B, lambda: [m(x if m.in_features == 768 else h) for m in blocks])
-                    timed("lm_head", B, lambda: model.lm_head(x))
-                    timed("attn", B, lambda: [F.scaled_dot_product_attention(q, kv, kv) for _ in range(12)])
-                    timed("argmax", B, lambda: logits.argmax(-1).tolist())
+                    timed("blocks", B, lambda x=x, h=h: [m(x if m.in_features == 768 else h) for m in blocks])
+                    timed("lm_head", B, lambda x=x: model.lm_head(x))
+                    timed("attn", B, lambda q=q, kv=kv: [F.scaled_dot_product_attention(q, kv, kv) for _ in range(12)])
+                    timed("argmax", B, lambda logits=logits: logits.argmax(-1).tolist())
                     timed("packed", B, step[B])
         for _ in range(args.rounds):
             for B in rows:

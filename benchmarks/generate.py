@@ -106,18 +106,21 @@ def main() -> None:
         bytes_per_token = n_params * torch.finfo(dtype).bits // 8
         for B in (int(b) for b in args.batch_sizes.split(",")):
             idx = torch.randint(0, cfg.vocab_size, (B, args.prompt_tokens), device=device)
-            t_ours = time_it(lambda: generate(ours, idx, args.new_tokens, temperature=0), device, args.repeats)
+            t_ours = time_it(lambda ours=ours, idx=idx: generate(ours, idx, args.new_tokens, temperature=0), device,
+                             args.repeats)
             tps_ours = B * args.new_tokens / t_ours
             tps_plain = float("nan")
             if device.type == "cpu":
-                t_plain = time_it(lambda: generate(ours, idx, args.new_tokens, temperature=0, packed=False), device,
-                                  args.repeats)
+                def plain(ours=ours, idx=idx):
+                    return generate(ours, idx, args.new_tokens, temperature=0, packed=False)
+
+                t_plain = time_it(plain, device, args.repeats)
                 tps_plain = B * args.new_tokens / t_plain
             tps_hf = float("nan")
             if theirs is not None:
                 mask = torch.ones_like(idx)
 
-                def hf_run():
+                def hf_run(theirs=theirs, idx=idx, mask=mask):
                     with torch.inference_mode():
                         theirs.generate(idx, attention_mask=mask, max_new_tokens=args.new_tokens,
                                         min_new_tokens=args.new_tokens, do_sample=False, pad_token_id=50256)
@@ -125,7 +128,8 @@ def main() -> None:
                 tps_hf = B * args.new_tokens / time_it(hf_run, device, args.repeats)
             weights_gbs = bytes_per_token * (tps_ours / B) / 1e9
             bound = f"{weights_gbs:6.1f} ({weights_gbs / bw:4.0%} of copy bw)" if B == 1 else ""
-            print(f"{dtype_name:>9} {B:>5} {tps_plain:>15.1f} {tps_ours:>14.1f} {tps_hf:>19.1f} {tps_ours / tps_hf:>5.2f}x {bound:>19}")
+            print(f"{dtype_name:>9} {B:>5} {tps_plain:>15.1f} {tps_ours:>14.1f} {tps_hf:>19.1f} "
+                  f"{tps_ours / tps_hf:>5.2f}x {bound:>19}")
             report["runs"].append({
                 "dtype": dtype_name, "batch_size": B, "gpt2kit_tokens_per_s": tps_ours,
                 "unpacked_tokens_per_s": None if math.isnan(tps_plain) else tps_plain,

@@ -227,7 +227,7 @@ def step_cost(size: tuple[int, int, int], data: Path, args: argparse.Namespace) 
             torch.cuda.synchronize()
         return (time.perf_counter() - t0) / n
 
-    for name, opt in opts.items():
+    for opt in opts.values():
         steps(opt, 2)  # warm-up: allocations, optimizer state
     for _ in range(args.cost_rounds):
         for name, opt in opts.items():
@@ -297,7 +297,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--corpus", action="append", help="builtin:sotu (default), kjv, or a file/dir for prepare")
     p.add_argument("--sizes", default="2x64,4x96x4",
-                   help="comma-separated LAYERSxWIDTH[xHEADS] (heads default to width / 32); 4x96x4 is demo-cpu's model")
+                   help="comma-separated LAYERSxWIDTH[xHEADS] (heads default to width / 32); 4x96x4 is demo-cpu's "
+                        "model")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--decay-fraction", type=float, default=0.3)

@@ -118,8 +118,10 @@ def main() -> None:
             big_size = _write_corpus(big, texts, args.repeat * args.scale)
             r = _run_prepare(big, tmp / "big_out", 2)
             small = min(runs["2"], key=lambda r: r["seconds"])
-            print(f"memory, --workers 2: {size / 2**20:.0f} MiB corpus -> peak RSS main {small['rss_main_mb']:.0f} MiB, "
-                  f"worker {small['rss_worker_mb']:.0f} MiB; {big_size / 2**20:.0f} MiB corpus ({r['tokens']:,} tokens) -> "
+            print(f"memory, --workers 2: {size / 2**20:.0f} MiB corpus -> peak RSS main {small['rss_main_mb']:.0f} "
+                  "MiB, "
+                  f"worker {small['rss_worker_mb']:.0f} MiB; {big_size / 2**20:.0f} MiB corpus ({r['tokens']:,} "
+                  "tokens) -> "
                   f"main {r['rss_main_mb']:.0f} MiB, worker {r['rss_worker_mb']:.0f} MiB "
                   f"({r['tokens'] / r['seconds'] / 1e6:.2f} M tok/s)")
 

@@ -159,14 +159,16 @@ def init_process_group(backend: str, rank: int, world_size: int, device: torch.d
     except dist.DistError as e:
         raise UserError(
             f"rank {rank}: could not join the other {world_size - 1} rank(s) within --dist-timeout {timeout:g}s "
-            f"({first_line(e, 200, sentence=True)}); check that every node was started with the same --nnodes and rendezvous "
+            f"({first_line(e, 200, sentence=True)}); check that every node was started with the same --nnodes and "
+            "rendezvous "
             "endpoint and can reach it, then relaunch (with --resume auto to continue)"
         ) from None
     except RuntimeError as e:  # gloo's connection errors are plain RuntimeErrors
         if "Gloo" not in str(e) and "connect" not in str(e).lower():
             raise
         raise UserError(
-            f"rank {rank}: could not connect to the other ranks ({first_line(e, 200, sentence=True)}); if the hosts have several "
+            f"rank {rank}: could not connect to the other ranks ({first_line(e, 200, sentence=True)}); if the hosts "
+            "have several "
             "network interfaces, set GLOO_SOCKET_IFNAME (NCCL_SOCKET_IFNAME) to the one they share, then "
             "relaunch with --resume auto"
         ) from None
@@ -267,7 +269,8 @@ def rank_failure(env: DistEnv, error: BaseException) -> UserError:
             if restarts_left > 0 else "the job stops here; relaunch with --resume auto to continue from the last "
             "complete checkpoint (torchrun --max-restarts N does that by itself)")
     return UserError(
-        f"rank {env.rank}: a collective with the other ranks failed: {who} ({first_line(error, 200, sentence=True)}; collectives "
+        f"rank {env.rank}: a collective with the other ranks failed: {who} ({first_line(error, 200, sentence=True)}; "
+        "collectives "
         f"wait at most --dist-timeout {env.timeout:g}s); {then}"
     )
 

@@ -150,7 +150,7 @@ def generate(
     if packed:
         stack.enter_context(packed_cpu_linears(model))
     try:
-        for step in range(max_new_tokens):
+        for _ in range(max_new_tokens):
             if use_cache and cache is not None and cache_len < block_size:
                 # the cache holds every token but the newest one: feed just that
                 logits = forward_window(out[:, -1:], key_valid, cache, cache_len)

@@ -88,7 +88,8 @@ def unknown_flag_message(parser: argparse.ArgumentParser, extras: list[str]) -> 
         return f"unexpected argument {bad!r}; {parser.prog} takes no more positional arguments"
     # --n_layer -> --n-layer: the flags are the config fields' names with dashes
     spelled = "--" + name.lstrip("-").replace("_", "-")
-    guess = spelled if spelled in flags else next(iter(difflib.get_close_matches(spelled, flags, n=1, cutoff=0.6)), None)
+    close = difflib.get_close_matches(spelled, flags, n=1, cutoff=0.6)
+    guess = spelled if spelled in flags else next(iter(close), None)
     hint = f"; did you mean {guess}?" if guess else ""
     return f"unknown flag {name}{hint}"
 

@@ -104,7 +104,8 @@ def builtin_text(name: str) -> str:
         raise UserError(f"{ref}: built-in corpus {name!r} is missing or corrupt ({e}); reinstall gpt2kit") from None
     digest = hashlib.sha256(raw).hexdigest()
     if digest != corpus.sha256:
-        raise UserError(f"{ref}: built-in corpus {name!r} has sha256 {digest}, expected {corpus.sha256}; reinstall gpt2kit")
+        raise UserError(f"{ref}: built-in corpus {name!r} has sha256 {digest}, expected {corpus.sha256}; reinstall "
+                        "gpt2kit")
     return raw.decode("utf-8")
 
 

@@ -141,9 +141,11 @@ class TokenLoader:
         (B, A, W) may change; mid-step it must match. Format 1 (before the stream's keys) named N ``num_windows``.
         """
         if not isinstance(state, dict) or state.get("kind") != STATE_KIND:
-            raise UserError("loader state: not a gpt2kit token-loader state; the checkpoint is corrupt or from another tool")
+            raise UserError("loader state: not a gpt2kit token-loader state; the checkpoint is corrupt or from another "
+                            "tool")
         if state.get("format_version", 0) > STATE_VERSION:
-            raise UserError(f"loader state: format_version {state.get('format_version')} is newer than this gpt2kit; upgrade gpt2kit")
+            raise UserError(f"loader state: format_version {state.get('format_version')} is newer than this gpt2kit; "
+                            "upgrade gpt2kit")
         if state["block_size"] != self.block_size:
             raise UserError(
                 f"block size {self.block_size} differs from the checkpoint's {state['block_size']}; "

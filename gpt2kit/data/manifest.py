@@ -41,7 +41,8 @@ def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
     version = manifest.get("format_version")
     if not isinstance(version, int) or version > MANIFEST_VERSION:
         raise UserError(
-            f"{path}: manifest format_version {version!r} is newer than this gpt2kit reads ({MANIFEST_VERSION}); upgrade gpt2kit"
+            f"{path}: manifest format_version {version!r} is newer than this gpt2kit reads ({MANIFEST_VERSION}); "
+            "upgrade gpt2kit"
         )
     expected = tokenizer_record()
     for key, want in expected.items():
@@ -59,8 +60,8 @@ def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
             raise _fail(path, f"split {name!r} lacks \"tokens\" or \"shards\"")
         total = 0
         for entry in shards:
-            if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("tokens"), int)
-                    and isinstance(entry.get("sha256"), str)):
+            if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                    and isinstance(entry.get("tokens"), int) and isinstance(entry.get("sha256"), str)):
                 raise _fail(path, f"split {name!r} has a shard entry without file/tokens/sha256")
             fname = entry["file"]
             if os.path.basename(fname) != fname or fname in ("", ".", "..") or "\0" in fname:
@@ -88,7 +89,8 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         if (data_dir / PROGRESS_NAME).is_file():
             raise UserError(
-                f"{path}: missing; {data_dir} holds an unfinished `gpt2kit prepare` run, re-run the same command to finish it"
+                f"{path}: missing; {data_dir} holds an unfinished `gpt2kit prepare` run, re-run the same command to "
+                "finish it"
             )
         if data_dir.is_file():
             # a text or JSONL file given where the prepared token directory belongs: prepare it under a new name
@@ -97,8 +99,10 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
             raise UserError(f"{data_dir}: a file, not a prepared data directory; tokenize it first with "
                             f"`gpt2kit prepare {data_dir} --out {out}` and pass {out}")
         if not data_dir.exists():
-            raise UserError(f"{data_dir}: no such data directory; create it with `gpt2kit prepare SOURCE --out {data_dir}`")
-        raise UserError(f"{path}: missing; {data_dir} is not a prepared data directory, run `gpt2kit prepare SOURCE --out {data_dir}`")
+            raise UserError(f"{data_dir}: no such data directory; create it with `gpt2kit prepare SOURCE --out "
+                            f"{data_dir}`")
+        raise UserError(f"{path}: missing; {data_dir} is not a prepared data directory, run `gpt2kit prepare SOURCE "
+                        f"--out {data_dir}`")
     return validate_manifest(read_json(path), path)
 
 

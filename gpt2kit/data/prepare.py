@@ -5,8 +5,8 @@ processes that tokenize (GPT-2 BPE, each document preceded by ``<|endoftext|>``)
 in order, at most a few chunks in flight, so memory stays bounded whatever the corpus size. Each
 split's tokens stream into shards of ``shard_tokens`` tokens written atomically.
 
-Splits (see :class:`~gpt2kit.data.split_plan.SplitPlanner` and docs/data.md): the first ``HEAD_TOKENS`` tokens are held back
-before anything is written, so a corpus that fits there (any single book) is split knowing its size.
+Splits (see :class:`~gpt2kit.data.split_plan.SplitPlanner` and docs/data.md): the first ``HEAD_TOKENS`` tokens
+are held back before anything is written, so a corpus that fits there (any single book) is split knowing its size.
 Whole documents go to ``val`` when they can give the asked share within ``SPLIT_TOLERANCE``; where they
 cannot (one file, a few or very unequal documents), each long document gives its tail to ``val``, as
 nanoGPT's 90/10 cut of a single text. ``manifest.json`` records how (``split``).
@@ -387,7 +387,8 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
             planner = SplitPlanner(cfg.val_tokens, cfg.val_fraction, reference, [len(d) for d in head])
             totals["whole_only"] = int(planner.whole_only)  # checkpoints carry the plan, so a resume decides alike
         else:
-            planner = SplitPlanner(cfg.val_tokens, cfg.val_fraction, reference, None, whole_only=bool(totals.get("whole_only", 0)))
+            planner = SplitPlanner(cfg.val_tokens, cfg.val_fraction, reference, None,
+                                   whole_only=bool(totals.get("whole_only", 0)))
         for tokens in itertools.chain(head, doc_iter):
             n = len(tokens)
             pieces = planner.pieces(totals, n)

@@ -58,7 +58,8 @@ def read_header(path: str | os.PathLike) -> int:
     if size != HEADER_BYTES + num_tokens * TOKEN_DTYPE.itemsize:
         raise UserError(
             f"{path}: shard is {size} bytes but its header announces {num_tokens} tokens "
-            f"({HEADER_BYTES + 2 * num_tokens} bytes); it is truncated or corrupt, re-run `gpt2kit prepare` to rebuild it"
+            f"({HEADER_BYTES + 2 * num_tokens} bytes); it is truncated or corrupt, re-run `gpt2kit prepare` to rebuild "
+            "it"
         )
     return num_tokens
 

@@ -161,7 +161,9 @@ class FileSource:
                     else:
                         yield from self._jsonl(stream, raw, options, progress)
             except _decompress_errors() as e:
-                raise UserError(f"{self.path}: cannot decompress or read ({e}); the file is corrupt or truncated") from None
+                raise UserError(
+                    f"{self.path}: cannot decompress or read ({e}); the file is corrupt or truncated"
+                ) from None
 
     def _decode(self, data: bytes) -> str:
         try:
@@ -186,13 +188,16 @@ class FileSource:
         try:
             records = json.loads(stream.read())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise UserError(f"{self.path}: not valid JSON ({e}); use a JSON array of objects or one object a line") from None
+            raise UserError(
+                f"{self.path}: not valid JSON ({e}); use a JSON array of objects or one object a line"
+            ) from None
         for i, record in enumerate(records):
             yield _text_of(record, options.text_field, f"{self.path}: item {i}")
 
     def _parquet(self, options: SourceOptions, progress: ReadProgress) -> Iterator[str]:
         if _compression(self.path)[0] is not None:
-            raise UserError(f"{self.path}: compressed Parquet files are not supported; Parquet compresses internally, decompress it")
+            raise UserError(f"{self.path}: compressed Parquet files are not supported; Parquet compresses internally, "
+                            "decompress it")
         try:
             import pyarrow.parquet as pq
         except ImportError:
@@ -212,7 +217,8 @@ class FileSource:
             table = pf.read_row_group(g, columns=[options.text_field])
             for text in table.column(0).to_pylist():
                 if not isinstance(text, str):
-                    raise UserError(f"{self.path}: row {row}: column {options.text_field!r} is {type(text).__name__}, not a string")
+                    raise UserError(f"{self.path}: row {row}: column {options.text_field!r} is {type(text).__name__}, "
+                                    "not a string")
                 row += 1
                 yield text
             progress.bytes = size * (g + 1) // groups
@@ -275,7 +281,9 @@ def _hf_documents(name: str, options: SourceOptions) -> Iterator[str]:
     try:
         import datasets
     except ImportError:
-        raise UserError(f"hf:{name}: Hugging Face sources need the datasets package; pip install 'gpt2kit[hf]'") from None
+        raise UserError(
+            f"hf:{name}: Hugging Face sources need the datasets package; pip install 'gpt2kit[hf]'"
+        ) from None
     try:
         ds = datasets.load_dataset(name, options.hf_config, split=options.hf_split, streaming=True,
                                    data_files=options.hf_data_files)

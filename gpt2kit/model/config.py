@@ -36,7 +36,8 @@ class GPTConfig:
     vocab_size: int = GPT2_VOCAB_SIZE
     """Real vocabulary size V (GPT-2 BPE: 50257)."""
     padded_vocab_size: int | None = None
-    """Embedding rows allocated (e.g. 50304, a multiple of 64, for faster matmuls); ids >= vocab_size are never sampled."""
+    """Embedding rows allocated (e.g. 50304, a multiple of 64, for faster matmuls); ids >= vocab_size are never
+    sampled."""
     n_layer: int = 12
     """Number of transformer blocks L."""
     n_head: int = 12
@@ -44,7 +45,8 @@ class GPTConfig:
     n_embd: int = 768
     """Residual stream width C; must be divisible by n_head."""
     dropout: float = 0.0
-    """Dropout probability on attention weights and residual branches (0 for pretraining, as GPT-2 124M reproductions)."""
+    """Dropout probability on attention weights and residual branches (0 for pretraining, as GPT-2 124M
+    reproductions)."""
     bias: bool = True
     """Biases in Linear and LayerNorm layers (GPT-2 has them)."""
     layer_norm_epsilon: float = 1e-5
@@ -107,10 +109,12 @@ class GPTConfig:
             raise ValueError(f"activation_function {act!r} is not supported; GPT-2 uses 'gelu_new' (tanh GELU)")
         n_embd = d.get("n_embd", 768)
         if d.get("n_inner") not in (None, 4 * n_embd):
-            raise ValueError(f"n_inner {d['n_inner']} is not supported; gpt2kit's MLP is 4 * n_embd wide (n_inner=None)")
+            raise ValueError(f"n_inner {d['n_inner']} is not supported; gpt2kit's MLP is 4 * n_embd wide "
+                             "(n_inner=None)")
         for option, gpt2_value in _HF_FIXED_OPTIONS.items():
             if d.get(option, gpt2_value) != gpt2_value:
-                raise ValueError(f"{option}={d[option]!r} is not supported; gpt2kit's GPT-2 has {option}={gpt2_value!r}")
+                raise ValueError(f"{option}={d[option]!r} is not supported; gpt2kit's GPT-2 has "
+                                 f"{option}={gpt2_value!r}")
         if dropout is None:
             pdrops = {k: d.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
             if len(set(pdrops.values())) > 1:

@@ -24,15 +24,15 @@ import collections
 import concurrent.futures
 import contextlib
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 import torch
 
-from gpt2kit.packed_decode import packed_cpu_linears
 from gpt2kit.generation import packed_by_default, sample_next
 from gpt2kit.model.gpt import GPT, KVCache
-
+from gpt2kit.packed_decode import packed_cpu_linears
 
 T = TypeVar("T")
 
@@ -271,10 +271,9 @@ class Engine:
             self._take_all(group, logits)
 
     def _decode_step(self) -> None:
-        """Feed every row's newest token at its own position and sample the next one."""
+        """Feed every row's newest token at its own position and sample the next one (B = len(rows))."""
         rows = self._rows
         device = self._caches[0].k.device
-        B = len(rows)
         tokens = torch.tensor([[r.last] for r in rows], dtype=torch.long, device=device)  # (B, 1)
         lens = torch.tensor([r.cache_len for r in rows], dtype=torch.long, device=device)  # (B,)
         top = int(lens.max())

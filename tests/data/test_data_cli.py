@@ -16,8 +16,8 @@ def test_help_explains_sources_and_flags(capsys):
         main(["prepare", "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
-    for needle in ("builtin:sotu", "builtin:moby-dick", "hf:HuggingFaceFW/fineweb-edu", "--val-fraction", "--val-tokens",
-                   "--shard-tokens", "--workers", "--text-field", "--hf-config", "--overwrite"):
+    for needle in ("builtin:sotu", "builtin:moby-dick", "hf:HuggingFaceFW/fineweb-edu", "--val-fraction",
+                   "--val-tokens", "--shard-tokens", "--workers", "--text-field", "--hf-config", "--overwrite"):
         assert needle in out
 
 
@@ -38,7 +38,8 @@ def test_prepare_command_writes_a_loadable_directory(tmp_path, jsonl_corpus, doc
 
 
 @pytest.mark.parametrize("argv, pattern", [
-    (["{src}", "--out", "{out}", "--val-fraction", "0.1", "--shard-tokens", "77"], "different --val-fraction, --shard-tokens"),
+    (["{src}", "--out", "{out}", "--val-fraction", "0.1", "--shard-tokens", "77"], "different --val-fraction, "
+                                                                                   "--shard-tokens"),
     (["{bad}", "--out", "{tmp}/o2"], r"bad\.jsonl:2: not valid JSON"),
     (["{tmp}/none.jsonl", "--out", "{tmp}/o3"], "no such file or directory"),
     (["builtin:shakespeare", "--out", "{tmp}/o4"], "no such built-in corpus"),

@@ -130,7 +130,8 @@ def test_eval_batches_are_fixed_in_order_and_disjoint_across_ranks(counting_dir)
     starts = torch.cat([x[:, 0] for x, _ in one]).tolist()
     assert starts == [5000 + T * i for i in range(20)]
     assert all(torch.equal(x + 1, y) for x, y in one)
-    assert [torch.equal(a[0], b[0]) for a, b in zip(one, eval_batches(counting_dir, block_size=T, batch_size=4))] == [True] * 5
+    again = eval_batches(counting_dir, block_size=T, batch_size=4)
+    assert [torch.equal(a[0], b[0]) for a, b in zip(one, again)] == [True] * 5
     r0 = list(eval_batches(counting_dir, block_size=T, batch_size=4, rank=0, world_size=2))
     r1 = list(eval_batches(counting_dir, block_size=T, batch_size=4, rank=1, world_size=2))
     assert len(r0) == len(r1) == 2, "ranks yield the same count; the odd batch out is dropped"
@@ -203,7 +204,8 @@ def test_loader_on_prepared_text_never_mixes_splits(tmp_path, jsonl_corpus, h):
     for k, (x, y) in enumerate(eval_batches(out, block_size=T, batch_size=2)):
         for i in range(2):
             w = 2 * k + i
-            assert x[i].tolist() == val[w * T:w * T + T].tolist() and y[i].tolist() == val[w * T + 1:w * T + T + 1].tolist()
+            assert x[i].tolist() == val[w * T:w * T + T].tolist()
+            assert y[i].tolist() == val[w * T + 1:w * T + T + 1].tolist()
     loader = TokenLoader(out, block_size=T, micro_batch_size=4, shuffle=False)
     x, _ = loader.next_batch()
     assert x.flatten().tolist() == train[:4 * T].reshape(4, T).flatten().tolist()

@@ -78,7 +78,8 @@ def test_rerun_of_a_finished_output_verifies_and_writes_nothing(tmp_path, jsonl_
     first = prepare([jsonl_corpus], out, shard_tokens=80, **FAST)
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
     tokenized = []
-    monkeypatch.setattr(tokenize, "encode_documents", lambda texts: tokenized.append(texts) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(tokenize, "encode_documents",
+                        lambda texts: tokenized.append(texts) or (_ for _ in ()).throw(AssertionError))
     again = prepare([jsonl_corpus], out, shard_tokens=80, **FAST)
     assert again == first and tokenized == []
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
@@ -253,7 +254,8 @@ def test_lone_surrogate_in_json_is_tokenized_like_encode_ordinary(tmp_path, h):
     texts = [json.loads(line)["text"] for line in src.read_text().splitlines()]
     man = prepare([src], tmp_path / "out", val_fraction=0.0, **FAST)
     assert man["tokens"] == sum(len(h.encode(t)) + 1 for t in texts)
-    assert h.split_stream(tmp_path / "out", "train").tolist() == [EOT_ID, *h.encode(texts[0]), EOT_ID, *h.encode(texts[1])]
+    expected = [EOT_ID, *h.encode(texts[0]), EOT_ID, *h.encode(texts[1])]
+    assert h.split_stream(tmp_path / "out", "train").tolist() == expected
 
 
 def test_missing_field_error_stays_one_short_line_for_huge_keys(tmp_path):

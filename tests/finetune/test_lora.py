@@ -6,10 +6,16 @@ import pytest
 import torch
 
 from gpt2kit import GPTConfig
-from gpt2kit.model.lora import (
-    LoRAConfig, LoRALinear, apply_lora, lora_parameters, merge_lora, merge_lora_state_dict, parse_targets,
-)
 from gpt2kit.model.gpt import GPT
+from gpt2kit.model.lora import (
+    LoRAConfig,
+    LoRALinear,
+    apply_lora,
+    lora_parameters,
+    merge_lora,
+    merge_lora_state_dict,
+    parse_targets,
+)
 
 
 def _adapted(seed: int = 0, **kw) -> tuple[GPT, LoRAConfig]:

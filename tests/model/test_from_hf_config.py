@@ -1,4 +1,4 @@
-"""A model built from a ``transformers.GPT2Config`` (the seed-003 story): ``GPTConfig.from_hf`` and ``GPT(hf_config)``."""
+"""A model built from a ``transformers.GPT2Config`` (the seed-003 story): ``GPTConfig.from_hf``, ``GPT(hf_config)``."""
 
 from __future__ import annotations
 

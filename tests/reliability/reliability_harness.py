@@ -149,7 +149,7 @@ def dir_files(d: Path) -> dict[str, bytes]:
 
 
 def live_processes() -> dict[int, list[str]]:
-    """Every live (not zombie) process: pid -> the fields of /proc/PID/stat after "pid (comm) " (state ppid pgrp ...)."""
+    """Every live (not zombie) process: pid -> the fields of /proc/PID/stat after "pid (comm) " (state ppid ...)."""
     procs = {}
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():

@@ -444,16 +444,19 @@ def test_bad_checkpoint_is_one_clear_error(tmp_path, ckpt, capsys, case):
 @pytest.mark.parametrize("argv, line", [
     (["train", "--batchsize", "8"], "gpt2kit train: error: unknown flag --batchsize; did you mean --batch-size?"),
     (["train", "--n_layer", "2"], "gpt2kit train: error: unknown flag --n_layer; did you mean --n-layer?"),
-    (["finetune", "sft", "--max_steps=3"], "gpt2kit finetune sft: error: unknown flag --max_steps; did you mean --max-steps?"),
+    (["finetune", "sft", "--max_steps=3"], "gpt2kit finetune sft: error: unknown flag --max_steps; did you mean "
+                                           "--max-steps?"),
     (["train", "--lr=abc"], "gpt2kit train: error: argument --lr: invalid float value: 'abc'"),
-    (["prepare", "x.txt", "--out", "d", "--shard-tokens", "many"], "gpt2kit prepare: error: argument --shard-tokens: 'many' is not an integer"),
+    (["prepare", "x.txt", "--out", "d", "--shard-tokens", "many"], "gpt2kit prepare: error: argument --shard-tokens: "
+                                                                   "'many' is not an integer"),
 ])
 def test_unknown_flag_or_bad_value_is_one_line_naming_the_flag(argv, line, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     err = capsys.readouterr().err
     assert exit_.value.code == 2
-    assert err.splitlines() == [f"{line} (see {' '.join(['gpt2kit'] + argv[:2 if argv[0] == 'finetune' else 1])} --help)"]
+    assert err.splitlines() == [f"{line} (see {' '.join(['gpt2kit'] + argv[:2 if argv[0] == 'finetune' else 1])} "
+                                "--help)"]
 
 
 def test_a_suggested_flag_is_one_the_command_takes(capsys):

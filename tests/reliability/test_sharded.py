@@ -55,7 +55,7 @@ def runs(train_data, tmp_path_factory) -> dict[str, dict[str, Path | str]]:
                                                                max_restarts=1), run.with_suffix(".log"),
                                                  hooks=FAULTS[parallel]))
     try:
-        for (parallel, which), (path, launch) in launches.items():
+        for (parallel, which), (_, launch) in launches.items():
             assert launch.wait(LAUNCH_TIMEOUT) == 0, f"{parallel} {which}:\n" + launch.log[-4000:]
     finally:
         for _, launch in launches.values():

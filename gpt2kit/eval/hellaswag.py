@@ -5,15 +5,10 @@ Each example is a context ``ctx`` and (usually four) ``endings``; the model read
 
 - ``acc``: the ending with the lowest total loss (highest log-likelihood);
 - ``acc_norm``: the lowest mean loss per ending token (build-nanogpt's ``acc_norm``);
-- ``acc_norm_bytes``: the highest log-likelihood per UTF-8 byte of the ending
-  (lm-evaluation-harness's ``acc_norm``, which divides by the choice's length).
+- ``acc_norm_bytes``: the highest log-likelihood per UTF-8 byte of the ending (lm-evaluation-harness's
+  ``acc_norm`` divides by characters, the same on ASCII text; its HellaSwag also rewrites the text first).
 
-Contexts longer than the model's ``block_size`` (never the case for GPT-2's 1024 tokens) are
-left-truncated: the ending and the context tokens just before it are kept.
-
-All endings of ``batch_size`` examples go through the model in one right-padded forward pass. Under
-torchrun, rank r scores examples r, r + world_size, ... and the counts are all-reduced, so every
-rank returns the global figures.
+The scoring is :func:`gpt2kit.eval.choice.score_choices` (truncation, batching and sharding are its).
 """
 
 from __future__ import annotations
@@ -25,10 +20,9 @@ from pathlib import Path
 
 import torch
 
-from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
+from gpt2kit.eval.choice import ChoiceItem, score_choices
 from gpt2kit.eval.download import cache_root, resolve_data_file
-from gpt2kit.eval.scoring import fit_row, model_block_size, scored_items
 from gpt2kit.io import iter_jsonl
 from gpt2kit.tokenizer import get_tokenizer
 
@@ -101,23 +95,24 @@ def hellaswag_path(data: str | os.PathLike | None, cache_dir: str | os.PathLike 
                              what="HellaSwag validation data", cache_dir=cache_dir, flag=flag)
 
 
-def _example_rows(ex: HellaSwagExample, block_size: int) -> list[tuple[list[int], list[int]]]:
+def hellaswag_items(examples: Sequence[HellaSwagExample]) -> list[ChoiceItem]:
+    """The examples as multiple-choice questions: ``ctx`` then ``" " + ending``, each encoded on its own."""
     tok = get_tokenizer()
-    ctx = tok.encode(ex.ctx)
-    rows = []
-    for ending in ex.endings:
-        row = fit_row(ctx, tok.encode(" " + ending), block_size)
-        if row is None:
-            raise UserError(
-                f"HellaSwag example at line {ex.line}: an ending is longer than the model's block_size "
-                f"({block_size} tokens); "
-                "evaluate with a model of a longer context"
-            )
-        rows.append(row)
-    return rows
+    items = []
+    for ex in examples:
+        ctx = tok.encode(ex.ctx)
+        rows = tuple((ctx, tok.encode(" " + e)) for e in ex.endings)
+        items.append(ChoiceItem(rows, ex.label, tuple(len(e) for e in ex.endings),
+                                tuple(len(e.encode("utf-8")) for e in ex.endings), where=f"HellaSwag line {ex.line}"))
+    return items
 
 
-@torch.no_grad()
+def hellaswag_metrics(scores: dict) -> dict:
+    """HellaSwag's names for the :func:`~gpt2kit.eval.choice.score_choices` figures."""
+    return {"acc": scores["acc"], "acc_norm": scores["acc_per_token"], "acc_norm_bytes": scores["acc_per_byte"],
+            "n": scores["n"]}
+
+
 def score_hellaswag(
     model: torch.nn.Module,
     examples: Sequence[HellaSwagExample],
@@ -135,23 +130,7 @@ def score_hellaswag(
     rank scores its share and, when torch.distributed is initialised, the counts are summed over
     ranks so every rank returns the global figures.
     """
-    block_size = model_block_size(model)
-    correct = correct_norm = correct_bytes = 0
-    scored = scored_items(model, examples, lambda ex: _example_rows(ex, block_size), batch_size=batch_size,
-                          rank=rank, world_size=world_size, device=device, autocast_dtype=autocast_dtype,
-                          desc="hellaswag", progress=progress)
-    for ex, total, tokens, _ in scored:  # total: (k,) summed loss of each of the k endings
-        per_token = total / tokens  # (k,)
-        n_bytes = torch.tensor([len(e.encode("utf-8")) for e in ex.endings], dtype=torch.float64)
-        per_byte = total / n_bytes  # (k,) = -loglik per byte; lowest wins
-        correct += int(int(total.argmin()) == ex.label)
-        correct_norm += int(int(per_token.argmin()) == ex.label)
-        correct_bytes += int(int(per_byte.argmin()) == ex.label)
-    n = len(examples[rank::world_size])
-    if world_size > 1:
-        correct, correct_norm, correct_bytes, n = (
-            int(round(v)) for v in all_reduce_sum([correct, correct_norm, correct_bytes, n], device)
-        )
-    if n == 0:
-        return {"acc": float("nan"), "acc_norm": float("nan"), "acc_norm_bytes": float("nan"), "n": 0}
-    return {"acc": correct / n, "acc_norm": correct_norm / n, "acc_norm_bytes": correct_bytes / n, "n": n}
+    scores = score_choices(model, hellaswag_items(examples), device=device, batch_size=batch_size,
+                           autocast_dtype=autocast_dtype, rank=rank, world_size=world_size, progress=progress,
+                           desc="hellaswag")
+    return hellaswag_metrics(scores)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import importlib
+import re
 import sys
 import typing
 
@@ -45,8 +46,18 @@ class Parser(argparse.ArgumentParser):
     """An argparse parser whose errors are one line (no usage block) with a pointer to ``--help``."""
 
     def error(self, message: str) -> typing.NoReturn:
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"{self.prog}: error: {_with_guess(message)} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
+
+
+def _with_guess(message: str) -> str:
+    """argparse's ``invalid choice`` message with the closest choices as a did-you-mean."""
+    found = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+    if not found:
+        return message
+    choices = re.findall(r"'([^']*)'", found.group(2)) or [c.strip() for c in found.group(2).split(",")]
+    close = difflib.get_close_matches(found.group(1), choices, n=2, cutoff=0.5)
+    return message + (f"; did you mean {' or '.join(close)}?" if close else "")
 
 
 def build_parser() -> argparse.ArgumentParser:

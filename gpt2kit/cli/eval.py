@@ -1,4 +1,4 @@
-"""``gpt2kit eval TASK``: validation loss/perplexity, HellaSwag and LAMBADA for any checkpoint.
+"""``gpt2kit eval TASK``: loss/perplexity, HellaSwag, LAMBADA, the harness's multiple-choice tasks, a suite.
 
 The command parses, calls :func:`gpt2kit.eval.run.run_eval` (which loads the model and scores it with the
 scorers the trainer uses), prints a table (or, with ``--json``, one JSON object and nothing else on stdout)
@@ -15,11 +15,13 @@ from pathlib import Path
 from gpt2kit.cli.common import DefaultsFormatter, add_checkpoint_argument, add_device_arguments, positive_int
 from gpt2kit.errors import UserError
 
-HELP = "evaluate a model: loss/perplexity, HellaSwag, LAMBADA"
+HELP = "evaluate a model: loss/perplexity, HellaSwag, LAMBADA, ARC, MMLU, PIQA, Winogrande, a suite"
 DESCRIPTION = (
     "Evaluate a gpt2kit checkpoint or GPT-2 weights (Hugging Face directory or hub name) the same way: "
     "`loss` (mean next-token loss, perplexity and bits per byte of a prepared split or a text/JSONL file), "
-    "`hellaswag` (acc, acc_norm, acc_norm_bytes) or `lambada` (last-word accuracy and perplexity). "
+    "`hellaswag` (acc, acc_norm, acc_norm_bytes), `lambada` (last-word accuracy and perplexity), "
+    "`arc-easy`, `arc-challenge`, `mmlu`, `piqa`, `winogrande` (defined as lm-evaluation-harness defines them) "
+    "or `suite` (several of them and one centred mean). "
     "Prints a table, or one JSON object with --json; the results are also saved as JSON beside the checkpoint "
     "(or at --out). Run under torchrun to split the work over several GPUs. "
     "See `gpt2kit eval TASK --help`."
@@ -98,12 +100,75 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     lam.add_argument("--text-field", default="text", help="JSONL field holding the passage")
     lam.add_argument("--cache-dir", default=None, help="where the downloaded file is kept")
     _common(lam, 16, "score only the first N passages")
+    _add_choice_tasks(sub)
+    _add_suite(sub)
+
+
+_PROMPTS = {
+    "arc-easy": "'Question: {question}\\nAnswer:' then ' ' + each choices.text; gold choices.label.index(answerKey). "
+                "Rows: the allenai/ai2_arc ARC-Easy rows (id, question, choices {text, label}, answerKey); "
+                "default: its test split",
+    "arc-challenge": "as arc-easy, on the ARC-Challenge rows (default: its test split)",
+    "mmlu": "'The following are multiple choice questions (with answers) about {subject}.\\n\\n' + "
+            "question.strip() + '\\nA. ..\\nB. ..\\nC. ..\\nD. ..\\nAnswer:' then ' A' .. ' D'; 0-shot as the "
+            "harness's default, or --num-fewshot N with the first N dev rows of the subject (the harness's "
+            "first_n). Rows: cais/mmlu (question, subject, choices, answer); default: the 'all' test split",
+    "piqa": "'Question: {goal}\\nAnswer:' then ' ' + sol1 / sol2; gold label. Rows: goal, sol1, sol2, label; "
+            "default: the validation split",
+    "winogrande": "partial evaluation: the sentence up to the '_' filled with option1 / option2 is the context "
+                  "and ' ' + the rest of the sentence is scored after each; gold answer ('1' or '2'). Rows: "
+                  "sentence, option1, option2, answer; default: winogrande_xl validation",
+}
+
+
+def _add_choice_tasks(sub) -> None:
+    from gpt2kit.eval.tasks import TASKS
+
+    for name, task in TASKS.items():
+        norm = "; acc_norm divides the log-likelihood by the choice's length in characters" \
+            if "acc_norm" in task.metrics else ""
+        t = sub.add_parser(
+            name, formatter_class=_FMT, help=f"{task.harness} as lm-evaluation-harness defines it",
+            description=(
+                f"lm-evaluation-harness's {task.harness}: {_PROMPTS[name]}. acc picks the choice with the highest "
+                f"log-likelihood{norm}. Prompts longer than the model's context are left-truncated and counted "
+                "(truncated). --data takes the Hugging Face dataset's rows as JSONL or Parquet; without it the "
+                "split is fetched from the hub once (needs `datasets`) and cached in ~/.cache/gpt2kit/tasks."
+            ),
+        )
+        t.add_argument("--data", default=None, help="the dataset's rows (.jsonl or .parquet); default: the hub split")
+        t.add_argument("--cache-dir", default=None, help="where the downloaded rows are kept")
+        if task.fewshot_group is not None:
+            t.add_argument("--num-fewshot", type=int, default=0, help="answered examples before each question")
+            t.add_argument("--fewshot-data", default=None, help="the rows few-shot examples come from (dev split)")
+        _common(t, 8, "score only the first N questions")
+
+
+def _add_suite(sub) -> None:
+    from gpt2kit.eval.run import SUITE_METRIC, SUITES
+
+    s = sub.add_parser(
+        "suite", formatter_class=_FMT, help="several multiple-choice tasks and one centred mean",
+        description=(
+            "Score a named set of multiple-choice tasks with one model load and print one table. score is the "
+            "mean over the tasks of (acc - chance) / (1 - chance), chance being 1 / (number of choices) averaged "
+            "over the task's questions, acc the task's acc_norm where the harness reports one, else acc ("
+            + ", ".join(f"{t}: {m}" for t, m in SUITE_METRIC.items()) + "). Sets: "
+            + "; ".join(f"{k}: {', '.join(v)}" for k, v in SUITES.items()) + "."
+        ),
+    )
+    s.add_argument("--set", dest="suite", default="small", choices=sorted(SUITES), help="the named set")
+    s.add_argument("--tasks", default=None, help="comma-separated tasks instead of a named set")
+    s.add_argument("--data", action="append", default=[], metavar="TASK=FILE",
+                   help="a task's data file (repeatable); tasks without one are downloaded")
+    s.add_argument("--cache-dir", default=None, help="where downloaded data is kept")
+    _common(s, 8, "score only the first N questions of each task")
 
 
 def run(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import resolve_checkpoint
     from gpt2kit.cli.common import resolve_dtype
-    from gpt2kit.eval.results import format_table, to_json
+    from gpt2kit.eval.results import format_suite_table, format_table, to_json
     from gpt2kit.eval.run import METRICS, EvalOptions, run_eval
 
     opts = EvalOptions(
@@ -111,19 +176,44 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, limit=args.limit, data=args.data, split=getattr(args, "split", "val"),
         block_size=getattr(args, "block_size", None), stride=getattr(args, "stride", None),
         text_field=getattr(args, "text_field", None), cache_dir=getattr(args, "cache_dir", None),
+        num_fewshot=getattr(args, "num_fewshot", 0), fewshot_data=getattr(args, "fewshot_data", None),
     )
-    result = run_eval(opts)
+    if args.task == "suite":
+        from gpt2kit.eval.run import SUITES, run_suite
+
+        tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(SUITES[args.suite])
+        result = run_suite(EvalOptions(**{**vars(opts), "data": None}), tasks, _task_files(args.data))
+    else:
+        result = run_eval(opts)
     if result is None:  # not rank 0
         return 0
     record, loaded = result
     record["results_file"] = _save(record, args, resolve_checkpoint(args.checkpoint)[0], loaded.source)
     if args.json:
         print(to_json(record), flush=True)
+    elif args.task == "suite":
+        print(format_suite_table(record), flush=True)
     else:
         print(format_table(record, METRICS[args.task]), flush=True)
+    per_task = record["tasks"] if args.task == "suite" else {args.task: record}
+    for task, r in per_task.items():
+        if r.get("truncated"):
+            print(f"warning: {task}: {r['truncated']} of {r['n']} questions were longer than the model's context "
+                  f"({record['settings']['block_size']} tokens) and were left-truncated", file=sys.stderr)
     if record["results_file"]:
         print(f"results written to {record['results_file']}", file=sys.stderr)
     return 0
+
+
+def _task_files(pairs: list[str]) -> dict[str, str]:
+    """``--data TASK=FILE`` flags as a dict."""
+    out = {}
+    for pair in pairs:
+        task, sep, path = pair.partition("=")
+        if not sep or not task or not path:
+            raise UserError(f"--data {pair}: expected TASK=FILE, e.g. --data arc-easy=ARC-Easy-test.jsonl")
+        out[task] = path
+    return out
 
 
 def _save(record: dict, args, checkpoint_kind: str, source: str) -> str | None:
@@ -136,6 +226,8 @@ def _save(record: dict, args, checkpoint_kind: str, source: str) -> str | None:
         except OSError as e:
             raise UserError(f"--out {args.out}: cannot write the results ({e.strerror or e})") from None
     name = args.task
+    if args.task == "suite":
+        name += "-" + (args.suite if not args.tasks else "custom")
     if args.task == "loss":
         name += "-" + Path(args.data.rstrip("/")).name + (f"-{args.split}" if Path(args.data).is_dir() else "")
     path = default_results_path(checkpoint_kind, source, args.checkpoint, name)

@@ -1,7 +1,8 @@
 """Evaluation records: one JSON object per run (printed with ``--json`` and saved beside the checkpoint).
 
 A record holds the task's metrics at the top level (``loss``/``perplexity``/``bits_per_byte``/``tokens``,
-``acc``/``acc_norm``/``acc_norm_bytes``/``n``, or ``acc``/``perplexity``/``n``) and, under ``model``,
+``acc``/``acc_norm``/``acc_norm_bytes``/``n``, or ``acc``/``perplexity``/``n``; a suite: ``score`` and
+``tasks``) and, under ``model``,
 ``data`` and ``settings``, what produced them: the checkpoint, the data file and its sha256, and the
 flags that change the figures.
 """
@@ -97,4 +98,19 @@ def format_table(record: dict[str, Any], metric_keys: list[str]) -> str:
         else:
             text = f"{value:.4f}"
         lines.append(f"{key:<16}{text:>16}")
+    return "\n".join(lines)
+
+
+def format_suite_table(record: dict[str, Any]) -> str:
+    """One line per task (its metric, chance and centred accuracy), then the suite's score."""
+    model = record["model"]
+    lines = [
+        f"model       {model.get('checkpoint')} ({model.get('format')}, {model.get('params', 0) / 1e6:.1f}M params)",
+        f"{'task':<15}{'metric':<10}{'value':>9}{'chance':>9}{'centered':>10}{'n':>8}",
+        "-" * 61,
+    ]
+    for task, r in record["tasks"].items():
+        lines.append(f"{task:<15}{r['metric']:<10}{100 * r['value']:>8.2f}%{100 * r['chance']:>8.2f}%"
+                     f"{100 * r['centered']:>9.2f}%{r['n']:>8,}")
+    lines += ["-" * 61, f"{'score (mean centered)':<43}{100 * record['score']:>9.2f}%"]
     return "\n".join(lines)

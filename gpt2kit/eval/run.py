@@ -1,7 +1,8 @@
-"""One evaluation of one checkpoint: load it, score a task on every rank, and build the results record.
+"""One evaluation of one checkpoint: load it, score a task (or a suite of them) on every rank, build the records.
 
-:func:`run_eval` is what ``gpt2kit eval`` calls; under ``torchrun`` the examples (or windows) are split over
-the ranks, rank 0 resolves and downloads the data file for all of them, and rank 0 gets the record.
+:func:`run_eval` is what ``gpt2kit eval`` calls, :func:`run_suite` what ``gpt2kit eval suite`` calls; under
+``torchrun`` the examples (or windows) are split over the ranks, rank 0 resolves and downloads the data file
+for all of them, and rank 0 gets the record.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from gpt2kit.checkpoint import LoadedModel, load_model
 from gpt2kit.data.loader import eval_batches, read_manifest
 from gpt2kit.distributed import broadcast_object, setup_distributed, teardown
 from gpt2kit.errors import UserError
-from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
+from gpt2kit.eval.choice import score_choices
+from gpt2kit.eval.hellaswag import hellaswag_items, hellaswag_metrics, hellaswag_path, load_examples
 from gpt2kit.eval.lambada import lambada_path, load_lambada, score_lambada
 from gpt2kit.eval.loss import (
     all_reduce_loss,
@@ -27,15 +29,27 @@ from gpt2kit.eval.loss import (
     read_documents,
 )
 from gpt2kit.eval.results import build_record
+from gpt2kit.eval.tasks import TASKS, choice_items, get_task, load_questions, task_data
 from gpt2kit.io import file_sha256
 from gpt2kit.tokenizer import get_tokenizer
 
 METRICS = {
     "loss": ["loss", "perplexity", "bits_per_byte", "tokens", "bytes"],
-    "hellaswag": ["acc", "acc_norm", "acc_norm_bytes", "n"],
+    "hellaswag": ["acc", "acc_norm", "acc_norm_bytes", "n", "truncated"],
     "lambada": ["acc", "perplexity", "token_perplexity", "n", "tokens"],
+    **{name: [*task.metrics, "n", "truncated"] for name, task in TASKS.items()},
 }
 """Each task's metrics, in the order a table shows them."""
+
+SUITES = {
+    "small": ("hellaswag", "arc-easy", "arc-challenge", "mmlu", "piqa", "winogrande"),
+    "nanochat": ("arc-easy", "arc-challenge", "mmlu"),
+}
+"""Named sets of multiple-choice tasks for ``gpt2kit eval suite``."""
+
+SUITE_METRIC = {"hellaswag": "acc_norm", "arc-easy": "acc_norm", "arc-challenge": "acc_norm", "mmlu": "acc",
+                "piqa": "acc_norm", "winogrande": "acc"}
+"""The accuracy a suite centres for each task: acc_norm where the harness reports one, else acc."""
 
 
 @dataclass
@@ -54,6 +68,8 @@ class EvalOptions:
     stride: int | None = None
     text_field: str | None = None
     cache_dir: str | None = None
+    num_fewshot: int = 0
+    fewshot_data: str | None = None
 
 
 def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
@@ -71,13 +87,9 @@ def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
         if opts.task == "loss":
             metrics, data, extra = _score_loss(opts, model, device, rank, world_size, show)
             settings.update(extra)
-        elif opts.task == "hellaswag":
-            path = hellaswag_path(opts.data, cache_dir=opts.cache_dir) if show or opts.data else None
-            path = Path(broadcast_object(str(path) if path else None, world_size))
-            metrics = score_hellaswag(model, load_examples(path, limit=opts.limit), device=device,
-                                      batch_size=opts.batch_size, rank=rank, world_size=world_size, progress=show)
-            data = {"path": str(path), "sha256": file_sha256(path)}
-            settings["block_size"] = model.config.block_size
+        elif opts.task == "hellaswag" or opts.task in TASKS:
+            metrics, data, extra = _score_choice_task(opts.task, opts, model, device, rank, world_size, show)
+            settings.update(extra)
         elif opts.task == "lambada":
             text_field = opts.text_field or "text"
             path = lambada_path(opts.data, cache_dir=opts.cache_dir) if show or opts.data else None
@@ -88,17 +100,84 @@ def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
             data = {"path": str(path), "sha256": file_sha256(path)}
             settings.update(block_size=model.config.block_size, text_field=text_field)
         else:
-            raise UserError(f"eval: unknown task {opts.task!r}; use one of {', '.join(METRICS)}")
+            get_task(opts.task, known=list(METRICS))
         if not show:
             return None
-        model_info = {
-            "checkpoint": opts.checkpoint, "source": loaded.source, "format": loaded.format,
-            "step": loaded.checkpoint.get("step"), "params": model.num_params(), "config": loaded.config.to_dict(),
-        }
         metrics = {k: metrics[k] for k in METRICS[opts.task] if k in metrics}
-        return build_record(opts.task, metrics, model=model_info, data=data, settings=settings), loaded
+        return build_record(opts.task, metrics, model=_model_info(opts, loaded), data=data, settings=settings), loaded
     finally:
         teardown(env)
+
+
+def run_suite(opts: EvalOptions, tasks: list[str], data: dict[str, str]) -> tuple[dict[str, Any], LoadedModel] | None:
+    """Score every task of ``tasks`` (``data[task]`` its file, else downloaded); rank 0 returns (one record with
+    each task's metrics under ``tasks`` and the suite's ``score``, the loaded model), the others None.
+
+    ``score`` is the mean over tasks of the centred accuracy ``(acc - chance) / (1 - chance)`` of each task's
+    :data:`SUITE_METRIC`, ``chance`` being the mean of 1 / (number of choices) over its questions.
+    """
+    for name in tasks:
+        if name not in SUITE_METRIC:
+            get_task(name, known=list(SUITE_METRIC))
+    env = setup_distributed(opts.device)
+    rank, world_size, device = env.rank, env.world_size, env.device
+    try:
+        loaded = load_model(opts.checkpoint, device=device, dtype=opts.dtype)
+        show = rank == 0
+        results: dict[str, Any] = {}
+        for name in tasks:
+            task_opts = EvalOptions(**{**vars(opts), "task": name, "data": data.get(name)})
+            metrics, record, _ = _score_choice_task(name, task_opts, loaded.model, device, rank, world_size, show)
+            acc, chance = metrics[SUITE_METRIC[name]], metrics["chance"]
+            results[name] = {"metric": SUITE_METRIC[name], "value": acc, "chance": chance,
+                             "centered": (acc - chance) / (1 - chance), "n": metrics["n"],
+                             "truncated": metrics["truncated"], "data": record}
+        if not show:
+            return None
+        score = sum(r["centered"] for r in results.values()) / len(results)
+        settings = {"batch_size": opts.batch_size, "limit": opts.limit, "device": str(device),
+                    "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size,
+                    "block_size": loaded.model.config.block_size}
+        record = build_record("suite", {"score": score, "tasks": results}, model=_model_info(opts, loaded),
+                              data={t: r.pop("data") for t, r in results.items()}, settings=settings)
+        return record, loaded
+    finally:
+        teardown(env)
+
+
+def _model_info(opts: EvalOptions, loaded: LoadedModel) -> dict[str, Any]:
+    return {"checkpoint": opts.checkpoint, "source": loaded.source, "format": loaded.format,
+            "step": loaded.checkpoint.get("step"), "params": loaded.model.num_params(),
+            "config": loaded.config.to_dict()}
+
+
+def _score_choice_task(name: str, opts: EvalOptions, model, device, rank: int, world_size: int, show: bool):
+    """(metrics with ``chance``, data record, settings) of HellaSwag or a harness multiple-choice task."""
+    if name == "hellaswag":
+        path = hellaswag_path(opts.data, cache_dir=opts.cache_dir) if show or opts.data else None
+    else:
+        path = task_data(get_task(name), opts.data, cache_dir=opts.cache_dir) if show or opts.data else None
+    path = Path(broadcast_object(str(path) if path else None, world_size))
+    settings: dict[str, Any] = {"block_size": model.config.block_size}
+    if name == "hellaswag":
+        items = hellaswag_items(load_examples(path, limit=opts.limit))
+    else:
+        task = get_task(name)
+        questions = load_questions(task, path, limit=opts.limit, num_fewshot=opts.num_fewshot,
+                                   fewshot_path=opts.fewshot_data)
+        items = choice_items(questions)
+        settings.update(harness_task=task.harness, num_fewshot=opts.num_fewshot)
+    scores = score_choices(model, items, device=device, batch_size=opts.batch_size, rank=rank,
+                           world_size=world_size, progress=show, desc=name)
+    if name == "hellaswag":
+        metrics = hellaswag_metrics(scores)
+    else:  # the harness's acc_norm divides by the choice's characters
+        metrics = {"acc": scores["acc"], "acc_norm": scores["acc_per_char"], "n": scores["n"]}
+    metrics.update(truncated=scores["truncated"], chance=sum(1 / len(it.rows) for it in items) / len(items))
+    data = {"path": str(path), "sha256": file_sha256(path)}
+    if opts.fewshot_data and name != "hellaswag":
+        data["fewshot"] = {"path": opts.fewshot_data, "sha256": file_sha256(opts.fewshot_data)}
+    return metrics, data, settings
 
 
 def _score_loss(opts: EvalOptions, model, device, rank: int, world_size: int, show: bool):

@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "prepare": "gpt2kit.cli.prepare",
     "train": "gpt2kit.cli.train",
     "eval": "gpt2kit.cli.eval",
+    "lm-eval": "gpt2kit.cli.lm_eval",
     "sample": "gpt2kit.cli.sample",
     "export": "gpt2kit.cli.export",
     "finetune": "gpt2kit.cli.finetune",
@@ -109,7 +110,9 @@ def main(argv: list[str] | None = None) -> int:
     """Parse ``argv`` and run the chosen subcommand; returns the exit status."""
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
-    if extras:
+    if getattr(args, "passthrough", None) is not None:  # a command that hands its arguments to another tool
+        args.passthrough = extras
+    elif extras:
         chosen = _chosen_parser(parser, args)
         chosen.error(unknown_flag_message(chosen, extras))
     if not getattr(args, "_run", None):

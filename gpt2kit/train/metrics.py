@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from gpt2kit.checkpoint import unwrap_model
 from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_write_text, parse_jsonl
@@ -47,7 +48,7 @@ def gpt_flops_per_token(model: torch.nn.Module) -> int:
     return flops_per_token(cfg.n_layer, cfg.n_head, cfg.head_size, cfg.block_size, n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_matmul_flops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.0) -> float:
     """The best FLOP/s of square ``size`` matmuls on this CPU in ``dtype``, over about ``seconds`` of trials."""
     g = torch.Generator().manual_seed(0)  # a private generator: measuring must not move the global RNG
@@ -83,14 +84,18 @@ def peak_flops(device: torch.device, dtype: torch.dtype, tf32: bool = True) -> t
 
 
 class MetricsWriter:
-    """Appends one JSON object per logged step to ``RUN/metrics.jsonl`` and mirrors numbers to TensorBoard.
+    """Appends one JSON object per logged step to ``RUN/metrics.jsonl`` and mirrors numbers to TensorBoard
+    (and to a tracker such as W&B, when given).
 
     Every record is also kept in :attr:`records` so a checkpoint can carry the metrics so far; on resume
     :meth:`restore` rewrites the file from the checkpoint's records, dropping lines written after it.
     """
 
-    def __init__(self, run_dir: str | os.PathLike | None, *, tensorboard: bool = True, enabled: bool = True) -> None:
+    def __init__(self, run_dir: str | os.PathLike | None, *, tensorboard: bool = True, enabled: bool = True,
+                 tracker: Any = None) -> None:
         self.records: list[dict[str, Any]] = []
+        self.tracker = tracker
+        """Where records also go (a :class:`~gpt2kit.train.tracking.WandbTracker`), or None."""
         self.enabled = enabled and run_dir is not None
         self.path = Path(run_dir) / "metrics.jsonl" if run_dir is not None else None
         self._tb = None
@@ -127,17 +132,26 @@ class MetricsWriter:
         if self._tb is not None:
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool):
-                    self._tb.add_scalar(_tb_tag(k), v, record["step"])
+                    self._tb.add_scalar(metric_tag(k), v, record["step"])
+        if self.tracker is not None:
+            self.tracker.log(record)
+
+    def log_samples(self, step: int, texts: list[str]) -> None:
+        """Samples generated at ``step``: to the tracker (samples.jsonl is the checkpointer's)."""
+        if self.enabled and self.tracker is not None:
+            self.tracker.log_samples(step, texts)
 
     def close(self) -> None:
-        """Flush and close TensorBoard."""
+        """Flush and close TensorBoard and the tracker."""
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+        if self.tracker is not None:
+            self.tracker.close()
 
 
-def _tb_tag(key: str) -> str:
-    """TensorBoard tag of a metrics key: ``val_loss`` -> ``val/loss``, ``loss`` -> ``train/loss``."""
+def metric_tag(key: str) -> str:
+    """TensorBoard (and W&B) name of a metrics key: ``val_loss`` -> ``val/loss``, ``loss`` -> ``train/loss``."""
     for prefix in ("val", "hellaswag"):
         if key.startswith(prefix + "_"):
             return f"{prefix}/{key[len(prefix) + 1:]}"

@@ -12,7 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpt2kit.cli.common import DefaultsFormatter, add_checkpoint_argument, add_device_arguments, positive_int
+from gpt2kit.cli.common import (
+    DefaultsFormatter,
+    add_checkpoint_argument,
+    add_device_arguments,
+    nonneg_int,
+    positive_int,
+)
 from gpt2kit.errors import UserError
 
 HELP = "evaluate a model: loss/perplexity, HellaSwag, LAMBADA, ARC, MMLU, PIQA, Winogrande, a suite"
@@ -139,7 +145,7 @@ def _add_choice_tasks(sub) -> None:
         t.add_argument("--data", default=None, help="the dataset's rows (.jsonl or .parquet); default: the hub split")
         t.add_argument("--cache-dir", default=None, help="where the downloaded rows are kept")
         if task.fewshot_group is not None:
-            t.add_argument("--num-fewshot", type=int, default=0, help="answered examples before each question")
+            t.add_argument("--num-fewshot", type=nonneg_int, default=0, help="answered examples before each question")
             t.add_argument("--fewshot-data", default=None, help="the rows few-shot examples come from (dev split)")
         _common(t, 8, "score only the first N questions")
 

@@ -32,7 +32,8 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")  # huge pages for large CPU tensors (as gpt2kit train does)
 
@@ -101,9 +102,9 @@ def matmul_params(model, wpe) -> int:
 
 def run_loop(args, device) -> dict:
     """gpt2kit's real training loop on random batches; returns its last metrics record."""
+    from gpt2kit.distributed import DistEnv
     from gpt2kit.model import GPT, GPTConfig
     from gpt2kit.train.config import LoopConfig
-    from gpt2kit.distributed import DistEnv
     from gpt2kit.train.loop import TrainTask, train
     from gpt2kit.train.metrics import gpt_flops_per_token
 
@@ -126,9 +127,9 @@ def run_loop(args, device) -> dict:
                           padded_vocab_size=args.padded_vocab_size))
     steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as out:
-        cfg = LoopConfig(out=out, dtype=args.dtype, compile=args.compile, batch_size=args.batch_size,
-                         max_steps=steps, schedule_steps=steps, warmup_steps=1, log_every=args.steps,
-                         eval_every=0, save_every=10**9, progress=False, tensorboard=False)
+        cfg = LoopConfig.from_dict(dict(out=out, dtype=args.dtype, compile=args.compile, batch_size=args.batch_size,
+                                        max_steps=steps, schedule_steps=steps, warmup_steps=1, log_every=args.steps,
+                                        eval_every=0, save_every=10**9, progress=False, tensorboard=False))
         from gpt2kit.train.lm_loss import FusedLossGPT
 
         task = TrainTask(model=model, model_config=model.config.to_dict(), train_data=RandomBatches(),
@@ -205,7 +206,7 @@ def main() -> int:
     from gpt2kit.train.metrics import flops_per_token, peak_flops
 
     if args.preset:
-        from gpt2kit.train.config import get_preset
+        from gpt2kit.train.presets import get_preset
 
         p = get_preset(args.preset).model
         args.n_layer, args.n_head, args.n_embd, args.block_size = p.n_layer, p.n_head, p.n_embd, p.block_size

@@ -26,8 +26,9 @@ import signal
 import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -73,6 +74,11 @@ def _env_int(name: str, default: int) -> int:
         return int(value)
     except ValueError:
         raise UserError(f"environment variable {name}={value!r} is not an integer; launch with torchrun") from None
+
+
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of a torchrun job (``RANK``), or runs alone: the one that prints."""
+    return _env_int("RANK", 0) == 0
 
 
 def resolve_device(name: str) -> torch.device:

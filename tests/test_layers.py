@@ -2,7 +2,7 @@
 
 Layers, lowest first (a module may import its own layer and those below):
 
-0. errors, io, tokenizer, device (the CUDA-only decisions)
+0. errors, io, tokenizer, device (the CUDA-only decisions), settings (typed settings <-> flat form)
 1. model
 2. checkpoint (the package: every file format), generate (and the CPU decode fast path)
 3. distributed, data
@@ -25,7 +25,7 @@ import gpt2kit
 ROOT = Path(gpt2kit.__file__).parent
 
 LAYERS: list[tuple[str, ...]] = [
-    ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version", "gpt2kit.device"),
+    ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version", "gpt2kit.device", "gpt2kit.settings"),
     ("gpt2kit.model",),
     ("gpt2kit.checkpoint", "gpt2kit.generation", "gpt2kit.fastpath"),
     ("gpt2kit.distributed", "gpt2kit.data"),

@@ -188,7 +188,8 @@ def main() -> int:
     ap.add_argument("--batch-search", default=None, metavar="B1,B2,...",
                     help="try these micro-batches, largest first, and use the first that does not run out of memory")
     ap.add_argument("--padded-vocab-size", type=int, default=50304)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="autocast compute precision, as train's --dtype (weights stay float32)")
     ap.add_argument("--compile", action="store_true", help="torch.compile gpt2kit's model")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")

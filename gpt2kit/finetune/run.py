@@ -82,7 +82,7 @@ def resolve_finetune_config(cls: type, overrides: dict[str, Any], log: Callable[
                             + " and ".join(need[n] for n in missing))
         return cfg
 
-    def check_saved(base: FinetuneConfig, point: ResumePoint) -> None:
+    def check_point(point: ResumePoint) -> None:
         record = finetune_record(point.checkpoint)
         if record is None or record.get("task") != task:
             what = f"a {record.get('task')} fine-tune" if record else "not a fine-tuning checkpoint"
@@ -90,7 +90,7 @@ def resolve_finetune_config(cls: type, overrides: dict[str, Any], log: Callable[
                             f"or choose a new --out")
 
     return resolve_run(cls, out, overrides, new_run, what=f"`gpt2kit finetune {task}`", log=log,
-                       check_saved=check_saved)
+                       check_point=check_point)
 
 
 def _base_model(cfg: FinetuneConfig, resume: ResumePoint | None) -> GPT:

@@ -82,16 +82,20 @@ def saved_config(point: ResumePoint, cls: type[FlatConfig], what: str) -> Any:
 
 def resolve_run(cls: type[FlatConfig], out: str | None, overrides: dict[str, Any], new_run: Callable[[], C], *,
                 what: str, log: Callable[[str], None] = print,
+                check_point: Callable[[ResumePoint], None] | None = None,
                 check_saved: Callable[[Any, ResumePoint], None] | None = None) -> tuple[C, ResumePoint | None]:
     """The run's config and the checkpoint it resumes from (None for a new run, whose config ``new_run`` builds).
 
-    A resumed run takes the checkpoint's saved config (``check_saved`` may refuse it) plus ``overrides``; without
+    A resumed run takes the checkpoint's saved config (``check_point`` may refuse the checkpoint before it is read,
+    ``check_saved`` the config read) plus ``overrides``; without
     ``--out`` it writes into the run directory it resumes; settings that differ from the saved ones are logged.
     """
     spec = overrides.get("resume")
     point = find_resume(out, spec) if spec else None
     if point is None:
         return new_run(), None
+    if check_point is not None:
+        check_point(point)
     base = saved_config(point, cls, what)
     if check_saved is not None:
         check_saved(base, point)

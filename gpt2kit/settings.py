@@ -173,8 +173,8 @@ def from_flat(cls: type, values: dict[str, Any]) -> Any:
             kwargs[name] = base
             continue
         if meta["off"] is not None:
-            rank = (given or {}).get(meta["off"], None if base is None else getattr(base, meta["off"]))
-            if not rank:
+            on = (given or {}).get(meta["off"], None if base is None else getattr(base, meta["off"]))
+            if not on:  # the off field's 0 (or no section given at all): no section
                 kwargs[name] = None
                 continue
         if given is None:

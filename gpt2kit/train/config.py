@@ -138,7 +138,7 @@ class OptimSettings:
 
 @dataclass
 class ScheduleSettings:
-    """The learning rate's shape: warmup, then a decay to min_lr_ratio * lr by --schedule-steps."""
+    """The learning rate's shape: warmup, then a decay to min_lr_ratio * lr by the end of the schedule."""
 
     warmup_steps: int = 100
     """Linear warmup from lr/warmup_steps to lr over this many steps."""

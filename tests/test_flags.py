@@ -12,7 +12,7 @@ from typing import Literal
 import pytest
 
 from gpt2kit.cli import build_parser
-from gpt2kit.cli.flags import add_flags, given_flags
+from gpt2kit.cli.flags import add_flags, given_flags, integer
 from gpt2kit.data.prepare import PrepareConfig
 from gpt2kit.finetune.config import ClassifyConfig, SFTConfig
 from gpt2kit.settings import field_docs, section, settings_of
@@ -55,6 +55,8 @@ def test_only_the_flags_given_are_returned_typed():
     assert given_flags(p.parse_args([]), TrainConfig) == {}
     with pytest.raises(SystemExit):
         p.parse_args(["--lr-schedule", "step"])  # a Literal's choices
+    with pytest.raises(argparse.ArgumentTypeError, match="'many' is not an integer"):
+        integer("many")
     assert "--preset" not in _options(p)  # recorded, not a flag of its own here (cli/train.py adds --preset)
 
 

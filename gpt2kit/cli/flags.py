@@ -20,6 +20,14 @@ from gpt2kit.settings import Setting, flag_name, section_class, settings_of, to_
 METAVARS = {int: "N", float: "X", str: "VALUE", bool: "BOOL"}
 
 
+def integer(text: str) -> int:
+    """argparse type: an integer, with a one-line error that says so."""
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+
+
 def _parse_optional(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         if text.lower() in ("none", "null", ""):
@@ -33,7 +41,8 @@ def _parse_optional(kind: type) -> Callable[[str], Any]:
         try:
             return kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a {kind.__name__} (or 'none')") from None
+            what = "an integer" if kind is int else f"a {kind.__name__}"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what} (or 'none')") from None
 
     parse.__name__ = kind.__name__
     return parse
@@ -61,7 +70,8 @@ def _type_kwargs(s: Setting) -> dict[str, Any]:
         return {"action": argparse.BooleanOptionalAction}
     if origin in (tuple, list):  # a list takes several words (nargs), a tuple one comma-separated value
         return {"type": str, "metavar": "VALUE"}
-    return {"type": _parse_optional(base) if optional else base, "metavar": METAVARS.get(base, "VALUE")}
+    kind = _parse_optional(base) if optional else integer if base is int else base
+    return {"type": kind, "metavar": METAVARS.get(base, "VALUE")}
 
 
 def add_flags(parser: argparse.ArgumentParser, cls: type, *, skip: tuple[str, ...] = (),

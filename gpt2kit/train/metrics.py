@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from gpt2kit.checkpoint import unwrap_model
 from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_write_text, parse_jsonl
@@ -47,7 +48,7 @@ def gpt_flops_per_token(model: torch.nn.Module) -> int:
     return flops_per_token(cfg.n_layer, cfg.n_head, cfg.head_size, cfg.block_size, n)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def measure_matmul_flops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.0) -> float:
     """The best FLOP/s of square ``size`` matmuls on this CPU in ``dtype``, over about ``seconds`` of trials."""
     g = torch.Generator().manual_seed(0)  # a private generator: measuring must not move the global RNG

@@ -66,7 +66,7 @@ def _fresh(model_cfg: GPTConfig, seed: int = 0) -> GPT:
 
 
 def _wrap(model, cfg: LoopConfig, env: DistEnv):
-    wrapped = wrap_model(model, env, parallel=cfg.parallel)
+    wrapped = wrap_model(model, env, parallel=cfg.dist.parallel)
     return wrapped, build_optimizer(model, cfg, env.device)
 
 
@@ -80,9 +80,10 @@ def run(args: argparse.Namespace) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     results = {}
     for fmt in args.formats.split(","):
-        cfg = LoopConfig(out=str(root / fmt), parallel=args.parallel, checkpoint_format=fmt, fused_adamw=False)
+        cfg = LoopConfig.from_dict(dict(out=str(root / fmt), parallel=args.parallel, checkpoint_format=fmt,
+                                        fused_adamw=False))
         if env.is_main:
-            shutil.rmtree(cfg.out, ignore_errors=True)
+            shutil.rmtree(cfg.run.out, ignore_errors=True)
         barrier(env)
         if model is None:
             model = _fresh(model_cfg)
@@ -94,18 +95,18 @@ def run(args: argparse.Namespace) -> None:
         optimizer.zero_grad(set_to_none=True)
         say(f"{fmt}: {args.model} ({n_params / 1e6:.0f}M parameters) built, wrapped ({args.parallel}) and stepped "
             f"at {time.perf_counter() - t0:.0f} s")
-        checkpointer = Checkpointer(cfg.out, keep_last=1, env=env, sharded=fmt == "sharded")
+        checkpointer = Checkpointer(cfg.run.out, keep_last=1, env=env, sharded=fmt == "sharded")
         payload = {"model_config": model_cfg.to_dict(), "step": 1, "config": cfg.to_dict(), "loader": {},
                    "rng": None, "world_size": env.world_size}
         start = _clock(env)
-        path = checkpointer.save(1, model, optimizer, cfg.parallel == "fsdp" and env.distributed, payload)
+        path = checkpointer.save(1, model, optimizer, cfg.dist.parallel == "fsdp" and env.distributed, payload)
         save_s = _clock(env) - start
         size = sum(f.stat().st_size for f in (path.rglob("*") if path.is_dir() else [path]) if f.is_file())
         del wrapped, optimizer, model, loss
         gc.collect()
 
         start = _clock(env)
-        point = find_resume(cfg.out, "auto")
+        point = find_resume(cfg.run.out, "auto")
         read_s = _clock(env) - start
         model = _fresh(model_cfg, seed=1)
         start = _clock(env)
@@ -113,15 +114,16 @@ def run(args: argparse.Namespace) -> None:
         restore_s = _clock(env) - start
         wrapped, optimizer = _wrap(model, cfg, env)
         start = _clock(env)
-        checkpointer.restore_optimizer(point, model, optimizer, cfg.parallel == "fsdp" and env.distributed)
+        checkpointer.restore_optimizer(point, model, optimizer, cfg.dist.parallel == "fsdp" and env.distributed)
         restore_s += _clock(env) - start
         results[fmt] = (save_s, read_s + restore_s, size)
         say(f"{fmt}: save {save_s:.1f} s, load {read_s + restore_s:.1f} s (read {read_s:.1f} s, into the model "
             f"and optimizer {restore_s:.1f} s), {size / 2**30:.2f} GiB on disk ({path.name})")
         del wrapped, optimizer, point, model
+        model = None  # noqa: F841 (read by the next format's iteration: it builds a fresh model)
         gc.collect()
         if env.is_main:
-            shutil.rmtree(cfg.out, ignore_errors=True)
+            shutil.rmtree(cfg.run.out, ignore_errors=True)
         barrier(env)
     peaks = gather_objects(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, env)  # KiB -> GiB
     for fmt, (save_s, load_s, size) in results.items():

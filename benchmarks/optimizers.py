@@ -48,12 +48,13 @@ import torch  # noqa: E402
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest  # noqa: E402
 from gpt2kit.data.prepare import prepare  # noqa: E402
 from gpt2kit.distributed import DistEnv  # noqa: E402
-from gpt2kit.train.config import get_preset, resolve_config  # noqa: E402
 from gpt2kit.train.fused_head_loss import FusedLossGPT  # noqa: E402
 from gpt2kit.train.loop import TrainTask, train  # noqa: E402
 from gpt2kit.train.metrics import gpt_flops_per_token  # noqa: E402
 from gpt2kit.train.optim import build_optimizer  # noqa: E402
+from gpt2kit.train.presets import get_preset  # noqa: E402
 from gpt2kit.train.pretrain import initial_model, make_evaluator  # noqa: E402
+from gpt2kit.train.resolve import apply_overrides  # noqa: E402
 
 VARIANTS = {
     "base": {},
@@ -102,11 +103,12 @@ def run_arm(data: Path, arm: dict[str, Any], args: argparse.Namespace, run_dir: 
         device=args.device, dtype=args.dtype, compile=False, save_best=False, keep_last=1,
     )
     overrides.update({k: v for k, v in arm.items() if k.startswith("muon_")})
-    cfg = resolve_config(get_preset("demo-cpu"), overrides)
+    cfg = apply_overrides(get_preset("demo-cpu"), overrides)
     env = DistEnv(device=torch.device(args.device))
-    read_manifest(cfg.data)
-    loader = TokenLoader(cfg.data, "train", block_size=cfg.model.block_size, micro_batch_size=cfg.batch_size,
-                         grad_accum_steps=1, rank=0, world_size=1, seed=cfg.seed)
+    read_manifest(cfg.pretrain.data)
+    loader = TokenLoader(cfg.pretrain.data, "train", block_size=cfg.model.block_size,
+                         micro_batch_size=cfg.runtime.batch_size,
+                         grad_accum_steps=1, rank=0, world_size=1, seed=cfg.run.seed)
     model = initial_model(cfg)  # the same seed, so every arm starts from the same weights
     if arm.get("zero_init_proj"):
         # modded-nanogpt starts every projection into the residual stream at zero, so each block begins as
@@ -115,8 +117,9 @@ def run_arm(data: Path, arm: dict[str, Any], args: argparse.Namespace, run_dir: 
             for block in model.transformer.h:
                 block.attn.c_proj.weight.zero_()
                 block.mlp.c_proj.weight.zero_()
-    val = list(eval_batches(cfg.data, "val", block_size=cfg.model.block_size, batch_size=cfg.batch_size,
-                            max_batches=cfg.eval_batches))
+    val = list(eval_batches(cfg.pretrain.data, "val", block_size=cfg.model.block_size,
+                            batch_size=cfg.runtime.batch_size,
+                            max_batches=cfg.cadence.eval_batches))
     task = TrainTask(model=model, model_config=cfg.model.to_dict(), train_data=loader,
                      train_module=FusedLossGPT, evaluate=make_evaluator(cfg, env, val, None),
                      flops_per_token=gpt_flops_per_token(model))
@@ -202,12 +205,12 @@ def step_cost(size: tuple[int, int, int], data: Path, args: argparse.Namespace) 
     """
     L, C, H = size
     timings: dict[str, list[float]] = {"adamw": [], "muon": []}
-    base = resolve_config(get_preset("demo-cpu"), dict(
+    base = apply_overrides(get_preset("demo-cpu"), dict(
         data=str(data), n_layer=L, n_head=H, n_embd=C, block_size=args.block_size,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, compile=False))
     model = FusedLossGPT(initial_model(base)).to(args.device)
     params = [p for p in model.parameters() if p.requires_grad]
-    opts = {name: build_optimizer(model.module, resolve_config(base, {"optimizer": name}), torch.device(args.device))
+    opts = {name: build_optimizer(model.module, apply_overrides(base, {"optimizer": name}), torch.device(args.device))
             for name in timings}
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 50257, (args.batch_size, args.block_size), generator=g).to(args.device)

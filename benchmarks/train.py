@@ -127,9 +127,9 @@ def run_loop(args, device) -> dict:
                           padded_vocab_size=args.padded_vocab_size))
     steps = args.warmup + args.steps
     with tempfile.TemporaryDirectory() as out:
-        cfg = LoopConfig(out=out, dtype=args.dtype, compile=args.compile, batch_size=args.batch_size,
-                         max_steps=steps, schedule_steps=steps, warmup_steps=1, log_every=args.steps,
-                         eval_every=0, save_every=10**9, progress=False, tensorboard=False)
+        cfg = LoopConfig.from_dict(dict(out=out, dtype=args.dtype, compile=args.compile, batch_size=args.batch_size,
+                                        max_steps=steps, schedule_steps=steps, warmup_steps=1, log_every=args.steps,
+                                        eval_every=0, save_every=10**9, progress=False, tensorboard=False))
         from gpt2kit.train.fused_head_loss import FusedLossGPT
 
         task = TrainTask(model=model, model_config=model.config.to_dict(), train_data=RandomBatches(),
@@ -188,7 +188,8 @@ def main() -> int:
     ap.add_argument("--batch-search", default=None, metavar="B1,B2,...",
                     help="try these micro-batches, largest first, and use the first that does not run out of memory")
     ap.add_argument("--padded-vocab-size", type=int, default=50304)
-    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                    help="autocast compute precision, as train's --dtype (weights stay float32)")
     ap.add_argument("--compile", action="store_true", help="torch.compile gpt2kit's model")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--steps", type=int, default=3, help="timed steps per round")
@@ -206,7 +207,7 @@ def main() -> int:
     from gpt2kit.train.metrics import flops_per_token, peak_flops
 
     if args.preset:
-        from gpt2kit.train.config import get_preset
+        from gpt2kit.train.presets import get_preset
 
         p = get_preset(args.preset).model
         args.n_layer, args.n_head, args.n_embd, args.block_size = p.n_layer, p.n_head, p.n_embd, p.block_size

@@ -75,6 +75,11 @@ def _env_int(name: str, default: int) -> int:
         raise UserError(f"environment variable {name}={value!r} is not an integer; launch with torchrun") from None
 
 
+def is_rank_zero() -> bool:
+    """Whether this process is rank 0 of a torchrun job (``RANK``), or runs alone: the one that prints."""
+    return _env_int("RANK", 0) == 0
+
+
 def resolve_device(name: str) -> torch.device:
     """A torch.device from ``--device``; a clear error when it is not available."""
     if name == "auto":

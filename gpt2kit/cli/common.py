@@ -59,7 +59,9 @@ def loaded_description(spec: str, loaded) -> str:
 def add_device_arguments(p: argparse.ArgumentParser) -> None:
     """``--device`` and ``--dtype``."""
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N, mps, or auto (cuda if available)")
-    p.add_argument("--dtype", default="float32", choices=DTYPES, help="weights and compute precision")
+    p.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="the weights' dtype: the model is cast to it and computes in it (unlike train's --dtype, "
+                        "which is autocast precision over float32 weights)")
 
 
 def resolve_device(name: str):

@@ -48,8 +48,9 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.errors import UserError
     from gpt2kit.generation import generate
     from gpt2kit.tokenizer import get_tokenizer
-    from gpt2kit.train.config import get_preset, resolve_config
+    from gpt2kit.train.presets import get_preset
     from gpt2kit.train.pretrain import run_pretraining, summary_line
+    from gpt2kit.train.resolve import apply_overrides
 
     t0 = time.perf_counter()
     out = Path(args.out)
@@ -66,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
     overrides = {"out": str(out), "data": str(data), "device": args.device, "resume": "auto"}
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
-    cfg = resolve_config(get_preset("demo-cpu"), overrides)
+    cfg = apply_overrides(get_preset("demo-cpu"), overrides)
     print(f"[2/3] training demo-cpu into {out} (about {cfg.last_step} steps; Ctrl-C saves, rerun continues)")
-    point = find_resume(cfg.out, "auto")
+    point = find_resume(cfg.run.out, "auto")
     result = run_pretraining(cfg, point)
-    print(summary_line(result, cfg.out))
+    print(summary_line(result, cfg.run.out))
     if result.interrupted:
         return 0
-    loaded = load_model(out, device=cfg.device if cfg.device != "auto" else "cpu")
+    loaded = load_model(out, device=cfg.runtime.device if cfg.runtime.device != "auto" else "cpu")
     ckpt = loaded.checkpoint
     val = ckpt.get("best_val_loss")
     print(f"[3/3] samples from {loaded.source} (step {ckpt.get('step')}"

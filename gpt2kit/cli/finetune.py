@@ -46,8 +46,8 @@ stored in every checkpoint, so `gpt2kit sample --checkpoint RUN --instruction ".
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Two subcommands, each with one flag per field of its config dataclass."""
-    from gpt2kit.finetune.config import DERIVED_FIELDS, ClassifyConfig, SFTConfig
-    from gpt2kit.train.config import add_config_arguments
+    from gpt2kit.cli.flags import add_flags
+    from gpt2kit.finetune.config import ClassifyConfig, SFTConfig
 
     p.formatter_class = HelpFormatter
     p.description = DESCRIPTION
@@ -58,21 +58,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ):
         sp = sub.add_parser(name, help=help_text, description=desc, formatter_class=HelpFormatter)
         sp.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
-        add_config_arguments(sp, cls, skip=DERIVED_FIELDS)
+        add_flags(sp, cls, help=cls.HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     """Resolve the settings, fine-tune, print how it ended."""
     import json
-    import os
 
+    from gpt2kit.cli.flags import given_flags
+    from gpt2kit.distributed import is_rank_zero
     from gpt2kit.finetune.config import ClassifyConfig, SFTConfig
     from gpt2kit.finetune.run import resolve_finetune_config, run_classify, run_sft
-    from gpt2kit.train.config import overrides_from_args
 
     cls = ClassifyConfig if args.task == "classify" else SFTConfig
-    main_rank = os.environ.get("RANK", "0") == "0"
-    cfg, point = resolve_finetune_config(cls, overrides_from_args(args, cls),
+    main_rank = is_rank_zero()
+    cfg, point = resolve_finetune_config(cls, given_flags(args, cls),
                                          log=print if main_rank else (lambda msg: None))
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=1))
@@ -82,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
         keys = ("test_accuracy", "test_macro_f1", "val_accuracy", "val_macro_f1", "val_loss", "best_val_loss")
         shown = ", ".join(f"{k} {results[k]:.4f}" for k in keys if isinstance(results.get(k), float))
         state = "interrupted at" if results.get("interrupted") else "done:"
-        print(f"{state} step {results['steps']}" + (f", {shown}" if shown else "") + f" (run dir {cfg.out})")
+        print(f"{state} step {results['steps']}" + (f", {shown}" if shown else "") + f" (run dir {cfg.run.out})")
     return 0

@@ -9,8 +9,9 @@ from gpt2kit.cli.common import HelpFormatter
 HELP = "pretrain GPT-2 from scratch (one process, or data-parallel under torchrun)"
 DESCRIPTION = """\
 Pretrain GPT-2 on a prepared data directory (gpt2kit prepare). Start from a --preset (or the defaults
-below, or the weights --init-from names); every setting below overrides it. The run directory (--out) receives train_config.json, metrics.jsonl, samples.jsonl,
-TensorBoard logs and checkpoints/step_XXXXXXXX.pt (the last --keep-last plus the best by val loss).
+below, or the weights --init-from names); every setting below overrides it. The run directory (--out) receives
+train_config.json, metrics.jsonl, samples.jsonl, TensorBoard logs and checkpoints/step_XXXXXXXX.pt (the last
+--keep-last plus the best by val loss).
 
   gpt2kit train --preset demo-cpu --data data/sotu --out runs/demo
   torchrun --standalone --nproc_per_node=8 -m gpt2kit train --preset gpt2 --data data/edu --out runs/124m
@@ -27,7 +28,9 @@ A [default: ...] below is the value without a preset; see a preset's values with
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The preset, --print-config, and one flag per TrainConfig field."""
-    from gpt2kit.train.config import PRESET_ALIASES, PRESETS, TrainConfig, add_config_arguments
+    from gpt2kit.cli.flags import add_flags
+    from gpt2kit.train.config import TrainConfig
+    from gpt2kit.train.presets import PRESET_ALIASES, PRESETS
 
     p.formatter_class = HelpFormatter  # keep the examples' line breaks
     presets = "\n".join(f"  {k:12s} {(f.__doc__ or '').strip()}" for k, f in PRESETS.items())
@@ -38,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--print-config", action="store_true", help="print the resolved settings as JSON and exit")
     p.add_argument("--config", metavar="FILE", default=None,
                    help="read settings from a JSON file as --print-config prints it; flags given here override it")
-    add_config_arguments(p, TrainConfig, skip=("preset",))
+    add_flags(p, TrainConfig)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -47,16 +50,18 @@ def run(args: argparse.Namespace) -> int:
     import os
     import sys
 
-    # 2 MB pages for large CPU tensors: first-touch page faults on fresh (N, V) tensors slowed CPU steps
-    # markedly in our measurements; torch reads this once, at its first CPU allocation (none yet here)
+    # 2 MB pages for large CPU tensors spare first-touch page faults on fresh (N, V) tensors; torch reads this
+    # once, at its first CPU allocation (none yet here)
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
-    from gpt2kit.train.config import TrainConfig, overrides_from_args, read_config_file
+    from gpt2kit.cli.flags import given_flags
+    from gpt2kit.distributed import is_rank_zero
+    from gpt2kit.train.config import TrainConfig
     from gpt2kit.train.pretrain import resolve_train_config, run_pretraining, summary_line
+    from gpt2kit.train.resolve import read_config_file
 
-    overrides = overrides_from_args(args, TrainConfig)
-    overrides.pop("preset", None)
-    defaults = read_config_file(args.config) if args.config else None
+    overrides = given_flags(args, TrainConfig)
+    defaults = read_config_file(args.config, TrainConfig) if args.config else None
     # notices about the settings go to stdout with the run's other lines; under --print-config to stderr, so that
     # `--print-config > FILE` writes JSON alone
     notices = sys.stderr if args.print_config else sys.stdout
@@ -66,6 +71,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(cfg.to_dict(), indent=1))
         return 0
     result = run_pretraining(cfg, point)
-    if os.environ.get("RANK", "0") == "0":
-        print(summary_line(result, cfg.out))
+    if is_rank_zero():
+        print(summary_line(result, cfg.run.out))
     return 0

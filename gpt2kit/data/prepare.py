@@ -63,30 +63,30 @@ _SHARD_RE = re.compile(r"^(train|val)_\d{6}\.bin$")
 class PrepareConfig:
     """Everything ``prepare`` needs; validated on creation (ValueError naming the flag)."""
 
-    sources: list[str]
-    """Source specs: files, directories, globs, ``hf:NAME``, ``builtin:NAME``."""
-    out_dir: Path
-    """Output directory (``--out``)."""
-    text_field: str = "text"
-    """JSON field / Parquet or dataset column holding the text (``--text-field``)."""
-    val_fraction: float | None = None
-    """Share of tokens for validation (``--val-fraction``); default: 1%, up to 10% for small corpora."""
-    val_tokens: int | None = None
-    """Instead: the first this many tokens are validation (``--val-tokens``)."""
+    sources: list[str] = field(metadata={"flag": {"positional": True, "nargs": "+", "metavar": "SOURCE"}})
+    """What to tokenize: files, directories, globs, hf:DATASET or builtin:NAME."""
+    out_dir: Path = field(metadata={"flag": {"name": "--out", "required": True, "metavar": "DIR"}})
+    """Output directory for the shards and manifest.json."""
+    text_field: str = field(default="text", metadata={"flag": {"metavar": "NAME"}})
+    """JSON field / Parquet or dataset column that holds the text."""
+    val_fraction: float | None = field(default=None, metadata={"flag": {"metavar": "F"}})
+    """Share of tokens for the val split (default: 1%, up to 10% for small corpora; 0: no val split)."""
+    val_tokens: int | None = field(default=None, metadata={"flag": {"metavar": "N"}})
+    """Instead: the first N tokens form the val split (build-nanogpt style)."""
     shard_tokens: int = DEFAULT_SHARD_TOKENS
-    """Tokens per shard (``--shard-tokens``)."""
+    """Tokens per shard."""
     workers: int = field(default_factory=default_workers)
-    """Tokenizer processes (``--workers``); 1 tokenizes in this process."""
-    hf_config: str | None = None
-    """Hugging Face dataset config (``--hf-config``)."""
-    hf_split: str = "train"
-    """Hugging Face split (``--hf-split``)."""
-    hf_data_files: list[str] | None = None
-    """Hugging Face data files (``--hf-data-files``)."""
+    """Tokenizer processes (default: all CPU cores; 1 = in this process)."""
+    hf_config: str | None = field(default=None, metadata={"flag": {"metavar": "NAME"}})
+    """Hugging Face dataset config, e.g. sample-10BT."""
+    hf_split: str = field(default="train", metadata={"flag": {"metavar": "SPLIT"}})
+    """Hugging Face split to stream."""
+    hf_data_files: list[str] | None = field(default=None, metadata={"flag": {"nargs": "+", "metavar": "PATH"}})
+    """Hugging Face data_files (e.g. with hf:json or hf:parquet for local or remote files)."""
     overwrite: bool = False
-    """Replace output prepared from another source, tokenizer or settings (``--overwrite``)."""
+    """Replace output in --out that was prepared from another source, tokenizer or settings."""
     progress: bool = True
-    """Show a progress bar and messages on stderr."""
+    """Show a progress bar and messages on stderr (--no-progress: none)."""
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)

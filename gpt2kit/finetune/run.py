@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from gpt2kit.checkpoint import ResumePoint, find_resume, load_model
+from gpt2kit.checkpoint import ResumePoint, load_model
 from gpt2kit.checkpoint.finetune import RECORD_KEY, RECORD_VERSION, finetune_record
 from gpt2kit.device import autocast
 from gpt2kit.distributed import DistEnv, distributed
@@ -45,9 +45,10 @@ from gpt2kit.model.gpt import GPT
 from gpt2kit.model.lora import apply_lora
 from gpt2kit.prompts import get_template
 from gpt2kit.tokenizer import EOT_ID, get_tokenizer
-from gpt2kit.train.config import resolve_config
+from gpt2kit.train.config import LoopConfig
 from gpt2kit.train.loop import train
 from gpt2kit.train.optim import decay_param_groups
+from gpt2kit.train.resolve import resolve_run
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 
 RESULTS_FILE = "results.json"
@@ -64,32 +65,30 @@ def resolve_finetune_config(cls: type, overrides: dict[str, Any], log: Callable[
     out = overrides.get("out")
     if not out:
         raise UserError("--out: required; the run directory for checkpoints, metrics.jsonl and results.json")
-    spec = overrides.get("resume")
-    point = find_resume(out, spec) if spec else None
-    if point is None:
-        cfg = resolve_config(cls(), overrides)
+
+    def new_run() -> FinetuneConfig:
+        try:
+            cfg = cls.from_dict(overrides)
+        except ValueError as e:
+            raise UserError(str(e)) from None
         need = {"checkpoint": "the weights to start from (a gpt2kit run or checkpoint, a Hugging Face GPT-2 "
                               "directory, or a hub name such as gpt2)",
                 "train": "the training data (.csv, .tsv, .jsonl or .json)"}
-        missing = [name for name in need if not getattr(cfg, name)]
+        missing = [name for name in need if not getattr(cfg.finetune, name)]
         if missing:
             raise UserError(", ".join(f"--{n}" for n in missing) + ": required for a new fine-tuning run; give "
                             + " and ".join(need[n] for n in missing))
-        return cfg, None
-    record = finetune_record(point.checkpoint)
-    if record is None or record.get("task") != task:
-        what = f"a {record.get('task')} fine-tune" if record else "not a fine-tuning checkpoint"
-        raise UserError(f"--resume: {point.path} is {what}; resume it with the command that wrote it, "
-                        f"or choose a new --out")
-    try:
-        base = cls.from_dict(point.checkpoint["config"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise UserError(f"{point.path}: checkpoint settings do not fit `gpt2kit finetune {task}` ({e})") from None
-    cfg = resolve_config(base, overrides)
-    changed = {k: v for k, v in cfg.to_dict().items() if k != "resume" and getattr(base, k) != v}
-    if changed:
-        log("resuming with changed settings: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
-    return cfg, point
+        return cfg
+
+    def check_point(point: ResumePoint) -> None:
+        record = finetune_record(point.checkpoint)
+        if record is None or record.get("task") != task:
+            what = f"a {record.get('task')} fine-tune" if record else "not a fine-tuning checkpoint"
+            raise UserError(f"--resume: {point.path} is {what}; resume it with the command that wrote it, "
+                            f"or choose a new --out")
+
+    return resolve_run(cls, out, overrides, new_run, what=f"`gpt2kit finetune {task}`", log=log,
+                       check_point=check_point)
 
 
 def _base_model(cfg: FinetuneConfig, resume: ResumePoint | None) -> GPT:
@@ -97,28 +96,28 @@ def _base_model(cfg: FinetuneConfig, resume: ResumePoint | None) -> GPT:
     if resume is not None:
         return GPT(GPTConfig.from_dict(resume.checkpoint["model_config"]))
 
-    model = load_model(cfg.checkpoint).model
+    model = load_model(cfg.finetune.checkpoint).model
     model.train()
     return model
 
 
 def _max_length(cfg: FinetuneConfig, model: GPT) -> int:
     block = model.config.block_size
-    if cfg.max_length is None:
+    if cfg.finetune.max_length is None:
         return block
-    if cfg.max_length > block:
-        raise UserError(f"--max-length {cfg.max_length} is longer than the model's context ({block} tokens); "
+    if cfg.finetune.max_length > block:
+        raise UserError(f"--max-length {cfg.finetune.max_length} is longer than the model's context ({block} tokens); "
                         f"use at most {block}")
-    return cfg.max_length
+    return cfg.finetune.max_length
 
 
 def _val_split(cfg: FinetuneConfig, train: D, val: D | None, say: Callable[[str], None]) -> tuple[D, D]:
     """``(train, val)`` as loaded, or, without --val, ``train`` split by --val-fraction (the same split on resume)."""
     if val is not None:
         return train, val
-    train, val = hold_out(train, cfg.val_fraction, cfg.seed, cfg.train)
-    say(f"no --val: {len(val)} of {len(train) + len(val)} examples of {cfg.train} are held out for validation "
-        f"(--val-fraction {cfg.val_fraction}, chosen by --seed {cfg.seed}) and not trained on")
+    train, val = hold_out(train, cfg.finetune.val_fraction, cfg.run.seed, cfg.finetune.train)
+    say(f"no --val: {len(val)} of {len(train) + len(val)} examples of {cfg.finetune.train} are held out for validation "
+        f"(--val-fraction {cfg.finetune.val_fraction}, chosen by --seed {cfg.run.seed}) and not trained on")
     return train, val
 
 
@@ -142,15 +141,18 @@ def _check_resume_record(resume: ResumePoint | None, record: dict[str, Any], key
 
 
 def _schedule(cfg: FinetuneConfig, n_items: int, env: DistEnv, say: Callable[[str], None]
-              ) -> tuple[FinetuneConfig, int]:
-    spe = steps_per_epoch(n_items, cfg.batch_size, cfg.accum_steps, env.world_size)
-    cfg = cfg.with_schedule(spe)
-    if cfg.warmup_steps > cfg.schedule_steps:
-        raise UserError(f"--warmup-steps {cfg.warmup_steps} is more than the whole run ({cfg.epochs} epochs x {spe} "
-                        f"steps = {cfg.schedule_steps}); lower it")
-    say(f"{n_items} training items, {cfg.batch_size} x {cfg.accum_steps} accum x {env.world_size} ranks per step: "
-        f"{spe} steps/epoch, {cfg.epochs} epochs = {cfg.schedule_steps} steps; evaluate every {cfg.eval_every}")
-    return cfg, spe
+              ) -> tuple[LoopConfig, int]:
+    """The loop's config for ``n_items`` training items, and the optimizer steps per epoch."""
+    spe = steps_per_epoch(n_items, cfg.runtime.batch_size, cfg.finetune.accum_steps, env.world_size)
+    steps = cfg.finetune.epochs * spe
+    if cfg.schedule.warmup_steps > steps:
+        raise UserError(f"--warmup-steps {cfg.schedule.warmup_steps} is more than the whole run "
+                        f"({cfg.finetune.epochs} epochs x {spe} steps = {steps}); lower it")
+    loop = cfg.loop_config(spe)
+    say(f"{n_items} training items, {cfg.runtime.batch_size} x {cfg.finetune.accum_steps} accum x {env.world_size} "
+        f"ranks per step: {spe} steps/epoch, {cfg.finetune.epochs} epochs = {steps} steps; evaluate every "
+        f"{loop.cadence.eval_every}")
+    return loop, spe
 
 
 def _write_results(out: str, results: dict[str, Any]) -> Path:
@@ -188,71 +190,74 @@ def real_tokens(batch: dict[str, torch.Tensor]) -> int:
 def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Fine-tune a classifier as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
-    with distributed(cfg.device, env, cfg.dist_timeout) as env:
+    with distributed(cfg.runtime.device, env, cfg.dist.dist_timeout) as env:
         say = (log or print) if env.is_main else (lambda msg: None)
         backbone = _base_model(cfg, resume)
         max_len = _max_length(cfg, backbone)
-        if cfg.labels:
-            vocab = [s.strip() for s in cfg.labels.split(",") if s.strip()]
+        if cfg.classify.labels:
+            vocab = [s.strip() for s in cfg.classify.labels.split(",") if s.strip()]
             if len(vocab) < 2 or len(set(vocab)) != len(vocab):
-                raise UserError(f"--labels {cfg.labels!r}: needs at least 2 different comma-separated names")
+                raise UserError(f"--labels {cfg.classify.labels!r}: needs at least 2 different comma-separated names")
         elif resume is not None:
             vocab = list((finetune_record(resume.checkpoint) or {}).get("labels") or [])
         else:
-            vocab = label_vocabulary(cfg.train, cfg.label_column)
-        kw = dict(max_length=max_len, text_column=cfg.text_column, label_column=cfg.label_column,
-                  overlong=cfg.overlong)
-        train_data = load_classification(cfg.train, vocab, **kw)
-        val_data = load_classification(cfg.val, vocab, **kw) if cfg.val else None
-        test_data = load_classification(cfg.test, vocab, **kw) if cfg.test else None
-        for path, d in ((cfg.train, train_data), (cfg.val, val_data), (cfg.test, test_data)):
+            vocab = label_vocabulary(cfg.finetune.train, cfg.classify.label_column)
+        kw = dict(max_length=max_len, text_column=cfg.classify.text_column, label_column=cfg.classify.label_column,
+                  overlong=cfg.finetune.overlong)
+        train_data = load_classification(cfg.finetune.train, vocab, **kw)
+        val_data = load_classification(cfg.finetune.val, vocab, **kw) if cfg.finetune.val else None
+        test_data = load_classification(cfg.classify.test, vocab, **kw) if cfg.classify.test else None
+        for path, d in ((cfg.finetune.train, train_data), (cfg.finetune.val, val_data), (cfg.classify.test, test_data)):
             if d is not None:
                 _note_lengths(say, path, len(d), d.truncated, d.dropped, max_len)
         train_data, val_data = _val_split(cfg, train_data, val_data, say)
 
-        torch.manual_seed(cfg.seed)  # the same head and adapters on every rank
+        torch.manual_seed(cfg.run.seed)  # the same head and adapters on every rank
         model = GPTClassifier(backbone, len(vocab))
         n_layer = backbone.config.n_layer
-        if cfg.train_last_blocks is not None and not 0 <= cfg.train_last_blocks <= n_layer:
+        if cfg.classify.train_last_blocks is not None and not 0 <= cfg.classify.train_last_blocks <= n_layer:
             raise UserError(f"--train-last-blocks must be in [0, {n_layer}] for this {n_layer}-block model, "
-                            f"got {cfg.train_last_blocks}")
-        blocks = None if cfg.train_last_blocks is None else tuple(range(n_layer - cfg.train_last_blocks, n_layer))
-        lora = cfg.lora_config(blocks)
+                            f"got {cfg.classify.train_last_blocks}")
+        last = cfg.classify.train_last_blocks
+        blocks = None if last is None else tuple(range(n_layer - last, n_layer))
+        lora = cfg.lora_for_blocks(blocks)
         if lora is not None:
             apply_lora(model, lora)
-        set_trainable(model, cfg.train_last_blocks, lora=lora is not None)
-        record = {"version": RECORD_VERSION, "task": "classify", "base": cfg.checkpoint, "labels": vocab,
-                  "lora": lora.to_dict() if lora else None, "text_column": cfg.text_column,
-                  "label_column": cfg.label_column, "max_length": max_len}
+        set_trainable(model, cfg.classify.train_last_blocks, lora=lora is not None)
+        record = {"version": RECORD_VERSION, "task": "classify", "base": cfg.finetune.checkpoint, "labels": vocab,
+                  "lora": lora.to_dict() if lora else None, "text_column": cfg.classify.text_column,
+                  "label_column": cfg.classify.label_column, "max_length": max_len}
         _check_resume_record(resume, record, ("labels", "lora", "max_length"))
         say(f"classify {len(vocab)} labels {vocab} | {trainable_summary(model)}"
             + (f" | LoRA r={lora.rank} alpha={lora.alpha:g} on {', '.join(lora.targets)}" if lora else ""))
-        cfg, spe = _schedule(cfg, len(train_data), env, say)
-        source = EpochBatches(len(train_data), cfg.batch_size,
-                              lambda items: classification_batch(train_data, items, EOT_ID), seed=cfg.seed,
-                              fingerprint=train_data.fingerprint(), grad_accum_steps=cfg.accum_steps, rank=env.rank,
+        loop, spe = _schedule(cfg, len(train_data), env, say)
+        source = EpochBatches(len(train_data), cfg.runtime.batch_size,
+                              lambda items: classification_batch(train_data, items, EOT_ID), seed=cfg.run.seed,
+                              fingerprint=train_data.fingerprint(), grad_accum_steps=cfg.finetune.accum_steps,
+                              rank=env.rank,
                               world_size=env.world_size)
 
         def evaluate(ctx: EvalContext) -> dict[str, float]:
             # the plain module: batches vary in length, which would make a compiled model recompile
-            res = evaluate_classifier(ctx.raw_model, val_data, batch_size=cfg.batch_size, device=ctx.device,
+            res = evaluate_classifier(ctx.raw_model, val_data, batch_size=cfg.runtime.batch_size, device=ctx.device,
                                       autocast_dtype=ctx.autocast_dtype, rank=env.rank, world_size=env.world_size)
             return {"val_loss": res["loss"], "val_accuracy": res["accuracy"], "val_macro_f1": res["macro_f1"]}
 
         task = TrainTask(
-            model=model, model_config=backbone.config.to_dict(), train_data=source, grad_accum_steps=cfg.accum_steps,
+            model=model, model_config=backbone.config.to_dict(), train_data=source,
+            grad_accum_steps=cfg.finetune.accum_steps,
             loss_fn=classify_loss, evaluate=evaluate, param_groups=decay_param_groups, batch_tokens=real_tokens,
-            flops_per_token=None, extra_state={RECORD_KEY: record},
+            flops_per_token=None, extra_state={RECORD_KEY: record}, settings=cfg.to_dict(),
             oom_hint="lower --batch-size (raise --accum-steps to keep the batch) or --max-length",
         )
-        result = train(cfg, task, env, resume, log=log)
+        result = train(loop, task, env, resume, log=log)
         final_val = test = None
         path = None
         if result.checkpoint is not None and not result.interrupted:
             # score with the checkpoint `gpt2kit classify --checkpoint RUN` uses: the best by val loss
             # (every rank loads it and scores its share; the sums are all-reduced)
-            best, _, path = load_classifier(cfg.out, device=env.device)
-            kw = dict(batch_size=cfg.batch_size, device=env.device, rank=env.rank, world_size=env.world_size)
+            best, _, path = load_classifier(cfg.run.out, device=env.device)
+            kw = dict(batch_size=cfg.runtime.batch_size, device=env.device, rank=env.rank, world_size=env.world_size)
             final_val = evaluate_classifier(best, val_data, **kw)
             test = evaluate_classifier(best, test_data, **kw) if test_data is not None else None
         if not env.is_main:
@@ -269,10 +274,11 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
         if test is not None:
             results.update(test_accuracy=test["accuracy"], test_macro_f1=test["macro_f1"], test_loss=test["loss"],
                            test_examples=test["count"], test_confusion=test["confusion"])
-            say(f"test ({cfg.test}, {test['count']} examples, {Path(path).name}): accuracy {test['accuracy']:.4f} "
+            say(f"test ({cfg.classify.test}, {test['count']} examples, {Path(path).name}): accuracy "
+                f"{test['accuracy']:.4f} "
                 f"macro-F1 {test['macro_f1']:.4f}")
         results = {k: _finite(v) for k, v in results.items()}
-        say(f"wrote {_write_results(cfg.out, results)}")
+        say(f"wrote {_write_results(cfg.run.out, results)}")
         return results
 
 
@@ -293,32 +299,34 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
     """Instruction-tune as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
     import numpy as np
 
-    with distributed(cfg.device, env, cfg.dist_timeout) as env:
+    with distributed(cfg.runtime.device, env, cfg.dist.dist_timeout) as env:
         say = (log or print) if env.is_main else (lambda msg: None)
         model = _base_model(cfg, resume)
         max_len = _max_length(cfg, model)
-        template = get_template(cfg.template)
-        train_data = load_sft(cfg.train, template, max_length=max_len, overlong=cfg.overlong)
-        val_data = load_sft(cfg.val, template, max_length=max_len, overlong=cfg.overlong) if cfg.val else None
-        for path, d in ((cfg.train, train_data), (cfg.val, val_data)):
+        template = get_template(cfg.sft.template)
+        train_data = load_sft(cfg.finetune.train, template, max_length=max_len, overlong=cfg.finetune.overlong)
+        val_data = (load_sft(cfg.finetune.val, template, max_length=max_len, overlong=cfg.finetune.overlong)
+                    if cfg.finetune.val else None)
+        for path, d in ((cfg.finetune.train, train_data), (cfg.finetune.val, val_data)):
             if d is not None:
                 _note_lengths(say, path, len(d), d.truncated, d.dropped, max_len)
         train_data, val_data = _val_split(cfg, train_data, val_data, say)
 
-        torch.manual_seed(cfg.seed)
-        lora = cfg.lora_config()
+        torch.manual_seed(cfg.run.seed)
+        lora = cfg.lora
         if lora is not None:
             apply_lora(model, lora)
         else:
             for p in model.parameters():
                 p.requires_grad_(True)
-        record = {"version": RECORD_VERSION, "task": "sft", "base": cfg.checkpoint, "template": template.to_dict(),
+        record = {"version": RECORD_VERSION, "task": "sft", "base": cfg.finetune.checkpoint,
+                  "template": template.to_dict(),
                   "lora": lora.to_dict() if lora else None, "max_length": max_len}
         _check_resume_record(resume, record, ("template", "lora", "max_length"))
         examples = train_data.examples
         fingerprint = train_data.fingerprint()
-        if cfg.pack:
-            order = np.random.default_rng([cfg.seed, 7]).permutation(len(examples))  # mix lengths before packing
+        if cfg.sft.pack:
+            order = np.random.default_rng([cfg.run.seed, 7]).permutation(len(examples))  # mix lengths before packing
             rows = pack_examples([len(e.ids) for e in examples], max_len, order.tolist())
             collate = lambda items: packed_batch([[examples[i] for i in rows[r]] for r in items], EOT_ID)  # noqa: E731
             n_items = len(rows)
@@ -332,17 +340,17 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
         say(f"sft template {template.name!r} | {len(examples)} examples, {trained:,} response tokens | "
             f"{trainable_summary(model)}"
             + (f" | LoRA r={lora.rank} alpha={lora.alpha:g} on {', '.join(lora.targets)}" if lora else ""))
-        cfg, spe = _schedule(cfg, n_items, env, say)
-        source = EpochBatches(n_items, cfg.batch_size, collate, seed=cfg.seed, fingerprint=fingerprint,
-                              grad_accum_steps=cfg.accum_steps, rank=env.rank, world_size=env.world_size)
+        loop, spe = _schedule(cfg, n_items, env, say)
+        source = EpochBatches(n_items, cfg.runtime.batch_size, collate, seed=cfg.run.seed, fingerprint=fingerprint,
+                              grad_accum_steps=cfg.finetune.accum_steps, rank=env.rank, world_size=env.world_size)
         tok = get_tokenizer()
         prompts = []
-        for ex in val_data.examples[:cfg.samples]:
+        for ex in val_data.examples[:cfg.sft.samples]:
             first = ex.trainable.index(True) if True in ex.trainable else len(ex.ids)
             prompts.append(ex.ids[:max(first, 1)])
 
         def evaluate(ctx: EvalContext) -> dict[str, float]:
-            res = evaluate_sft(ctx.raw_model, val_data.examples, batch_size=cfg.batch_size, device=ctx.device,
+            res = evaluate_sft(ctx.raw_model, val_data.examples, batch_size=cfg.runtime.batch_size, device=ctx.device,
                                autocast_dtype=ctx.autocast_dtype, rank=env.rank, world_size=env.world_size)
             return {"val_loss": res["loss"]}
 
@@ -351,19 +359,20 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
             for ids in prompts:
                 idx = torch.tensor([ids], dtype=torch.long, device=ctx.device)  # (1, P)
                 with autocast(ctx.device, ctx.autocast_dtype):
-                    out = generate(ctx.raw_model, idx, cfg.sample_tokens, temperature=0.0, eos_id=EOT_ID)
+                    out = generate(ctx.raw_model, idx, cfg.sft.sample_tokens, temperature=0.0, eos_id=EOT_ID)
                 reply = [t for t in out[0, len(ids):].tolist() if t != EOT_ID]
                 texts.append(tok.decode(reply))
             return texts
 
         task = TrainTask(
-            model=model, model_config=model.config.to_dict(), train_data=source, grad_accum_steps=cfg.accum_steps,
+            model=model, model_config=model.config.to_dict(), train_data=source,
+            grad_accum_steps=cfg.finetune.accum_steps,
             loss_fn=sft_loss, evaluate=evaluate, sample=sample if prompts else None,
             param_groups=decay_param_groups, batch_tokens=real_tokens, flops_per_token=None,
-            extra_state={RECORD_KEY: record},
+            extra_state={RECORD_KEY: record}, settings=cfg.to_dict(),
             oom_hint="lower --batch-size (raise --accum-steps to keep the batch) or --max-length",
         )
-        result = train(cfg, task, env, resume, log=log)
+        result = train(loop, task, env, resume, log=log)
         if not env.is_main:
             return {}
         results = {
@@ -373,7 +382,7 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
             "train_examples": len(train_data), "val_examples": len(val_data),
             "checkpoint": str(result.checkpoint) if result.checkpoint else None,
         }
-        say(f"wrote {_write_results(cfg.out, results)}")
+        say(f"wrote {_write_results(cfg.run.out, results)}")
         return results
 
 

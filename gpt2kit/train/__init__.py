@@ -1,6 +1,8 @@
 """Training: configs and presets, the shared loop, data parallelism, checkpoints and metrics.
 
-- :mod:`gpt2kit.train.config` — ``LoopConfig``/``TrainConfig`` dataclasses, ``PRESETS``, flags from fields.
+- :mod:`gpt2kit.train.config` — ``LoopConfig``/``TrainConfig``: the sections (optimizer, schedule, checkpoint,
+  logging, parallel...) each validating itself; :mod:`gpt2kit.train.presets` — ``PRESETS``, ``get_preset``;
+  :mod:`gpt2kit.train.resolve` — a run's settings from preset, saved config, ``--config`` file and flags.
 - :mod:`gpt2kit.train.loop` — ``train(cfg, TrainTask, env)``: the one loop (pretraining and fine-tuning).
 - :mod:`gpt2kit.train.task` — ``TrainTask``, ``EvalContext``, ``TrainResult``: what a job hands the loop.
 - :mod:`gpt2kit.train.checkpointer` — ``Checkpointer``: saving, resuming, pruning, best.json, repairs after a kill
@@ -13,6 +15,7 @@
 - :mod:`gpt2kit.train.pretrain` — ``run_pretraining(cfg)``: what ``gpt2kit train`` runs.
 """
 
-from gpt2kit.train.config import PRESETS, LoopConfig, TrainConfig, get_preset
+from gpt2kit.train.config import LoopConfig, TrainConfig
+from gpt2kit.train.presets import PRESETS, get_preset
 
 __all__ = ["PRESETS", "LoopConfig", "TrainConfig", "get_preset"]

@@ -6,7 +6,7 @@ A job describes itself as a :class:`~gpt2kit.train.task.TrainTask` and calls :fu
     from gpt2kit.distributed import distributed
     from gpt2kit.train.loop import TrainTask, train
 
-    with distributed(cfg.device, timeout=cfg.dist_timeout) as env:  # torchrun env -> rank, world size, device
+    with distributed(cfg.runtime.device, timeout=cfg.dist.dist_timeout) as env:  # torchrun env: rank, world, device
         task = TrainTask(
             model=model,                             # a pure nn.Module on CPU; the loop moves, compiles and wraps it
             model_config=model.config.to_dict(),     # saved as the checkpoint's model_config
@@ -21,7 +21,7 @@ A job describes itself as a :class:`~gpt2kit.train.task.TrainTask` and calls :fu
             flops_per_token=gpt_flops_per_token(model),  # for MFU (None: not reported)
             extra_state={...},                       # plain data stored in every checkpoint
         )
-        result = train(cfg, task, env)               # cfg: a LoopConfig (or subclass); resumes when cfg.resume says so
+        result = train(cfg, task, env)               # cfg: a LoopConfig; resumes when cfg.run.resume says so
 
 Two names for the model, used throughout: ``model`` is ``TrainTask.model``, the pure module whose weights
 checkpoints hold and the optimizer updates; ``wrapped`` is what a training step calls (``train_module(model)``,
@@ -52,7 +52,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -61,7 +62,14 @@ from tqdm import tqdm
 from gpt2kit.checkpoint import ResumePoint
 from gpt2kit.device import autocast, autocast_dtype_for, pinned_transfer, set_tf32
 from gpt2kit.distributed import (
-    DistEnv, all_reduce_mean, any_rank, gather_objects, gradient_sync, is_fsdp, setup_distributed, wrap_model,
+    DistEnv,
+    all_reduce_mean,
+    any_rank,
+    gather_objects,
+    gradient_sync,
+    is_fsdp,
+    setup_distributed,
+    wrap_model,
 )
 from gpt2kit.errors import UserError
 from gpt2kit.train.checkpointer import Checkpointer
@@ -71,7 +79,12 @@ from gpt2kit.train.optim import Optimizer, apply_schedule, build_optimizer, deca
 from gpt2kit.train.schedule import lr_at
 from gpt2kit.train.state import RunState, rng_state, seed_everything, set_rng_state
 from gpt2kit.train.task import (
-    BatchSource, EvalContext, TrainResult, TrainTask, default_batch_tokens, lm_loss,
+    BatchSource,
+    EvalContext,
+    TrainResult,
+    TrainTask,
+    default_batch_tokens,
+    lm_loss,
 )
 
 
@@ -80,12 +93,13 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     """Run (or continue) training as described in the module docstring; returns how it ended.
 
     ``env`` defaults to :func:`~gpt2kit.distributed.setup_distributed`; ``resume`` defaults to what
-    ``cfg.resume`` names (see :func:`~gpt2kit.checkpoint.find_resume`). Only rank 0 prints and writes.
+    ``cfg.run.resume`` names (see :func:`~gpt2kit.checkpoint.find_resume`). Only rank 0 prints and writes.
     """
-    env = env or setup_distributed(cfg.device, cfg.dist_timeout)
+    env = env or setup_distributed(cfg.runtime.device, cfg.dist.dist_timeout)
     say = _rank0_printer(log, env)
-    checkpointer = Checkpointer(cfg.out, cfg.keep_last, env, sharded=cfg.checkpoint_format == "sharded")
-    resume = checkpointer.resume_point(cfg.resume, resume)
+    checkpointer = Checkpointer(cfg.run.out, cfg.ckpt.keep_last, env,
+                                sharded=cfg.ckpt.checkpoint_format == "sharded")
+    resume = checkpointer.resume_point(cfg.run.resume, resume)
     _check_and_configure(cfg, task, env.device)
 
     # ---- set up: the model (the checkpoint's weights when resuming), its wrapped form, the optimizer, the state
@@ -94,9 +108,9 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
         checkpointer.restore_model(resume, model, task.model_config)
     model.to(env.device)
     wrapped = wrap_model(task.train_module(model) if task.train_module else model, env,
-                         parallel=cfg.parallel, compile=cfg.compile)
+                         parallel=cfg.dist.parallel, compile=cfg.runtime.compile)
     optimizer = build_optimizer(model, cfg, env.device, task.param_groups)
-    metrics = MetricsWriter(cfg.out, tensorboard=cfg.tensorboard, enabled=env.is_main)
+    metrics = MetricsWriter(cfg.run.out, tensorboard=cfg.logging.tensorboard, enabled=env.is_main)
     state = RunState()
     if resume is not None:
         _continue_from(resume, state, model, wrapped, optimizer, task, metrics, checkpointer, cfg, env)
@@ -104,10 +118,10 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     else:
         _fresh_start(metrics, cfg, env)
     checkpointer.tidy(resume, state.step, state.best_val_loss)
-    checkpointer.write_config(cfg.to_dict())
+    checkpointer.write_config(_settings(task, cfg))
     last_ckpt = resume.path if resume is not None else None
-    autocast_dtype = autocast_dtype_for(cfg.dtype, env.device.type)
-    speed = _Speedometer(task.flops_per_token, env, autocast_dtype, cfg.tf32)
+    autocast_dtype = autocast_dtype_for(cfg.runtime.dtype, env.device.type)
+    speed = _Speedometer(task.flops_per_token, env, autocast_dtype, cfg.runtime.tf32)
     say(_header(cfg, task, env, state.step, speed.peak_source, autocast_dtype))
     if state.step >= cfg.last_step:
         say(f"already at step {state.step} >= --max-steps {cfg.last_step}; nothing to train "
@@ -127,7 +141,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
             t0 = time.perf_counter()
             lr = apply_schedule(optimizer, state.step, cfg)
             with _out_of_memory_message(env.device, cfg, task):
-                loss, grad_norm, tokens = train_step(wrapped, task, params, cfg.grad_clip, env, autocast_dtype)
+                loss, grad_norm, tokens = train_step(wrapped, task, params, cfg.optim.grad_clip, env, autocast_dtype)
                 if nan_policy.allows_update(loss, grad_norm, state):
                     optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -140,9 +154,9 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
             eval_due, save_due = _due(cfg, state.step, stop_now)
             rng = gather_objects(rng_state(), env) if (eval_due or save_due) else None
             results = evaluate(task, eval_ctx, state.step, checkpointer, say) if eval_due else {}
-            new_best = _new_best_val_loss(results, state, may_save=save_due or cfg.save_best)
+            new_best = _new_best_val_loss(results, state, may_save=save_due or cfg.ckpt.save_best)
             val_loss = _val_loss(results, val_loss)
-            if state.step % cfg.log_every == 0 or state.step == cfg.last_step or results or stop_now:
+            if state.step % cfg.logging.log_every == 0 or state.step == cfg.last_step or results or stop_now:
                 metrics.log(_record(state, task, loss, lr, grad_norm, speed, results))
             if save_due or new_best is not None:
                 last_ckpt = checkpointer.save(state.step, model, optimizer, is_fsdp(wrapped),
@@ -217,8 +231,8 @@ class NanPolicy:
             return True
         what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
         self.consecutive_bad += 1
-        if self.cfg.on_nan == "stop" or self.consecutive_bad > self.cfg.max_skipped_steps:
-            why = ("" if self.cfg.on_nan == "stop"
+        if self.cfg.nan.on_nan == "stop" or self.consecutive_bad > self.cfg.nan.max_skipped_steps:
+            why = ("" if self.cfg.nan.on_nan == "stop"
                    else f" after {self.consecutive_bad} consecutive skipped steps (--max-skipped-steps)")
             raise TrainingDiverged(
                 f"step {state.step + 1}: {what}{why}; stopped without saving ({self.checkpointer.last_good()}). "
@@ -236,7 +250,7 @@ def _out_of_memory_message(device: torch.device, cfg: LoopConfig, task: TrainTas
         yield
     except torch.OutOfMemoryError:
         raise UserError(
-            f"out of memory on {device} with micro-batch --batch-size {cfg.batch_size}: "
+            f"out of memory on {device} with micro-batch --batch-size {cfg.runtime.batch_size}: "
             f"{task.oom_hint}; or use --parallel fsdp on several GPUs, --dtype bfloat16, --compile"
         ) from None
 
@@ -267,8 +281,8 @@ def evaluate(task: TrainTask, ctx: EvalContext, step: int, checkpointer: Checkpo
 def _due(cfg: LoopConfig, step: int, stop_now: bool) -> tuple[bool, bool]:
     """(evaluate now, save now) after ``step``: on their cadence and at the last step; a stop saves, never evaluates."""
     last = step == cfg.last_step
-    eval_due = ((cfg.eval_every > 0 and step % cfg.eval_every == 0) or last) and not stop_now
-    save_due = step % cfg.save_every == 0 or last or stop_now
+    eval_due = ((cfg.cadence.eval_every > 0 and step % cfg.cadence.eval_every == 0) or last) and not stop_now
+    save_due = step % cfg.cadence.save_every == 0 or last or stop_now
     return eval_due, save_due
 
 
@@ -292,9 +306,14 @@ def _payload(task: TrainTask, cfg: LoopConfig, env: DistEnv, state: RunState, me
     """Everything a checkpoint holds besides model and optimizer state."""
     return {
         **task.extra_state, "model_config": task.model_config, "loader": task.train_data.state_dict(), "rng": rng,
-        "config": cfg.to_dict(), "metrics": metrics.records, "world_size": env.world_size,
+        "config": _settings(task, cfg), "metrics": metrics.records, "world_size": env.world_size,
         "grad_accum_steps": task.grad_accum_steps, "torch_version": str(torch.__version__), **state.state_dict(),
     }
+
+
+def _settings(task: TrainTask, cfg: LoopConfig) -> dict[str, Any]:
+    """What the run records as its settings: the job's, else the loop config's."""
+    return task.settings if task.settings is not None else cfg.to_dict()
 
 
 def _continue_from(point: ResumePoint, state: RunState, model: nn.Module, wrapped: nn.Module,
@@ -309,12 +328,12 @@ def _continue_from(point: ResumePoint, state: RunState, model: nn.Module, wrappe
     if len(rngs) == env.world_size:
         set_rng_state(rngs[env.rank])
     else:  # another world size: rank streams cannot all continue, so derive fresh ones from the step
-        seed_everything(cfg.seed + env.rank + 1_000_003 * state.step)
+        seed_everything(cfg.run.seed + env.rank + 1_000_003 * state.step)
     metrics.restore(ckpt.get("metrics") or [], state.step)
 
 
 def _fresh_start(metrics: MetricsWriter, cfg: LoopConfig, env: DistEnv) -> None:
-    seed_everything(cfg.seed + env.rank)
+    seed_everything(cfg.run.seed + env.rank)
     if env.is_main and metrics.path is not None and metrics.path.exists():  # left by a run killed before its first save
         metrics.restore([], 0)
 
@@ -379,7 +398,7 @@ def _fmt_rate(x: float) -> str:
 
 def _progress_bar(cfg: LoopConfig, env: DistEnv, step: int) -> tqdm:
     return tqdm(total=cfg.last_step, initial=step, desc="train", unit="step", dynamic_ncols=True,
-                disable=not (env.is_main and cfg.progress), file=sys.stderr,
+                disable=not (env.is_main and cfg.logging.progress), file=sys.stderr,
                 mininterval=0.1 if sys.stderr.isatty() else 60)
 
 
@@ -406,19 +425,19 @@ def _closing(bar: tqdm, metrics: MetricsWriter) -> Iterator[None]:
 def _header(cfg: LoopConfig, task: TrainTask, env: DistEnv, step: int, peak_source: str,
             autocast_dtype: torch.dtype | None) -> str:
     precision = "bfloat16" if autocast_dtype == torch.bfloat16 else "float32"
-    if cfg.dtype == "auto":
+    if cfg.runtime.dtype == "auto":
         precision += " (--dtype auto)"
     return (f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {precision} | compile "
-            f"{'on' if cfg.compile else 'off'} | steps {step} -> {cfg.last_step} (schedule {cfg.schedule_steps}) "
-            f"| MFU vs {peak_source}"
+            f"{'on' if cfg.runtime.compile else 'off'} | steps {step} -> {cfg.last_step} (schedule "
+            f"{cfg.cadence.schedule_steps}) | MFU vs {peak_source}"
             + (f" | note: stops at step {cfg.last_step}, before the schedule ends, so the lr will not decay fully"
-               if cfg.schedule_steps is not None and cfg.last_step < cfg.schedule_steps else ""))
+               if cfg.last_step < cfg.cadence.schedule_steps else ""))
 
 
 def _check_and_configure(cfg: LoopConfig, task: TrainTask, device: torch.device) -> None:
     if task.grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {task.grad_accum_steps}")
-    set_tf32(device.type, cfg.tf32)
+    set_tf32(device.type, cfg.runtime.tf32)
 
 
 def _unwrap_ddp(wrapped: nn.Module) -> nn.Module:
@@ -434,7 +453,7 @@ class _StopSignals:
         self._old: dict[int, Any] = {}
         self._say = say
 
-    def __enter__(self) -> "_StopSignals":
+    def __enter__(self) -> _StopSignals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)

@@ -26,7 +26,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import TYPE_CHECKING, Any, Callable, Union
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn as nn
@@ -180,7 +181,7 @@ class MuonWithAdamW:
         self.adamw.load_state_dict(state["adamw"])
 
 
-Optimizer = Union[torch.optim.Optimizer, MuonWithAdamW]
+Optimizer = torch.optim.Optimizer | MuonWithAdamW
 """What :func:`build_optimizer` returns: AdamW, or Muon and AdamW as one."""
 
 
@@ -196,19 +197,20 @@ def load_optimizer_state(optimizer: Optimizer, state: dict[str, Any]) -> None:
     optimizer.load_state_dict(state)
 
 
-def build_optimizer(model: nn.Module, cfg: "LoopConfig", device: torch.device,
+def build_optimizer(model: nn.Module, cfg: LoopConfig, device: torch.device,
                     param_groups: ParamGroups = decay_param_groups) -> Optimizer:
-    """The optimizer ``cfg.optimizer`` names over ``param_groups(model, cfg.weight_decay)`` (AdamW fused by default).
+    """The optimizer ``cfg.optim.optimizer`` names over ``param_groups(model, cfg.optim.weight_decay)`` (AdamW fused
+    by default).
 
     Groups may carry ``lr_scale`` (multiplies the base learning rate). Under ``muon`` each group is split by
     :func:`is_hidden_matrix` into a Muon group (``--muon-*`` settings) and an AdamW group (the group's own).
     """
-    groups = param_groups(model, cfg.weight_decay)
-    fused = cfg.fused_adamw if cfg.fused_adamw is not None else default_fused_adamw(device)
-    adamw_kw: dict[str, Any] = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    groups = param_groups(model, cfg.optim.weight_decay)
+    fused = cfg.optim.fused_adamw if cfg.optim.fused_adamw is not None else default_fused_adamw(device)
+    adamw_kw: dict[str, Any] = dict(lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps)
     if fused:
         adamw_kw["fused"] = True
-    if cfg.optimizer == "adamw":
+    if cfg.optim.optimizer == "adamw":
         return torch.optim.AdamW(groups, **adamw_kw)
     if not hasattr(torch.optim, "Muon"):
         raise UserError(f"--optimizer muon needs torch >= 2.9 (torch.optim.Muon); this is torch {torch.__version__}; "
@@ -220,25 +222,25 @@ def build_optimizer(model: nn.Module, cfg: "LoopConfig", device: torch.device,
         rest = [p for p in g["params"] if not is_hidden_matrix(names.get(id(p), ""), p)]
         scale = g.get("lr_scale", 1.0)
         if hidden:
-            muon_groups.append({"params": hidden, "lr": cfg.muon_lr * scale, "lr_scale": scale, "muon": True,
-                                "weight_decay": cfg.muon_weight_decay})
+            muon_groups.append({"params": hidden, "lr": cfg.optim.muon_lr * scale, "lr_scale": scale,
+                                "muon": True, "weight_decay": cfg.optim.muon_weight_decay})
         if rest:
             adamw_groups.append({**g, "params": rest})
     if not muon_groups:
         raise UserError("--optimizer muon: none of the trained parameters is a hidden matrix (a block's attention "
                         "or MLP weight; LoRA adapters, embeddings and heads train with AdamW); use --optimizer adamw")
-    muon = muon_class(device)(muon_groups, lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True,
-                            adjust_lr_fn=cfg.muon_adjust_lr_fn)
+    muon = muon_class(device)(muon_groups, lr=cfg.optim.muon_lr, momentum=cfg.optim.muon_momentum,
+                              nesterov=True, adjust_lr_fn=cfg.optim.muon_adjust_lr_fn)
     return MuonWithAdamW(muon, torch.optim.AdamW(adamw_groups, **adamw_kw))
 
 
-def apply_schedule(optimizer: Optimizer, step: int, cfg: "LoopConfig") -> float:
+def apply_schedule(optimizer: Optimizer, step: int, cfg: LoopConfig) -> float:
     """Set every group's learning rate (and Muon's momentum) for step ``step``; returns the AdamW peak-lr's value."""
     factor = lr_factor(step, cfg)
     momentum = muon_momentum_at(step, cfg)
     for group in optimizer.param_groups:
-        base = cfg.muon_lr if group.get("muon") else cfg.lr
+        base = cfg.optim.muon_lr if group.get("muon") else cfg.optim.lr
         group["lr"] = base * group.get("lr_scale", 1.0) * factor
         if group.get("muon"):
             group["momentum"] = momentum
-    return cfg.lr * factor
+    return cfg.optim.lr * factor

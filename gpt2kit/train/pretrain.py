@@ -10,30 +10,39 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from gpt2kit.errors import UserError
-from gpt2kit.model.config import SHAPE_KEYS
-from gpt2kit.train.config import MODEL_FLAGS, TrainConfig, flag_name, get_preset, resolve_config
-from gpt2kit.distributed import DistEnv, distributed
-from gpt2kit.train.fused_head_loss import FusedLossGPT
-from gpt2kit.train.loop import train
-from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
-from gpt2kit.train.metrics import gpt_flops_per_token
 from gpt2kit.checkpoint import (
-    ResumePoint, best_checkpoint, export_hf, find_resume, load_model, load_state_dict_checked, model_state_dict,
+    ResumePoint,
+    best_checkpoint,
+    export_hf,
+    load_model,
+    load_state_dict_checked,
+    model_state_dict,
 )
-from gpt2kit.io import dir_lock
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
+from gpt2kit.device import autocast
+from gpt2kit.distributed import DistEnv, distributed
+from gpt2kit.errors import UserError
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
 from gpt2kit.eval.loss import all_reduce_loss, mean_loss
-from gpt2kit.device import autocast
 from gpt2kit.generation import generate
+from gpt2kit.io import dir_lock
 from gpt2kit.model import GPT, GPTConfig
+from gpt2kit.model.config import SHAPE_KEYS
+from gpt2kit.settings import flag_name, replace_flat
 from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
+from gpt2kit.train.config import MODEL_FLAGS, TrainConfig
+from gpt2kit.train.fused_head_loss import FusedLossGPT
+from gpt2kit.train.loop import train
+from gpt2kit.train.metrics import gpt_flops_per_token
+from gpt2kit.train.presets import get_preset
+from gpt2kit.train.resolve import apply_overrides, resolve_run
+from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 
 
 def check_data_matches_model(manifest: dict[str, Any], vocab_size: int, data_dir: str | Path) -> None:
@@ -63,21 +72,20 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any], log: Cal
         if clash:
             raise UserError(f"--epochs sets the schedule's length from the data; drop {' and '.join(clash)} "
                             "or drop --epochs")
-    out = overrides.get("out") or (get_preset(preset).out if preset else None)
+    out = overrides.get("out") or (get_preset(preset).run.out if preset else None)
     spec = overrides.get("resume")
     if spec == "auto" and out is None:
         raise UserError("--resume auto: needs --out (the run directory to continue) or --preset")
-    point = find_resume(out, spec) if spec else None
-    if point is None:
+
+    def new_run() -> TrainConfig:
         cfg = _new_run_config(preset, overrides, given, log)
         if spec == "auto":
             log(f"--resume auto: no checkpoint in {Path(out).resolve()}; starting a new run there")
-        return cfg, None
-    try:
-        base = TrainConfig.from_dict(point.checkpoint["config"])
-    except (TypeError, ValueError) as e:
-        raise UserError(f"{point.path}: checkpoint config is not a pretraining config ({e})") from None
-    if preset is not None and preset != base.preset:
+        return cfg
+
+    def check_saved(base: TrainConfig, point: ResumePoint) -> None:
+        if preset is None or preset == base.preset:
+            return
         other = get_preset(preset)
         diff = [f for f in SHAPE_KEYS if getattr(other.model, f) != getattr(base.model, f)]
         if diff:
@@ -86,14 +94,9 @@ def resolve_train_config(preset: str | None, overrides: dict[str, Any], log: Cal
                 + ", ".join(f"{f}={getattr(base.model, f)} vs {getattr(other.model, f)}" for f in diff)
                 + "); resume without --preset or choose a new --out"
             )
-    if "out" not in overrides and spec != "auto":
-        overrides = {**overrides, "out": str(point.path.parent.parent)}
-    cfg = resolve_config(base, overrides)
-    saved = base.to_dict()
-    changed = {k: v for k, v in cfg.to_dict().items() if k != "resume" and saved.get(k) != v}
-    if changed:
-        log("resuming with changed settings: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
-    return cfg, point
+
+    return resolve_run(TrainConfig, out, overrides, new_run, what="a pretraining config", log=log,
+                       check_saved=check_saved)
 
 
 def _new_run_config(preset: str | None, overrides: dict[str, Any], given: dict[str, Any],
@@ -107,11 +110,11 @@ def _new_run_config(preset: str | None, overrides: dict[str, Any], given: dict[s
     notice = None
     if max_steps and "schedule_steps" not in overrides:  # (--epochs with --max-steps was refused above)
         # nanoGPT's max_iters is the schedule's length: a new run asked to stop at N decays its lr by step N
-        warmup = overrides.get("warmup_steps", base.warmup_steps)
+        warmup = overrides.get("warmup_steps", base.schedule.warmup_steps)
         overrides = {**overrides, "schedule_steps": max_steps, "warmup_steps": _warmup_within(warmup, max_steps)}
         notice = (f"--max-steps {max_steps}: the learning-rate schedule is {max_steps} steps long (give "
                   "--schedule-steps for a longer one to stop early in)")
-    cfg = resolve_config(base, overrides)
+    cfg = apply_overrides(base, overrides)
     if notice:  # after the settings are valid: a bad flag gets its one error line alone
         log(notice)
     return cfg
@@ -141,8 +144,9 @@ def init_model_config(init_from: str, flags: dict[str, Any]) -> GPTConfig:
 
 def _val_batches(cfg: TrainConfig, env: DistEnv) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """This rank's fixed validation batches, read (and verified) once for the whole run."""
-    return list(eval_batches(cfg.data, "val", block_size=cfg.model.block_size, batch_size=cfg.batch_size,
-                             max_batches=cfg.eval_batches, rank=env.rank, world_size=env.world_size,
+    return list(eval_batches(cfg.pretrain.data, "val", block_size=cfg.model.block_size,
+                             batch_size=cfg.runtime.batch_size, max_batches=cfg.cadence.eval_batches, rank=env.rank,
+                             world_size=env.world_size,
                              fit_small=True))
 
 
@@ -156,11 +160,13 @@ def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: 
             stats = all_reduce_loss(mean_loss(ctx.model, val, device=ctx.device, autocast_dtype=ctx.autocast_dtype),
                                     ctx.device)
             out["val_loss"] = stats["loss"]
-        due = ctx.step == cfg.last_step or (cfg.hellaswag_every > 0 and ctx.step % cfg.hellaswag_every == 0)
+        every = cfg.evals.hellaswag_every
+        due = ctx.step == cfg.last_step or (every > 0 and ctx.step % every == 0)
         if hellaswag and due:
             # the plain module: HellaSwag rows vary in length, which would make a compiled model recompile
-            res = score_hellaswag(ctx.raw_model, hellaswag, device=ctx.device, batch_size=max(1, cfg.batch_size // 4),
-                                  autocast_dtype=ctx.autocast_dtype, rank=ctx.env.rank, world_size=ctx.env.world_size)
+            res = score_hellaswag(ctx.raw_model, hellaswag, device=ctx.device,
+                                  batch_size=max(1, cfg.runtime.batch_size // 4), autocast_dtype=ctx.autocast_dtype,
+                                  rank=ctx.env.rank, world_size=ctx.env.world_size)
             out["hellaswag_acc"] = res["acc"]
             out["hellaswag_acc_norm"] = res["acc_norm"]
         return out
@@ -173,23 +179,24 @@ def make_sampler(cfg: TrainConfig) -> Callable[[EvalContext], list[str]]:
 
     def sample(ctx: EvalContext) -> list[str]:
         tok = get_tokenizer()
-        ids = tok.encode(cfg.sample_prompt) or [tok.eot]
-        idx = torch.tensor([ids] * cfg.samples, dtype=torch.long, device=ctx.device)  # (S, P)
+        ids = tok.encode(cfg.evals.sample_prompt) or [tok.eot]
+        idx = torch.tensor([ids] * cfg.evals.samples, dtype=torch.long, device=ctx.device)  # (S, P)
         with autocast(ctx.device, ctx.autocast_dtype):
-            out = generate(ctx.raw_model, idx, cfg.sample_tokens, temperature=1.0, top_k=50, seed=cfg.seed + ctx.step)
+            out = generate(ctx.raw_model, idx, cfg.evals.sample_tokens, temperature=1.0, top_k=50,
+                           seed=cfg.run.seed + ctx.step)
         return [tok.decode(row.tolist()) for row in out]  # prompt + continuation
 
     return sample
 
 
 def initial_model(cfg: TrainConfig, fresh: bool = True) -> GPT:
-    """The weights a run starts from: ``cfg.model`` initialised from ``cfg.seed``, or for a new (``fresh``) run
+    """The weights a run starts from: ``cfg.model`` initialised from ``cfg.run.seed``, or for a new (``fresh``) run
     with ``init_from`` those weights, the position table cropped to ``block_size`` (a resumed run then loads its
     checkpoint over them)."""
-    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (FSDP shards them as they are)
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank (FSDP shards them as they are)
     model = GPT(cfg.model)
-    if cfg.init_from and fresh:
-        source = load_model(cfg.init_from)  # every rank reads the same weights
+    if cfg.pretrain.init_from and fresh:
+        source = load_model(cfg.pretrain.init_from)  # every rank reads the same weights
         sd = model_state_dict(source.model)
         # nanoGPT's crop_block_size: the first block_size rows of the position table
         sd["transformer.wpe.weight"] = sd["transformer.wpe.weight"][: cfg.model.block_size]
@@ -199,67 +206,70 @@ def initial_model(cfg: TrainConfig, fresh: bool = True) -> GPT:
 
 def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: DistEnv | None = None,
                     log: Callable[[str], None] | None = None) -> TrainResult:
-    """Pretrain (or continue) the model ``cfg`` describes on ``cfg.data``; rank 0 prints and writes."""
-    with distributed(cfg.device, env, cfg.dist_timeout) as env, contextlib.ExitStack() as held:
+    """Pretrain (or continue) the model ``cfg`` describes on ``cfg.pretrain.data``; rank 0 prints and writes."""
+    with distributed(cfg.runtime.device, env, cfg.dist.dist_timeout) as env, contextlib.ExitStack() as held:
         say = (log or print) if env.is_main else (lambda msg: None)
         if env.is_main:  # one command per run directory; under torchrun rank 0 holds it for all ranks
-            held.enter_context(dir_lock(cfg.out, "train"))
-        if not cfg.data:
+            held.enter_context(dir_lock(cfg.run.out, "train"))
+        if not cfg.pretrain.data:
             raise UserError("--data: required; a directory written by `gpt2kit prepare`")
-        manifest = read_manifest(cfg.data)
+        manifest = read_manifest(cfg.pretrain.data)
         gcfg = cfg.model
-        check_data_matches_model(manifest, gcfg.vocab_size, cfg.data)
+        check_data_matches_model(manifest, gcfg.vocab_size, cfg.pretrain.data)
         A = cfg.grad_accum_steps(gcfg.block_size, env.world_size)
-        tokens_per_step = cfg.batch_size * gcfg.block_size * A * env.world_size
+        tokens_per_step = cfg.runtime.batch_size * gcfg.block_size * A * env.world_size
         train_tokens = manifest["splits"]["train"]["tokens"]
-        if cfg.epochs is not None:
-            steps = cfg.steps_for_epochs(train_tokens, tokens_per_step)
-            cfg = dataclasses.replace(cfg, schedule_steps=steps, warmup_steps=_warmup_within(cfg.warmup_steps, steps))
-            say(f"--epochs {cfg.epochs:g}: {train_tokens:,} train tokens / {tokens_per_step:,} tokens a step -> "
-                f"{steps} steps (rounded up), {cfg.warmup_steps} of them warmup")
+        if cfg.pretrain.epochs is not None:
+            steps = cfg.pretrain.steps_for_epochs(train_tokens, tokens_per_step)
+            cfg = replace_flat(cfg, schedule_steps=steps, warmup_steps=_warmup_within(cfg.schedule.warmup_steps, steps))
+            say(f"--epochs {cfg.pretrain.epochs:g}: {train_tokens:,} train tokens / {tokens_per_step:,} tokens a step "
+                f"-> {steps} steps (rounded up), {cfg.schedule.warmup_steps} of them warmup")
         if A >= 64:
-            one = cfg.batch_size * gcfg.block_size * env.world_size
-            say(f"note: {A:,} micro-steps per optimizer step (--total-batch-tokens {cfg.total_batch_tokens:,} / "
-                f"{one:,} tokens a micro-step); for faster steps set --total-batch-tokens {one} (or a small multiple)")
-        loader = TokenLoader(cfg.data, "train", block_size=gcfg.block_size, micro_batch_size=cfg.batch_size,
-                             grad_accum_steps=A, rank=env.rank, world_size=env.world_size, seed=cfg.seed)
+            one = cfg.runtime.batch_size * gcfg.block_size * env.world_size
+            say(f"note: {A:,} micro-steps per optimizer step (--total-batch-tokens "
+                f"{cfg.cadence.total_batch_tokens:,} / {one:,} tokens a micro-step); for faster steps set "
+                f"--total-batch-tokens {one} (or a small multiple)")
+        loader = TokenLoader(cfg.pretrain.data, "train", block_size=gcfg.block_size,
+                             micro_batch_size=cfg.runtime.batch_size, grad_accum_steps=A, rank=env.rank,
+                             world_size=env.world_size, seed=cfg.run.seed)
         has_val = manifest["splits"].get("val", {}).get("tokens", 0) > 0
         val = _val_batches(cfg, env) if has_val else None
         if not has_val:
-            say(f"note: {cfg.data} has no validation split; no val_loss (best checkpoint) will be tracked")
+            say(f"note: {cfg.pretrain.data} has no validation split; no val_loss (best checkpoint) will be tracked")
         examples = None
-        if cfg.hellaswag:
-            path = hellaswag_path(None if cfg.hellaswag == "download" else cfg.hellaswag, flag="--hellaswag")
-            examples = load_examples(path, limit=cfg.hellaswag_limit)
+        if cfg.evals.hellaswag:
+            spec = cfg.evals.hellaswag
+            path = hellaswag_path(None if spec == "download" else spec, flag="--hellaswag")
+            examples = load_examples(path, limit=cfg.evals.hellaswag_limit)
         model = initial_model(cfg, fresh=resume is None)
-        if cfg.init_from and resume is None:
-            say(f"init: weights from --init-from {cfg.init_from} (step 0, new optimizer and schedule)")
+        if cfg.pretrain.init_from and resume is None:
+            say(f"init: weights from --init-from {cfg.pretrain.init_from} (step 0, new optimizer and schedule)")
         say(f"model: {model.num_params() / 1e6:.2f}M parameters (L={gcfg.n_layer}, H={gcfg.n_head}, C={gcfg.n_embd}, "
-            f"T={gcfg.block_size}) | data: {train_tokens:,} train tokens in {cfg.data} | "
-            f"{tokens_per_step:,} tokens/step = {cfg.batch_size} x {gcfg.block_size} x {A} accum x "
+            f"T={gcfg.block_size}) | data: {train_tokens:,} train tokens in {cfg.pretrain.data} | "
+            f"{tokens_per_step:,} tokens/step = {cfg.runtime.batch_size} x {gcfg.block_size} x {A} accum x "
             f"{env.world_size} ranks")
-        fsdp = cfg.parallel == "fsdp" and env.backend is not None
+        fsdp = cfg.dist.parallel == "fsdp" and env.backend is not None
         # compiled runs let torch.compile fuse the model's own loss; FSDP needs the model's forward hooks
-        fused = cfg.fused_loss and not cfg.compile and not fsdp
+        fused = cfg.pretrain.fused_loss and not cfg.runtime.compile and not fsdp
         task = TrainTask(
             model=model, model_config=gcfg.to_dict(), train_data=loader, grad_accum_steps=A,
             train_module=FusedLossGPT if fused else None,
             evaluate=make_evaluator(cfg, env, val, examples) if (val is not None or examples) else None,
-            sample=make_sampler(cfg) if cfg.samples > 0 else None,
+            sample=make_sampler(cfg) if cfg.evals.samples > 0 else None,
             flops_per_token=gpt_flops_per_token(model),
-            extra_state={"data": {"dir": str(cfg.data), "tokenizer": manifest["tokenizer"],
+            extra_state={"data": {"dir": str(cfg.pretrain.data), "tokenizer": manifest["tokenizer"],
                                   "vocab_size": manifest["vocab_size"]}},
             oom_hint=("lower --batch-size (gradient accumulation keeps --total-batch-tokens, the global batch) "
                       "or --block-size"),
         )
         result = train(cfg, task, env, resume, log=log)
-        if cfg.export_hf and env.is_main and result.checkpoint is not None and not result.interrupted:
-            export_hf(result.checkpoint, Path(cfg.out) / "hf-final")
-            best = best_checkpoint(cfg.out)
+        if cfg.pretrain.export_hf and env.is_main and result.checkpoint is not None and not result.interrupted:
+            export_hf(result.checkpoint, Path(cfg.run.out) / "hf-final")
+            best = best_checkpoint(cfg.run.out)
             if best is not None:
-                export_hf(best, Path(cfg.out) / "hf-best")
-            say(f"wrote Hugging Face models to {Path(cfg.out) / 'hf-final'}"
-                + (f" and {Path(cfg.out) / 'hf-best'}" if best is not None else " (no val loss, so no hf-best)"))
+                export_hf(best, Path(cfg.run.out) / "hf-best")
+            say(f"wrote Hugging Face models to {Path(cfg.run.out) / 'hf-final'}"
+                + (f" and {Path(cfg.run.out) / 'hf-best'}" if best is not None else " (no val loss, so no hf-best)"))
         return result
 
 
@@ -275,5 +285,6 @@ def summary_line(result: TrainResult, out: str) -> str:
     return ("interrupted at " if result.interrupted else "done: ") + ", ".join(parts) + f" (run dir {out})"
 
 
-__all__ = ["check_data_matches_model", "export_hf", "init_model_config", "initial_model", "make_evaluator", "make_sampler", "resolve_train_config",
+__all__ = ["check_data_matches_model", "export_hf", "init_model_config", "initial_model", "make_evaluator",
+           "make_sampler", "resolve_train_config",
            "run_pretraining", "summary_line"]

@@ -14,39 +14,40 @@ MUON_MOMENTUM_START = 0.85
 """Muon's momentum at step 0 when --muon-momentum-warmup-steps > 0 (modded-nanogpt's ramp starts here)."""
 
 
-def lr_factor(step: int, cfg: "LoopConfig") -> float:
+def lr_factor(step: int, cfg: LoopConfig) -> float:
     """The schedule at optimizer step ``step`` (0-based) as a fraction of the peak lr: linear warmup, then the decay
     shape to min_lr_ratio (wsd: constant, then linear over the last decay_fraction of schedule_steps)."""
-    low = cfg.min_lr_ratio
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
-    if cfg.lr_schedule == "constant":
+    low = cfg.schedule.min_lr_ratio
+    if step < cfg.schedule.warmup_steps:
+        return (step + 1) / cfg.schedule.warmup_steps
+    if cfg.schedule.lr_schedule == "constant":
         return 1.0
-    if step >= cfg.schedule_steps:
+    if step >= cfg.cadence.schedule_steps:
         return low
-    start = cfg.warmup_steps  # where the decay starts
-    if cfg.lr_schedule == "wsd":
+    start = cfg.schedule.warmup_steps  # where the decay starts
+    if cfg.schedule.lr_schedule == "wsd":
         # counted back from the end, so the stable stretch of a longer schedule starts the same way
-        start = max(start, cfg.schedule_steps - round(cfg.decay_fraction * cfg.schedule_steps))
+        steps = cfg.cadence.schedule_steps
+        start = max(start, steps - round(cfg.schedule.decay_fraction * steps))
         if step < start:
             return 1.0
-    decay = cfg.schedule_steps - start
+    decay = cfg.cadence.schedule_steps - start
     ratio = 1.0 if decay == 0 else (step - start) / decay  # 0 -> 1
-    if cfg.lr_schedule in ("linear", "wsd"):
+    if cfg.schedule.lr_schedule in ("linear", "wsd"):
         coeff = 1.0 - ratio
     else:
         coeff = 0.5 * (1.0 + math.cos(math.pi * ratio))  # 1 -> 0
     return low + coeff * (1.0 - low)
 
 
-def lr_at(step: int, cfg: "LoopConfig") -> float:
-    """Learning rate (of --lr) for optimizer step ``step`` (0-based): ``cfg.lr * lr_factor(step, cfg)``."""
-    return cfg.lr * lr_factor(step, cfg)
+def lr_at(step: int, cfg: LoopConfig) -> float:
+    """Learning rate (of --lr) for optimizer step ``step`` (0-based): ``cfg.optim.lr * lr_factor(step, cfg)``."""
+    return cfg.optim.lr * lr_factor(step, cfg)
 
 
-def muon_momentum_at(step: int, cfg: "LoopConfig") -> float:
+def muon_momentum_at(step: int, cfg: LoopConfig) -> float:
     """Muon's momentum for optimizer step ``step``: a linear ramp from 0.85 over the warmup steps, then constant."""
-    n = cfg.muon_momentum_warmup_steps
+    n = cfg.optim.muon_momentum_warmup_steps
     if n == 0 or step >= n:
-        return cfg.muon_momentum
-    return MUON_MOMENTUM_START + (cfg.muon_momentum - MUON_MOMENTUM_START) * step / n
+        return cfg.optim.muon_momentum
+    return MUON_MOMENTUM_START + (cfg.optim.muon_momentum - MUON_MOMENTUM_START) * step / n

@@ -3,9 +3,10 @@ the loop returns (:class:`TrainResult`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.nn as nn
@@ -43,7 +44,7 @@ class EvalContext:
     env: DistEnv
     autocast_dtype: torch.dtype | None
     """bfloat16 when the run computes in bf16, else None."""
-    config: "LoopConfig"
+    config: LoopConfig
 
     @property
     def device(self) -> torch.device:
@@ -87,6 +88,9 @@ class TrainTask:
     """Builds the module the loop compiles/wraps and calls from ``model`` (e.g. FusedLossGPT); default: the model."""
     oom_hint: str = "lower --batch-size (gradient accumulation keeps the global batch the same)"
     """Appended to the out-of-memory message: which flags to lower."""
+    settings: dict[str, Any] | None = None
+    """The job's resolved settings, flat as its flags: RUN/train_config.json and every checkpoint's ``config``
+    (default: the loop config's own, ``cfg.to_dict()``)."""
 
 
 @dataclass

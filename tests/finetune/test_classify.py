@@ -95,8 +95,8 @@ def test_classify_command_predicts_and_scores_a_labeled_file(trained, ft_dir, ca
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines] == ["pos", "neg"]
     assert all(0.5 < float(line.split("\t")[1]) <= 1.0 for line in lines)
-    assert main(["classify", "--checkpoint", str(trained), "--file", str(ft_dir / "test.csv"),
-                 "--format", "jsonl"]) == 0
+    argv = ["classify", "--checkpoint", str(trained), "--file", str(ft_dir / "test.csv"), "--format", "jsonl"]
+    assert main(argv) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
     assert len(rows) == 64 and set(rows[0]["probabilities"]) == {"neg", "pos"}
@@ -145,9 +145,9 @@ def test_lora_classifier_trains_adapters_and_head_only(ft_dir, tmp_path):
     from gpt2kit.finetune.run import run_classify
 
     out = tmp_path / "lora"
-    cfg = ClassifyConfig(checkpoint=str(ft_dir / "base.pt"), train=str(ft_dir / "train.csv"),
-                         val=str(ft_dir / "val.csv"), out=str(out), epochs=1, batch_size=32, lora_rank=4,
-                         train_last_blocks=1, progress=False, tensorboard=False, device="cpu")
+    cfg = ClassifyConfig.from_dict(dict(checkpoint=str(ft_dir / "base.pt"), train=str(ft_dir / "train.csv"),
+                                   val=str(ft_dir / "val.csv"), out=str(out), epochs=1, batch_size=32, lora_rank=4,
+                                   train_last_blocks=1, progress=False, tensorboard=False, device="cpu"))
     results = run_classify(cfg, log=lambda msg: None)
     ckpt = read_checkpoint(resolve_checkpoint(out)[1])
     base = read_checkpoint(ft_dir / "base.pt")["model"]
@@ -205,11 +205,12 @@ def test_muon_fine_tunes_the_block_matrices_and_refuses_lora_alone(ft_dir, tmp_p
     common = dict(checkpoint=str(ft_dir / "base.pt"), train=str(ft_dir / "train.csv"), val=str(ft_dir / "val.csv"),
                   epochs=1, batch_size=32, optimizer="muon", muon_lr=0.002, progress=False, tensorboard=False,
                   device="cpu")
-    results = run_classify(ClassifyConfig(out=str(tmp_path / "full"), **common), log=lambda msg: None)
+    results = run_classify(ClassifyConfig.from_dict(dict(out=str(tmp_path / "full"), **common)), log=lambda msg: None)
     assert results["steps"] == 6
     ckpt = read_checkpoint(resolve_checkpoint(tmp_path / "full")[1])
     assert len(ckpt["optimizer"]["muon"]["state"]) == 8  # 2 blocks x 4 matrices; the head (score) is AdamW's
     base = read_checkpoint(ft_dir / "base.pt")["model"]
     assert not torch.equal(ckpt["model"]["transformer.h.0.mlp.c_fc.weight"], base["transformer.h.0.mlp.c_fc.weight"])
     with pytest.raises(UserError, match=r"--optimizer muon: none of the trained .* use --optimizer adamw"):
-        run_classify(ClassifyConfig(out=str(tmp_path / "lora"), lora_rank=4, **common), log=lambda msg: None)
+        run_classify(ClassifyConfig.from_dict(dict(out=str(tmp_path / "lora"), lora_rank=4, **common)),
+                     log=lambda msg: None)

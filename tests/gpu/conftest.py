@@ -58,7 +58,8 @@ def tiny_hellaswag(tmp_path_factory):
 @pytest.fixture
 def tiny_train_cfg(tiny_data, tmp_path):
     """A factory: the demo-cpu preset shrunk to TINY_SHAPE, writing into tmp_path/NAME, with overrides."""
-    from gpt2kit.train.config import get_preset, resolve_config
+    from gpt2kit.train.presets import get_preset
+    from gpt2kit.train.resolve import apply_overrides
 
     def make(name: str, **overrides):
         fields = {**TINY_SHAPE, "optimizer": "adamw", "lr_schedule": "cosine", "data": str(tiny_data),
@@ -66,6 +67,6 @@ def tiny_train_cfg(tiny_data, tmp_path):
                   "warmup_steps": 1, "schedule_steps": 20, "lr": 1e-3, "eval_batches": 2, "samples": 0,
                   "progress": False, "tensorboard": False, "log_every": 1, "eval_every": 0, "save_every": 1000,
                   **overrides}
-        return resolve_config(get_preset("demo-cpu"), fields)
+        return apply_overrides(get_preset("demo-cpu"), fields)
 
     return make

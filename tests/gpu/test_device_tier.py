@@ -95,12 +95,14 @@ def test_training_steps_match_a_float64_reference(device, tiny_train_cfg):
     res = run_pretraining(cfg)
     got = load_model(res.checkpoint).model.state_dict()
     # the reference: the same initial weights and batches, the model's own loss, plain AdamW, float64 on CPU
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.run.seed)
     ref = GPT(cfg.model).double()
-    loader = TokenLoader(cfg.data, "train", block_size=cfg.model.block_size, micro_batch_size=cfg.batch_size,
-                         seed=cfg.seed)
-    opt = torch.optim.AdamW(decay_param_groups(ref, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                            eps=cfg.eps, foreach=False)
+    loader = TokenLoader(cfg.pretrain.data, "train", block_size=cfg.model.block_size,
+                         micro_batch_size=cfg.runtime.batch_size,
+                         seed=cfg.run.seed)
+    opt = torch.optim.AdamW(decay_param_groups(ref, cfg.optim.weight_decay), lr=cfg.optim.lr,
+                            betas=(cfg.optim.beta1, cfg.optim.beta2),
+                            eps=cfg.optim.eps, foreach=False)
     ref_losses = []
     for step in range(2):
         for group in opt.param_groups:
@@ -108,7 +110,7 @@ def test_training_steps_match_a_float64_reference(device, tiny_train_cfg):
         x, y = loader.next_batch()
         _, loss = ref(x, y)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.grad_clip)
+        torch.nn.utils.clip_grad_norm_(ref.parameters(), cfg.optim.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         ref_losses.append(loss.item())
@@ -120,7 +122,7 @@ def test_training_steps_match_a_float64_reference(device, tiny_train_cfg):
         # two steps could move them); everything else must agree to 1e-5
         diff = (v.double() - want[k]).abs()
         assert (diff > 1e-5).double().mean().item() < 1e-3, k
-        assert diff.max().item() <= 2 * 2 * cfg.lr, k
+        assert diff.max().item() <= 2 * 2 * cfg.optim.lr, k
 
 
 def test_bf16_training_follows_float32(device, tiny_train_cfg, monkeypatch):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from train_settings import TINY
 
 
@@ -30,11 +29,12 @@ def data_dir(tmp_path_factory):
 def tiny_cfg(data_dir, tmp_path):
     """A factory: the demo-cpu preset shrunk to a tiny model, writing into a fresh run dir, with overrides
     (AdamW and cosine unless overridden: what these tests check is the loop, not the preset's optimizer)."""
-    from gpt2kit.train.config import get_preset, resolve_config
+    from gpt2kit.train.presets import get_preset
+    from gpt2kit.train.resolve import apply_overrides
 
     def make(**overrides):
         fields = {**TINY, "optimizer": "adamw", "lr_schedule": "cosine", "data": str(data_dir),
                   "out": str(tmp_path / "run"), **overrides}
-        return resolve_config(get_preset("demo-cpu"), fields)
+        return apply_overrides(get_preset("demo-cpu"), fields)
 
     return make

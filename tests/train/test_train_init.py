@@ -31,8 +31,9 @@ def _new_run(data, out, init_from, **flags):
 
 def _first_batch_loss(model, cfg) -> float:
     """The source model's loss on the batch the run's first step trains on."""
-    loader = TokenLoader(cfg.data, "train", block_size=cfg.model.block_size, micro_batch_size=cfg.batch_size,
-                         grad_accum_steps=1, rank=0, world_size=1, seed=cfg.seed)
+    loader = TokenLoader(cfg.pretrain.data, "train", block_size=cfg.model.block_size,
+                         micro_batch_size=cfg.runtime.batch_size,
+                         grad_accum_steps=1, rank=0, world_size=1, seed=cfg.run.seed)
     x, y = loader.next_batch()
     with torch.no_grad():
         return float(model.eval()(x, y)[1])
@@ -48,9 +49,9 @@ def _step_zero_matches_source(cfg, source_spec, tmp_path):
     expected = _first_batch_loss(source.model, cfg)
     result = run_pretraining(cfg, log=lambda msg: None)
     assert result.step == 1
-    first = json.loads((tmp_path / cfg.out).joinpath("metrics.jsonl").read_text().splitlines()[0])
+    first = json.loads((tmp_path / cfg.run.out).joinpath("metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 1 and first["loss"] == pytest.approx(expected, abs=1e-5)
-    saved = json.loads((tmp_path / cfg.out).joinpath("train_config.json").read_text())
+    saved = json.loads((tmp_path / cfg.run.out).joinpath("train_config.json").read_text())
     assert saved["init_from"] == str(source_spec)
 
 

@@ -41,7 +41,8 @@ def test_resume_is_bitwise_identical(tiny_cfg, tmp_path, optimizer):
     assert first.step == 4 and first.val_loss is not None
     cfg, point = resolve_train_config(None, {"out": str(tmp_path / "split"), "resume": "auto", "max_steps": 8})
     assert point is not None and point.checkpoint["step"] == 4
-    assert cfg.model.dropout == 0.1 and cfg.model.n_embd == 32 and cfg.optimizer == optimizer  # from the checkpoint
+    # from the checkpoint
+    assert cfg.model.dropout == 0.1 and cfg.model.n_embd == 32 and cfg.optim.optimizer == optimizer
     second = run_pretraining(cfg, point)
     assert second.step == 8
     assert losses(second.metrics) == losses(full.metrics)  # bitwise, all 8 steps
@@ -110,7 +111,7 @@ def _poisoned_task(cfg, bad_calls):
 
     torch.manual_seed(0)
     model = GPT(cfg.model)
-    loader = TokenLoader(cfg.data, block_size=cfg.model.block_size, micro_batch_size=cfg.batch_size)
+    loader = TokenLoader(cfg.pretrain.data, block_size=cfg.model.block_size, micro_batch_size=cfg.runtime.batch_size)
     calls = {"n": 0}
 
     def loss_fn(m, batch):
@@ -127,7 +128,7 @@ def test_nan_loss_stops_without_saving(tiny_cfg, tmp_path):
     cfg = tiny_cfg(max_steps=6, save_every=2)
     with pytest.raises(TrainingDiverged, match=r"step 3: loss nan.*step_00000002\.pt.*--on-nan skip"):
         train(cfg, _poisoned_task(cfg, {3}))
-    assert [p.name for p in list_step_checkpoints(cfg.out)] == ["step_00000002.pt"]
+    assert [p.name for p in list_step_checkpoints(cfg.run.out)] == ["step_00000002.pt"]
 
 
 def test_nan_loss_skipped_when_asked(tiny_cfg):
@@ -140,7 +141,7 @@ def test_nan_loss_skipped_when_asked(tiny_cfg):
     sd = read_checkpoint(res.checkpoint)["model"]
     assert all(torch.isfinite(v).all() for v in sd.values())
     # too many consecutive bad steps still stop the run
-    cfg = tiny_cfg(max_steps=6, on_nan="skip", max_skipped_steps=1, out=cfg.out + "2")
+    cfg = tiny_cfg(max_steps=6, on_nan="skip", max_skipped_steps=1, out=cfg.run.out + "2")
     from gpt2kit.train.loop import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="consecutive"):
@@ -204,6 +205,6 @@ def test_out_of_memory_names_the_flags(tiny_cfg):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     task = TrainTask(model=model, model_config=model.config.to_dict(), loss_fn=oom,
-                     train_data=TokenLoader(cfg.data, block_size=32, micro_batch_size=4))
+                     train_data=TokenLoader(cfg.pretrain.data, block_size=32, micro_batch_size=4))
     with pytest.raises(UserError, match=r"out of memory .*--batch-size 4.*lower --batch-size"):
         train(cfg, task)

@@ -9,7 +9,7 @@ from train_settings import losses
 from gpt2kit.checkpoint import read_checkpoint
 from gpt2kit.errors import UserError
 from gpt2kit.model import GPT, GPTConfig
-from gpt2kit.train.config import LoopConfig, get_preset
+from gpt2kit.train.config import LoopConfig
 from gpt2kit.train.optim import (
     Float32Muon,
     MuonWithAdamW,
@@ -18,6 +18,7 @@ from gpt2kit.train.optim import (
     muon_split,
     orthogonalize,
 )
+from gpt2kit.train.presets import get_preset
 from gpt2kit.train.pretrain import resolve_train_config, run_pretraining
 
 
@@ -30,27 +31,27 @@ def test_muon_trains_the_block_matrices_and_adamw_the_rest():
     assert adamw[:2] == ["transformer.wte.weight", "transformer.wpe.weight"] and "lm_head.weight" not in adamw
     assert {n.rsplit(".", 2)[-2] for n in adamw[2:]} == {"ln_1", "ln_2", "ln_f", "c_attn", "c_proj", "c_fc"}
     assert all(n.endswith(".bias") or ".ln_" in n for n in adamw[2:])
-    opt = build_optimizer(model, LoopConfig(optimizer="muon", muon_lr=0.05, lr=1e-3, weight_decay=0.1),
+    opt = build_optimizer(model, LoopConfig.from_dict(dict(optimizer="muon", muon_lr=0.05, lr=1e-3, weight_decay=0.1)),
                           torch.device("cpu"))
     assert isinstance(opt, MuonWithAdamW)
     assert sum(len(g["params"]) for g in opt.muon.param_groups) == 8
     assert sum(len(g["params"]) for g in opt.adamw.param_groups) == len(adamw)
-    apply_schedule(opt, 10**6, LoopConfig(optimizer="muon", muon_lr=0.05, lr=1e-3, min_lr_ratio=0.1))
+    apply_schedule(opt, 10**6, LoopConfig.from_dict(dict(optimizer="muon", muon_lr=0.05, lr=1e-3, min_lr_ratio=0.1)))
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.005, 1e-4, 1e-4])
 
 
 def test_wsd_schedule_is_warmup_constant_then_linear_decay():
-    cfg = LoopConfig(lr=1.0, lr_schedule="wsd", warmup_steps=10, schedule_steps=100, decay_fraction=0.2,
-                     min_lr_ratio=0.1)
+    cfg = LoopConfig.from_dict(dict(lr=1.0, lr_schedule="wsd", warmup_steps=10, schedule_steps=100, decay_fraction=0.2,
+                                   min_lr_ratio=0.1))
     assert cfg.lr_at(0) == pytest.approx(0.1) and cfg.lr_at(9) == pytest.approx(1.0)
     assert [cfg.lr_at(s) for s in (10, 50, 80)] == [1.0, 1.0, 1.0]  # the decay starts at 100 - 20
     assert cfg.lr_at(90) == pytest.approx(0.55) and cfg.lr_at(100) == pytest.approx(0.1)
-    longer = LoopConfig(**{**cfg.to_dict(), "schedule_steps": 200})
+    longer = LoopConfig.from_dict({**cfg.to_dict(), "schedule_steps": 200})
     assert [longer.lr_at(s) for s in range(80)] == [cfg.lr_at(s) for s in range(80)]
     for bad, flag in ((dict(decay_fraction=0.0), "--decay-fraction"), (dict(muon_momentum=1.0), "--muon-momentum"),
                       (dict(optimizer="muon", parallel="fsdp"), "use --parallel ddp or --optimizer adamw")):
         with pytest.raises(ValueError, match=flag):
-            LoopConfig(**bad)
+            LoopConfig.from_dict(bad)
 
 
 @pytest.mark.slow  # a whole run or a transformers comparison
@@ -88,18 +89,19 @@ def test_wsd_run_stopped_before_its_decay_extends_like_a_longer_run(tiny_cfg, tm
 def test_muon_preset_is_gpt2_with_muon_and_wsd():
     muon, base = get_preset("gpt2-muon"), get_preset("gpt2")
     assert get_preset("gpt2-124m-muon") == muon  # the alias, as gpt2-124m is gpt2's
-    assert muon.model == base.model and muon.total_batch_tokens == base.total_batch_tokens
-    assert (muon.optimizer, muon.lr_schedule, base.optimizer, base.lr_schedule) == ("muon", "wsd", "adamw", "cosine")
-    assert muon.preset == "gpt2-muon" and muon.out == "runs/gpt2-muon"
+    assert muon.model == base.model and muon.cadence.total_batch_tokens == base.cadence.total_batch_tokens
+    assert (muon.optim.optimizer, muon.schedule.lr_schedule) == ("muon", "wsd")
+    assert (base.optim.optimizer, base.schedule.lr_schedule) == ("adamw", "cosine")
+    assert muon.preset == "gpt2-muon" and muon.run.out == "runs/gpt2-muon"
 
 
 def test_lrs_given_on_resume_take_effect_over_the_saved_group_values():
     # load_state_dict restores each group's saved lr; apply_schedule reads the base lrs from the config instead
     model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32))
-    old = LoopConfig(optimizer="muon", muon_lr=0.05, lr=1e-3, warmup_steps=0, lr_schedule="constant")
+    old = LoopConfig.from_dict(dict(optimizer="muon", muon_lr=0.05, lr=1e-3, warmup_steps=0, lr_schedule="constant"))
     saved = build_optimizer(model, old, torch.device("cpu"))
     apply_schedule(saved, 0, old)
-    new = LoopConfig(**{**old.to_dict(), "muon_lr": 0.01, "lr": 2e-4})
+    new = LoopConfig.from_dict({**old.to_dict(), "muon_lr": 0.01, "lr": 2e-4})
     opt = build_optimizer(model, new, torch.device("cpu"))
     opt.load_state_dict(saved.state_dict())
     assert [g["lr"] for g in opt.param_groups] == [0.05, 1e-3, 1e-3]  # the saved values came back
@@ -140,5 +142,5 @@ def test_muon_orthogonalizes_in_bfloat16_only_where_the_device_computes_it_nativ
     for native, cls in ((True, torch.optim.Muon), (False, Float32Muon)):
         monkeypatch.setattr(optim, "native_bf16", lambda device_type, native=native: native)
         model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=32, block_size=32))
-        opt = build_optimizer(model, LoopConfig(optimizer="muon"), torch.device("cpu"))
+        opt = build_optimizer(model, LoopConfig.from_dict({"optimizer": "muon"}), torch.device("cpu"))
         assert type(opt.muon) is cls

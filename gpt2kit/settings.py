@@ -10,7 +10,9 @@ between the two and knows each field's docstring, the string literal right after
   form and which of those are ``flags``, and for an optional section names the ``off`` field whose value
   ``0`` means "no section" (``--lora-rank 0``: no LoRA).
 - Any other field is a setting itself. Its ``metadata["flag"]`` may hold argparse details (``metavar``,
-  ``positional``, ``nargs``, ``required``, ``name``) for :mod:`gpt2kit.cli.flags`.
+  ``positional``, ``nargs``, ``required``, ``name``) for :mod:`gpt2kit.cli.flags`. ``metadata["omit_default"]``
+  leaves it out of the flat form while it holds its default: a setting added after configs were first saved,
+  so that a config not using it stays readable by the versions before it.
 - Flat names are unique within a config; a duplicate is a TypeError when the config is first described.
 """
 
@@ -135,6 +137,8 @@ def to_flat(cfg: Any) -> dict[str, Any]:
             value = 0 if s.attr == meta["off"] else _default(s.field)
         else:
             value = getattr(holder, s.attr)
+        if s.field.metadata.get("omit_default") and value == _default(s.field):
+            continue
         out[s.name] = _flat_value(value)
     return out
 

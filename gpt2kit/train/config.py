@@ -187,7 +187,7 @@ class CadenceSettings:
 
 @dataclass
 class LogSettings:
-    """metrics.jsonl, TensorBoard and the progress bar."""
+    """metrics.jsonl, TensorBoard, Weights & Biases and the progress bar."""
 
     log_every: int = 10
     """Write a metrics.jsonl line (and TensorBoard scalars) every this many steps."""
@@ -195,9 +195,16 @@ class LogSettings:
     """Show a progress bar (rank 0 only)."""
     tensorboard: bool = True
     """Also log scalars to RUN/tensorboard when the tensorboard package is installed."""
+    wandb: str | None = field(default=None, metadata={"omit_default": True})
+    """Also log metrics.jsonl's records, the config and the samples to this Weights & Biases project (pip install
+    'gpt2kit[wandb]'; WANDB_MODE=offline keeps the run in RUN/wandb); an unreachable service never stops training."""
+    wandb_run: str | None = field(default=None, metadata={"omit_default": True})
+    """Name of the W&B run (default: W&B picks one); a resumed run continues its W&B run."""
 
     def __post_init__(self) -> None:
         check_positive(self, "log_every")
+        if self.wandb is not None and not self.wandb.strip():
+            raise ValueError("--wandb: give the W&B project name")
 
 
 @dataclass

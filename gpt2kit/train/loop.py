@@ -86,6 +86,7 @@ from gpt2kit.train.task import (
     default_batch_tokens,
     lm_loss,
 )
+from gpt2kit.train.tracking import WandbTracker
 
 
 def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: ResumePoint | None = None,
@@ -110,7 +111,11 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     wrapped = wrap_model(task.train_module(model) if task.train_module else model, env,
                          parallel=cfg.dist.parallel, compile=cfg.runtime.compile)
     optimizer = build_optimizer(model, cfg, env.device, task.param_groups)
-    metrics = MetricsWriter(cfg.run.out, tensorboard=cfg.logging.tensorboard, enabled=env.is_main)
+    tracker = None
+    if cfg.logging.wandb and env.is_main:
+        tracker = WandbTracker(cfg.logging.wandb, run_name=cfg.logging.wandb_run, config=_settings(task, cfg),
+                               run_dir=cfg.run.out, say=say)
+    metrics = MetricsWriter(cfg.run.out, tensorboard=cfg.logging.tensorboard, enabled=env.is_main, tracker=tracker)
     state = RunState()
     if resume is not None:
         _continue_from(resume, state, model, wrapped, optimizer, task, metrics, checkpointer, cfg, env)
@@ -153,7 +158,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
             stop_now = any_rank(stop.received is not None, env)
             eval_due, save_due = _due(cfg, state.step, stop_now)
             rng = gather_objects(rng_state(), env) if (eval_due or save_due) else None
-            results = evaluate(task, eval_ctx, state.step, checkpointer, say) if eval_due else {}
+            results = evaluate(task, eval_ctx, state.step, checkpointer, say, metrics) if eval_due else {}
             new_best = _new_best_val_loss(results, state, may_save=save_due or cfg.ckpt.save_best)
             val_loss = _val_loss(results, val_loss)
             if state.step % cfg.logging.log_every == 0 or state.step == cfg.last_step or results or stop_now:
@@ -258,7 +263,7 @@ def _out_of_memory_message(device: torch.device, cfg: LoopConfig, task: TrainTas
 # ------------------------------------------------------------------------------------- evaluation, saving
 
 def evaluate(task: TrainTask, ctx: EvalContext, step: int, checkpointer: Checkpointer,
-             say: Callable[[str], None]) -> dict[str, Any]:
+             say: Callable[[str], None], metrics: MetricsWriter | None = None) -> dict[str, Any]:
     """The task's evaluation and samples at ``step`` (every rank); the training RNG streams are left as they were."""
     results: dict[str, Any] = {}
     if task.evaluate is None and task.sample is None:
@@ -272,6 +277,8 @@ def evaluate(task: TrainTask, ctx: EvalContext, step: int, checkpointer: Checkpo
         for i, text in enumerate(texts or []):
             say(f"sample {i} @ step {step}: {text!r}")
         checkpointer.append_samples(step, texts)
+        if metrics is not None:
+            metrics.log_samples(step, texts or [])
     set_rng_state(snapshot)
     if results:
         say(f"step {step}: " + " ".join(f"{k} {v:.4f}" for k, v in results.items() if isinstance(v, float)))

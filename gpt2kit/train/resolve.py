@@ -35,7 +35,7 @@ def apply_overrides(base: C, overrides: dict[str, Any]) -> C:
     """``base`` with the flat settings ``overrides`` applied and validated; a bad value is a UserError naming its
     flag."""
     fields = base.to_dict()
-    unknown = sorted(set(overrides) - set(fields))
+    unknown = sorted(set(overrides) - set(setting_names(type(base))))
     if unknown:
         raise UserError(f"unknown settings {unknown}")
     try:
@@ -46,8 +46,9 @@ def apply_overrides(base: C, overrides: dict[str, Any]) -> C:
 
 def changed_settings(saved: Any, cfg: Any) -> dict[str, Any]:
     """The flat settings of ``cfg`` that differ from ``saved`` (``resume`` aside: it is how the run continues)."""
-    before = saved.to_dict()
-    return {k: v for k, v in cfg.to_dict().items() if k != "resume" and before.get(k) != v}
+    before, after = saved.to_dict(), cfg.to_dict()  # a setting left out at its default reads as absent in both
+    return {k: after.get(k) for k in setting_names(type(cfg))
+            if k != "resume" and before.get(k) != after.get(k)}
 
 
 def read_config_file(path: str, cls: type, command: str = "train") -> dict[str, Any]:

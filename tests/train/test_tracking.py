@@ -112,3 +112,50 @@ def test_real_wandb_offline(tmp_path, monkeypatch):
     tracker.close()
     assert (tmp_path / RUN_ID_FILE).read_text().strip() == run.id
     assert list((tmp_path / "wandb").glob(f"offline-run-*-{run.id}/run-{run.id}.wandb")), wandb.__version__
+
+
+@pytest.mark.slow  # whole runs
+def test_train_with_wandb_offline_and_with_an_unreachable_service(tiny_cfg, tmp_path, monkeypatch, capsys):
+    pytest.importorskip("wandb")
+    from gpt2kit.train.pretrain import run_pretraining
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    res = run_pretraining(tiny_cfg(max_steps=3, eval_every=2, samples=1, sample_tokens=4, wandb="gpt2kit-test",
+                                   wandb_run="tiny"))
+    run_dir = tmp_path / "run"
+    run_id = (run_dir / RUN_ID_FILE).read_text().strip()
+    assert res.step == 3 and list((run_dir / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb"))
+    assert json.loads((run_dir / "train_config.json").read_text())["wandb"] == "gpt2kit-test"
+
+    monkeypatch.setenv("WANDB_MODE", "online")
+    calls = fake_wandb(monkeypatch, init_error=ConnectionError("Network is unreachable"))
+    capsys.readouterr()
+    res = run_pretraining(tiny_cfg(max_steps=2, wandb="gpt2kit-test", out=str(tmp_path / "run2")))
+    out = capsys.readouterr().out  # the loop's messages
+    assert res.step == 2 and calls and out.count("warning: wandb: could not start a run (Network is unreachable)") == 1
+
+
+def test_wandb_flags_on_train_and_finetune():
+    from gpt2kit.cli import build_parser
+
+    commands = next(a for a in build_parser()._actions if a.dest == "command").choices
+    finetune = next(a for a in commands["finetune"]._actions if getattr(a, "choices", None)).choices
+    for parser in (commands["train"], finetune["sft"], finetune["classify"]):
+        opts = {o for a in parser._actions for o in a.option_strings}
+        assert {"--wandb", "--wandb-run"} <= opts
+
+
+def test_wandb_settings_are_saved_only_when_set():
+    """Configs without --wandb keep the keys older versions know; with it, the settings round-trip."""
+    from gpt2kit.train.presets import get_preset
+    from gpt2kit.train.resolve import apply_overrides, changed_settings
+
+    plain = get_preset("demo-cpu")
+    assert "wandb" not in plain.to_dict() and "wandb_run" not in plain.to_dict()
+    tracked = apply_overrides(plain, {"wandb": "proj", "wandb_run": "r1"})
+    saved = tracked.to_dict()
+    assert saved["wandb"] == "proj" and saved["wandb_run"] == "r1"
+    assert type(plain).from_dict(saved).logging.wandb == "proj"
+    assert changed_settings(plain, tracked) == {"wandb": "proj", "wandb_run": "r1"}
+    assert changed_settings(tracked, plain) == {"wandb": None, "wandb_run": None}

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpt2kit.errors import UserError
+from gpt2kit.eval.tasks import get_task
 from gpt2kit.model.config import MODEL_PRESETS, GPTConfig
 from gpt2kit.settings import check_choices, check_nonneg, check_positive, flag_name, from_flat, section, to_flat
 from gpt2kit.train.schedule import lr_at
@@ -353,6 +354,13 @@ class PretrainEvalSettings:
     """Score HellaSwag every this many steps when --hellaswag is given (0: only at the end)."""
     hellaswag_limit: int | None = None
     """Score only the first N HellaSwag examples (default: all 10042)."""
+    eval_task: str | None = field(default=None, metadata={"omit_default": True})
+    """A multiple-choice task scored as HellaSwag is (every hellaswag_every steps and at the end): arc-easy,
+    arc-challenge, mmlu, piqa or winogrande, as lm-evaluation-harness defines it (needs --eval-task-data)."""
+    eval_task_data: str | None = field(default=None, metadata={"omit_default": True})
+    """The --eval-task rows (the dataset's JSONL or Parquet file), or 'download' for the harness's split."""
+    eval_task_limit: int | None = field(default=None, metadata={"omit_default": True})
+    """Score only the first N questions of --eval-task."""
     samples: int = 2
     """Sample generations logged at each evaluation (0: none)."""
     sample_tokens: int = 48
@@ -365,6 +373,15 @@ class PretrainEvalSettings:
         check_nonneg(self, "hellaswag_every", "samples")
         if self.hellaswag_limit is not None and self.hellaswag_limit < 1:
             raise ValueError(f"--hellaswag-limit must be >= 1, got {self.hellaswag_limit}")
+        if self.eval_task is not None:
+            try:
+                get_task(self.eval_task)
+            except UserError as e:
+                raise ValueError(f"--eval-task: {e}") from None
+            if not self.eval_task_data:
+                raise ValueError(f"--eval-task {self.eval_task} needs --eval-task-data FILE (or 'download')")
+        if self.eval_task_limit is not None and self.eval_task_limit < 1:
+            raise ValueError(f"--eval-task-limit must be >= 1, got {self.eval_task_limit}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ import torch
 
 from gpt2kit.checkpoint import unwrap_model
 from gpt2kit.errors import UserError
+from gpt2kit.eval.tasks import TASKS
 from gpt2kit.io import atomic_write_text, parse_jsonl
 
 # dense peak FLOP/s per device: {precision: value}; tf32 is what float32 matmuls run at with TF32 allowed.
@@ -151,8 +152,9 @@ class MetricsWriter:
 
 
 def metric_tag(key: str) -> str:
-    """TensorBoard (and W&B) name of a metrics key: ``val_loss`` -> ``val/loss``, ``loss`` -> ``train/loss``."""
-    for prefix in ("val", "hellaswag"):
+    """TensorBoard (and W&B) name of a metrics key: ``val_loss`` -> ``val/loss``, ``arc_easy_acc`` ->
+    ``arc_easy/acc``, ``loss`` -> ``train/loss``."""
+    for prefix in ("val", "hellaswag", *(t.harness for t in TASKS.values())):
         if key.startswith(prefix + "_"):
             return f"{prefix}/{key[len(prefix) + 1:]}"
     return f"train/{key}"

@@ -28,8 +28,10 @@ from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2kit.device import autocast
 from gpt2kit.distributed import DistEnv, distributed
 from gpt2kit.errors import UserError
+from gpt2kit.eval.choice import ChoiceItem, score_choices
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
 from gpt2kit.eval.loss import all_reduce_loss, mean_loss
+from gpt2kit.eval.tasks import choice_items, get_task, load_questions, task_data
 from gpt2kit.generation import generate
 from gpt2kit.io import dir_lock
 from gpt2kit.model import GPT, GPTConfig
@@ -150,9 +152,10 @@ def _val_batches(cfg: TrainConfig, env: DistEnv) -> list[tuple[torch.Tensor, tor
                              fit_small=True))
 
 
-def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: list | None
-                   ) -> Callable[[EvalContext], dict[str, float]]:
-    """Validation loss (every evaluation) and HellaSwag (every ``hellaswag_every`` steps and at the end)."""
+def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: list | None,
+                   choice: list[ChoiceItem] | None = None) -> Callable[[EvalContext], dict[str, float]]:
+    """Validation loss (every evaluation); HellaSwag and the ``--eval-task`` questions ``choice`` (every
+    ``hellaswag_every`` steps and at the end)."""
 
     def evaluate(ctx: EvalContext) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -169,6 +172,14 @@ def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: 
                                   rank=ctx.env.rank, world_size=ctx.env.world_size)
             out["hellaswag_acc"] = res["acc"]
             out["hellaswag_acc_norm"] = res["acc_norm"]
+        if choice and due:
+            task = get_task(cfg.evals.eval_task)
+            res = score_choices(ctx.raw_model, choice, device=ctx.device,
+                                batch_size=max(1, cfg.runtime.batch_size // 4), autocast_dtype=ctx.autocast_dtype,
+                                rank=ctx.env.rank, world_size=ctx.env.world_size)
+            out[f"{task.harness}_acc"] = res["acc"]
+            if "acc_norm" in task.metrics:  # the harness's acc_norm: per character of the choice
+                out[f"{task.harness}_acc_norm"] = res["acc_per_char"]
         return out
 
     return evaluate
@@ -241,6 +252,11 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             spec = cfg.evals.hellaswag
             path = hellaswag_path(None if spec == "download" else spec, flag="--hellaswag")
             examples = load_examples(path, limit=cfg.evals.hellaswag_limit)
+        choice = None
+        if cfg.evals.eval_task:
+            task_def, spec = get_task(cfg.evals.eval_task), cfg.evals.eval_task_data
+            rows = task_data(task_def, None if spec == "download" else spec)
+            choice = choice_items(load_questions(task_def, rows, limit=cfg.evals.eval_task_limit))
         model = initial_model(cfg, fresh=resume is None)
         if cfg.pretrain.init_from and resume is None:
             say(f"init: weights from --init-from {cfg.pretrain.init_from} (step 0, new optimizer and schedule)")
@@ -254,7 +270,8 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         task = TrainTask(
             model=model, model_config=gcfg.to_dict(), train_data=loader, grad_accum_steps=A,
             train_module=FusedLossGPT if fused else None,
-            evaluate=make_evaluator(cfg, env, val, examples) if (val is not None or examples) else None,
+            evaluate=make_evaluator(cfg, env, val, examples, choice) if (val is not None or examples or choice)
+            else None,
             sample=make_sampler(cfg) if cfg.evals.samples > 0 else None,
             flops_per_token=gpt_flops_per_token(model),
             extra_state={"data": {"dir": str(cfg.pretrain.data), "tokenizer": manifest["tokenizer"],

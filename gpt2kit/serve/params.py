@@ -1,7 +1,8 @@
 """What a request to the OpenAI API asks for: its JSON body checked, field by field, into parameters.
 
 A bad field is an :class:`ApiError` that names it, answered as OpenAI's error object
-``{"error": {"message", "type", "param", "code"}}``.
+``{"error": {"message", "type", "param", "code"}}``. The same rules are published as JSON Schema in the app's
+OpenAPI description (:func:`completion_body_schema`, :func:`chat_body_schema`): a change to one is a change to both.
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast bench clean gpu-check
+.PHONY: setup demo test test-fast browser bench clean gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,11 +18,17 @@ setup: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/gpt2kit demo
 
-test: $(VENV)/.installed
+# Chromium for the browser test: installed with apt when missing and run as root (CI), else that test is skipped
+browser:
+	@bash .ci/browser.sh
+
+test: $(VENV)/.installed browser
+	$(BIN)/ruff check gpt2kit tests benchmarks
 	$(BIN)/python -m pytest -q
 
 # the unit tests only (no whole runs, subprocesses, torchrun or crash tests): the edit-run loop
 test-fast: $(VENV)/.installed
+	$(BIN)/ruff check gpt2kit tests benchmarks
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # On a GPU machine whose Python already has torch with CUDA, transformers, tiktoken, safetensors, numpy, tqdm and

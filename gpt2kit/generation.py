@@ -27,6 +27,11 @@ def packed_by_default() -> bool:
     return os.environ.get(PACKED_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
+MIN_TEMPERATURE = 1e-30
+"""Smaller temperatures sample as this one: dividing float32 logits by less could overflow them to inf, whose
+softmax is NaN. Down here the distribution is the argmax's up to exact ties."""
+
+
 def sample_next(
     logits: torch.Tensor,
     temperature: float = 1.0,
@@ -47,7 +52,7 @@ def sample_next(
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
     if temperature == 0 or top_k == 1:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature  # (B, V)
+    logits = logits.float() / max(temperature, MIN_TEMPERATURE)  # (B, V)
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -56,6 +61,7 @@ def sample_next(
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # drop a token when the tokens before it already reach top_p (the top token always stays)
         drop_sorted = (cum - sorted_logits.softmax(dim=-1)) >= top_p
+        drop_sorted[:, 0] = False  # also where top_p is below float32's smallest number and compares as 0
         drop = drop_sorted.scatter(-1, sorted_idx, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)

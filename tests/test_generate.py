@@ -80,6 +80,13 @@ def test_top_k_and_top_p_truncate():
     assert {int(sample_next(logits, 1.0, top_p=0.5, generator=g)) for _ in range(50)} == {0}
 
 
+def test_temperature_and_top_p_near_zero_pick_the_top_token():
+    # a temperature or top_p that float32 cannot scale or compare by still gives probabilities, not NaN
+    logits = torch.tensor([[5.0, 4.0, 1.0, 0.0, -1.0], [0.0, 2.0, 9.0, 1.0, 3.0]])
+    for temperature, top_p in ((5e-324, None), (1e-40, None), (1.0, 5e-324), (1.0, 1e-50)):
+        assert sample_next(logits, temperature, top_p=top_p).tolist() == [0, 2], (temperature, top_p)
+
+
 def test_matches_transformers_greedy(hf_tiny_dir):
     transformers = pytest.importorskip("transformers")
     hf = transformers.GPT2LMHeadModel.from_pretrained(hf_tiny_dir).eval()

@@ -16,8 +16,9 @@ DESCRIPTION = """\
 Serve a checkpoint over the OpenAI API: POST /v1/completions, POST /v1/chat/completions (instruction-tuned
 checkpoints, with their stored template), GET /v1/models, GET /health. One decode loop serves every request
 over a batched KV cache; requests join and leave between decode steps. Each answer equals what the request
-would get alone (a seeded sample equals `gpt2kit sample` with that seed). SIGTERM lets the requests in flight
-finish, refuses new ones and exits 0. Needs the serve extra: pip install 'gpt2kit[serve]'.
+would get alone (a seeded sample equals `gpt2kit sample` with that seed). GET / is a chat page (a completion
+box for a base model) on the same endpoints, asking for the --api-key if one is set. SIGTERM lets the
+requests in flight finish, refuses new ones and exits 0. Needs the serve extra: pip install 'gpt2kit[serve]'.
 
   gpt2kit serve --checkpoint runs/sft --port 8000
   curl http://127.0.0.1:8000/v1/completions -H 'Content-Type: application/json' \\
@@ -37,11 +38,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="requests allowed to wait for a free row; more get 503 with Retry-After")
     p.add_argument("--api-key", default=os.environ.get("GPT2KIT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' on /v1/ (default: $GPT2KIT_API_KEY; none: open)")
+    p.add_argument("--max-body-mb", type=_megabytes, default=4.0,
+                   help="request bodies larger than this many MB get 413, refused before they are read whole")
     p.add_argument("--model-name", default=None,
                    help="the model id clients send and /v1/models lists (default: the checkpoint's name)")
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (info logs every request)")
     add_device_arguments(p)
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of MB, got {text!r}")
+    return value
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -90,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     loaded, engine = on_passing_thread(build)  # the engine thread stays the only one with torch workers
     template = template_from_checkpoint(loaded.checkpoint, loaded.source)
     served = ServedModel(name=args.model_name or _model_name(args.checkpoint), engine=engine,
-                         tokenizer=get_tokenizer(), template=template, api_key=args.api_key)
+                         tokenizer=get_tokenizer(), template=template, api_key=args.api_key,
+                         max_body_bytes=int(args.max_body_mb * 2**20))
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:
@@ -106,7 +120,8 @@ def run(args: argparse.Namespace) -> int:
     host, port = sock.getsockname()[:2]
     chat = "chat and completions" if template is not None else "completions only (no chat template: a base model)"
     print(f"serving {served.name} ({chat}) at http://{host}:{port}/v1 "
-          f"(max batch {args.max_batch}, max queue {args.max_queue}{', API key required' if args.api_key else ''})",
+          f"(max batch {args.max_batch}, max queue {args.max_queue}{', API key required' if args.api_key else ''}); "
+          f"chat page: http://{host}:{port}/",
           file=sys.stderr, flush=True)
     Server(config).run(sockets=[sock])
     return 0

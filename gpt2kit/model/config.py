@@ -186,7 +186,7 @@ MODEL_PRESETS: dict[str, Callable[[], GPTConfig]] = {
     "tiny": tiny,
     "small": small_test,
 }
-"""Model presets by name; the training presets of the same names (gpt2kit.train.config.PRESETS) train these."""
+"""Model presets by name; the training presets of the same names (gpt2kit.train.presets.PRESETS) train these."""
 
 MODEL_PRESET_ALIASES: dict[str, str] = {"gpt2-124m": "gpt2"}
 """Other names a preset answers to."""

@@ -1,6 +1,7 @@
 """An OpenAI-compatible HTTP API over the batching :class:`~gpt2kit.serve.engine.Engine` (FastAPI).
 
-Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``.
+Endpoints: ``POST /v1/completions``, ``POST /v1/chat/completions``, ``GET /v1/models``, ``GET /health``, and the
+chat page at ``GET /`` (:mod:`gpt2kit.serve.page`).
 Streaming answers are server-sent events in OpenAI's chunk format ending with ``data: [DONE]``; the last chunk
 before it carries ``usage`` (with ``stream_options.include_usage`` a chunk of its own with empty ``choices``, as
 OpenAI sends it). Every error is ``{"error": {"message", "type", "param", "code"}}``.
@@ -8,7 +9,7 @@ OpenAI sends it). Every error is ``{"error": {"message", "type", "param", "code"
 Text lives here, not in the engine: token ids are decoded incrementally (:class:`~gpt2kit.prompts.StreamDecoder`:
 a character split over two tokens waits for its second half) and ``stop`` strings are matched on the decoded
 text, holding back the few characters that could still become a stop string. Request bodies are checked in
-:mod:`gpt2kit.serve.params`.
+:mod:`gpt2kit.serve.params`; one larger than ``max_body_bytes`` is refused with 413 before it is read whole.
 """
 
 from __future__ import annotations
@@ -30,17 +31,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from gpt2kit.errors import UserError
 from gpt2kit.prompts import PromptTemplate, StreamDecoder, chat_prompt_ids
 from gpt2kit.serve.engine import Draining, Engine, QueueFull, SamplingParams
+from gpt2kit.serve.page import add_page
 from gpt2kit.serve.params import (
     COMPLETION_FIELDS,
     ApiError,
     CompletionParams,
+    chat_body_schema,
     check_fits,
+    completion_body_schema,
     parse_completion_params,
     parse_prompts,
     plain_message,
 )
 
 RETRY_AFTER_S = 1
+MAX_BODY_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,8 @@ class ServedModel:
     template: PromptTemplate | None
     """The checkpoint's instruction template; None for a base model (no chat endpoint)."""
     api_key: str | None = None
+    max_body_bytes: int = MAX_BODY_BYTES
+    """Request bodies larger than this get 413."""
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -234,11 +241,22 @@ def create_app(served: ServedModel) -> FastAPI:
     v1 = [Depends(auth)]
 
     async def read_body(request: Request) -> dict[str, Any]:
-        raw = await request.body()
+        limit = served.max_body_bytes
+        too_large = ApiError(413, f"the request body is over {limit / 2**20:.3g} MB, the limit of this server "
+                                  "(gpt2kit serve --max-body-mb): send a smaller one", None, "request_too_large")
+        length = request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > limit:
+            raise too_large
+        chunks, size = [], 0
+        async for chunk in request.stream():  # counted as it arrives: a chunked body has no Content-Length
+            size += len(chunk)
+            if size > limit:
+                raise too_large
+            chunks.append(chunk)
         try:
-            body = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"the request body is not valid JSON ({e})") from None
+            body = json.loads(b"".join(chunks))
+        except (ValueError, RecursionError) as e:  # also: not UTF-8, an integer too long, nesting too deep
+            raise ApiError(400, f"the request body is not valid JSON ({type(e).__name__}: {str(e)[:200]})") from None
         if not isinstance(body, dict):
             raise ApiError(400, "the request body must be a JSON object")
         return body
@@ -252,7 +270,8 @@ def create_app(served: ServedModel) -> FastAPI:
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0,
                                             "owned_by": "gpt2kit", "max_model_len": block_size}]}
 
-    @app.post("/v1/completions", dependencies=v1)
+    @app.post("/v1/completions", dependencies=v1,
+              openapi_extra=completion_body_schema(served.name, served.tokenizer.vocab_size))
     async def completions(request: Request):
         body = await read_body(request)
         params = parse_completion_params(body, served.name,
@@ -264,7 +283,7 @@ def create_app(served: ServedModel) -> FastAPI:
         check_fits(prompts, params.max_tokens, block_size, "prompt")
         return await respond(request, prompts, params, chat=False)
 
-    @app.post("/v1/chat/completions", dependencies=v1)
+    @app.post("/v1/chat/completions", dependencies=v1, openapi_extra=chat_body_schema(served.name))
     async def chat_completions(request: Request):
         body = await read_body(request)
         if served.template is None:
@@ -346,6 +365,7 @@ def create_app(served: ServedModel) -> FastAPI:
         return _Stream(gen, events(), media_type="text/event-stream",
                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
+    add_page(app, chat=served.template is not None, key_required=served.api_key is not None)
     return app
 
 

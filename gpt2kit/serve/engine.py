@@ -43,8 +43,8 @@ def on_passing_thread(fn: Callable[[], T]) -> T:
     Build the model and the :class:`Engine` this way when the process does no other torch work. Torch's CPU ops
     run on OpenMP, and libgomp gives each thread that starts a parallel op its own team of worker threads, kept
     as long as that thread lives. Once a process holds more of them than there are cores, libgomp stops spinning
-    between ops and lets the workers sleep, so every op pays a wake-up: with the model loaded on the main thread
-    and decoded on the engine thread, the server on 2 cores ran at about half speed (benchmarks/RESULTS.md).
+    between ops and lets the workers sleep, so every op pays a wake-up (a model loaded on the main thread and
+    decoded on the engine thread is that case; benchmarks/serve.py shows the cost).
     Loading on a thread that ends leaves the engine thread's team the only one.
     """
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="gpt2kit-load") as pool:

@@ -1,7 +1,8 @@
 """What a request to the OpenAI API asks for: its JSON body checked, field by field, into parameters.
 
 A bad field is an :class:`ApiError` that names it, answered as OpenAI's error object
-``{"error": {"message", "type", "param", "code"}}``.
+``{"error": {"message", "type", "param", "code"}}``. The same rules are published as JSON Schema in the app's
+OpenAPI description (:func:`completion_body_schema`, :func:`chat_body_schema`): a change to one is a change to both.
 """
 
 from __future__ import annotations
@@ -183,3 +184,52 @@ def plain_message(m: Any) -> Any:
     if m.get("role") == "developer":  # OpenAI's newer name for the system role
         m = {**m, "role": "system"}
     return m
+
+
+# ------------------------------------------------------------------------------------------ the published schema
+def _json_body(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _shared_fields(model_name: str) -> dict[str, Any]:
+    text = {"type": "string", "minLength": 1}
+    return {
+        "model": {"type": "string", "enum": [model_name]},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 2},
+        "top_p": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+        "top_k": {"type": "integer", "minimum": 1},
+        "seed": {"type": "integer", "minimum": -2**63, "maximum": 2**64 - 1},
+        "stop": {"anyOf": [text, {"type": "array", "items": text, "maxItems": MAX_STOP_STRINGS}]},
+        "stream": {"type": "boolean"},
+        "n": {"type": "integer", "minimum": 1},
+        "stream_options": {"type": "object", "properties": {"include_usage": {"type": "boolean"}},
+                           "additionalProperties": False},
+        "user": {"type": "string"},
+        "presence_penalty": {"type": "number", "enum": [0]},
+        "frequency_penalty": {"type": "number", "enum": [0]},
+        "logit_bias": {"type": "object", "maxProperties": 0},
+    }
+
+
+def completion_body_schema(model_name: str, vocab_size: int) -> dict[str, Any]:
+    """The OpenAPI request body of ``POST /v1/completions``: what :func:`parse_completion_params` and
+    :func:`parse_prompts` accept (published at /openapi.json; the fuzz test generates requests from it)."""
+    ids = {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": vocab_size - 1}, "minItems": 1}
+    prompt = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}, ids,
+                        {"type": "array", "items": ids, "minItems": 1}]}
+    return _json_body({"type": "object", "required": ["prompt"], "additionalProperties": False, "properties": {
+        **_shared_fields(model_name), "prompt": prompt, "echo": {"type": "boolean", "enum": [False]},
+        "logprobs": {"type": "null"}, "best_of": {"type": "integer", "enum": [1]}, "suffix": {"type": "null"}}})
+
+
+def chat_body_schema(model_name: str) -> dict[str, Any]:
+    """The OpenAPI request body of ``POST /v1/chat/completions``."""
+    part = {"type": "object", "required": ["type", "text"],
+            "properties": {"type": {"type": "string", "enum": ["text"]}, "text": {"type": "string"}}}
+    message = {"type": "object", "required": ["role", "content"], "properties": {
+        "role": {"type": "string", "enum": ["system", "developer", "user", "assistant"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": part}]}}}
+    return _json_body({"type": "object", "required": ["messages"], "additionalProperties": False, "properties": {
+        **_shared_fields(model_name), "messages": {"type": "array", "items": message, "minItems": 1},
+        "max_completion_tokens": {"type": "integer", "minimum": 1}}})

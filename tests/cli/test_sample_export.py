@@ -6,7 +6,7 @@ import sys
 import pytest
 import torch
 
-from gpt2kit import GPT, generate, load_model
+from gpt2kit import generate, load_model
 from gpt2kit.cli import main
 
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier

@@ -21,14 +21,14 @@ BLOCK_SIZE = 1024
 START_TIMEOUT_S = 120
 
 
-def _save(path: Path, sft: bool) -> Path:
+def _save(path: Path, sft: bool, block_size: int = BLOCK_SIZE) -> Path:
     from gpt2kit import GPTConfig
     from gpt2kit.checkpoint import model_state_dict, save_checkpoint
     from gpt2kit.model.gpt import GPT
     from gpt2kit.prompts import TEMPLATES
 
     torch.manual_seed(0)
-    model = GPT(GPTConfig.from_preset("tiny", block_size=BLOCK_SIZE))
+    model = GPT(GPTConfig.from_preset("tiny", block_size=block_size))
     payload = {"model_config": model.config.to_dict(), "model": model_state_dict(model)}
     if sft:  # the record `gpt2kit finetune sft` writes (gpt2kit.checkpoint.finetune), with the chat template
         payload["finetune"] = {"version": 1, "task": "sft", "base": "base.pt", "lora": None,

@@ -18,6 +18,7 @@ def test_help_lists_the_flags(capsys):
         assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--max-queue" in out and "--api-key" in out and "--system" in out and "Ctrl-D" in out
+    assert "--max-body-mb" in out
 
 
 def test_serve_port_in_use_and_missing_checkpoint_are_one_line_errors(checkpoints, tmp_path, capsys):

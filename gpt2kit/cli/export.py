@@ -16,7 +16,8 @@ DESCRIPTION = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_checkpoint_argument(p)
-    p.add_argument("--out", required=True, help="output directory (created; existing files of the same name are replaced)")
+    p.add_argument("--out", required=True,
+                   help="output directory (created; existing files of the same name are replaced)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -76,9 +76,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                       help="window length in tokens; default (and at most) the model's block_size")
     _common(loss, 8, "prepared split: score the first N batches; text/JSONL: the first N documents")
 
-    hs = sub.add_parser(
-        "hellaswag", formatter_class=_FMT, help="HellaSwag accuracy (acc, acc_norm, acc_norm_bytes)",
-        description=(
+    hs = _downloaded_task(
+        sub, "hellaswag", "HellaSwag accuracy (acc, acc_norm, acc_norm_bytes)", (
             "HellaSwag, completion style: the model reads ctx + ' ' + ending and only the ending is scored. "
             "acc picks the ending with the lowest total loss; acc_norm the lowest mean loss per token "
             "(build-nanogpt); acc_norm_bytes the highest log-likelihood per UTF-8 byte of the ending "
@@ -86,28 +85,32 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             "Without --data the official validation file is downloaded once into ~/.cache/gpt2kit/hellaswag "
             "(or $GPT2KIT_CACHE). GPT-2 124M scores about 29.5% acc_norm."
         ),
+        data_help="HellaSwag JSONL file (official format: ctx, endings, label); default: the official "
+                  "validation set, downloaded and cached",
     )
-    hs.add_argument("--data", default=None,
-                    help="HellaSwag JSONL file (official format: ctx, endings, label); default: the official "
-                         "validation set, downloaded and cached")
-    hs.add_argument("--cache-dir", default=None, help="where the downloaded file is kept")
     _common(hs, 8, "score only the first N examples")
 
-    lam = sub.add_parser(
-        "lambada", formatter_class=_FMT, help="LAMBADA last-word accuracy and perplexity",
-        description=(
+    lam = _downloaded_task(
+        sub, "lambada", "LAMBADA last-word accuracy and perplexity", (
             "LAMBADA: each passage's last word (after the last space) must be reproduced by greedy decoding, every "
             "token of it (acc). perplexity = exp(mean negative log-likelihood of the last word per passage); "
             "token_perplexity divides by its tokens. Without --data OpenAI's LAMBADA test file (the one GPT-2 "
             "was evaluated on) is downloaded once into ~/.cache/gpt2kit/lambada (or $GPT2KIT_CACHE)."
         ),
+        data_help="JSONL file with a text field per line; default: OpenAI's test set",
     )
-    lam.add_argument("--data", default=None, help="JSONL file with a text field per line; default: OpenAI's test set")
     lam.add_argument("--text-field", default="text", help="JSONL field holding the passage")
-    lam.add_argument("--cache-dir", default=None, help="where the downloaded file is kept")
     _common(lam, 16, "score only the first N passages")
     _add_choice_tasks(sub)
     _add_suite(sub)
+
+
+def _downloaded_task(sub, name: str, help: str, description: str, data_help: str) -> argparse.ArgumentParser:
+    """A task's parser with --data (default: the official file, downloaded once) and --cache-dir."""
+    p = sub.add_parser(name, formatter_class=_FMT, help=help, description=description)
+    p.add_argument("--data", default=None, help=data_help)
+    p.add_argument("--cache-dir", default=None, help="where the downloaded file is kept")
+    return p
 
 
 _PROMPTS = {

@@ -17,6 +17,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -113,24 +114,11 @@ def hellaswag_metrics(scores: dict) -> dict:
             "n": scores["n"]}
 
 
-def score_hellaswag(
-    model: torch.nn.Module,
-    examples: Sequence[HellaSwagExample],
-    *,
-    device: torch.device | str,
-    batch_size: int = 8,
-    autocast_dtype: torch.dtype | None = None,
-    rank: int = 0,
-    world_size: int = 1,
-    progress: bool = False,
-) -> dict:
+def score_hellaswag(model: torch.nn.Module, examples: Sequence[HellaSwagExample], **options: Any) -> dict:
     """Accuracy of ``model`` on ``examples``: ``{"acc", "acc_norm", "acc_norm_bytes", "n"}`` (fractions).
 
-    ``batch_size`` examples (all their endings) share a forward pass. With ``world_size > 1`` this
-    rank scores its share and, when torch.distributed is initialised, the counts are summed over
-    ranks so every rank returns the global figures.
+    ``options`` are :func:`~gpt2kit.eval.choice.score_choices`'s (``device``, ``batch_size``, ``autocast_dtype``,
+    ``rank``, ``world_size``, ``progress``): ``batch_size`` examples (all their endings) share a forward pass, and
+    with ``world_size > 1`` each rank scores its share and every rank returns the global figures.
     """
-    scores = score_choices(model, hellaswag_items(examples), device=device, batch_size=batch_size,
-                           autocast_dtype=autocast_dtype, rank=rank, world_size=world_size, progress=progress,
-                           desc="hellaswag")
-    return hellaswag_metrics(scores)
+    return hellaswag_metrics(score_choices(model, hellaswag_items(examples), desc="hellaswag", **options))

@@ -102,3 +102,10 @@ def quantize(model: nn.Module, scheme: str = "int8") -> nn.Module:
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, Int8Linear(m))
     return model.eval()
+
+
+def quantize_and_describe(model: nn.Module, scheme: str = "int8") -> str:
+    """:func:`quantize` ``model`` in place; returns the line that says what it did (weights' MB before and after)."""
+    before = weight_bytes(model)
+    quantize(model, scheme)
+    return f"quantized to {scheme}: weights {before / 1e6:.1f} MB -> {weight_bytes(model) / 1e6:.1f} MB"

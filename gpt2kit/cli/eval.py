@@ -12,7 +12,13 @@ import argparse
 import sys
 from pathlib import Path
 
-from gpt2kit.cli.common import DefaultsFormatter, add_checkpoint_argument, add_device_arguments, positive_int
+from gpt2kit.cli.common import (
+    DefaultsFormatter,
+    add_checkpoint_argument,
+    add_device_arguments,
+    add_quantize_argument,
+    positive_int,
+)
 from gpt2kit.errors import UserError
 
 HELP = "evaluate a model: loss/perplexity, HellaSwag, LAMBADA"
@@ -34,6 +40,7 @@ def _common(p: argparse.ArgumentParser, batch_size: int, limit_help: str) -> Non
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help="examples (or windows) per forward pass; changes speed and memory, not the scores")
     add_device_arguments(p)
+    add_quantize_argument(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object with the metrics and settings on stdout (progress stays on stderr)")
     p.add_argument("--out", default=None,
@@ -111,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, limit=args.limit, data=args.data, split=getattr(args, "split", "val"),
         block_size=getattr(args, "block_size", None), stride=getattr(args, "stride", None),
         text_field=getattr(args, "text_field", None), cache_dir=getattr(args, "cache_dir", None),
+        quantize=args.quantize,
     )
     result = run_eval(opts)
     if result is None:  # not rank 0

@@ -6,6 +6,7 @@ the ranks, rank 0 resolves and downloads the data file for all of them, and rank
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from gpt2kit.eval.loss import (
 )
 from gpt2kit.eval.results import build_record
 from gpt2kit.io import file_sha256
+from gpt2kit.quantization import quantize_and_describe
 from gpt2kit.tokenizer import get_tokenizer
 
 METRICS = {
@@ -54,6 +56,7 @@ class EvalOptions:
     stride: int | None = None
     text_field: str | None = None
     cache_dir: str | None = None
+    quantize: str | None = None
 
 
 def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
@@ -64,9 +67,14 @@ def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
         loaded = load_model(opts.checkpoint, device=device, dtype=opts.dtype)
         model = loaded.model
         show = rank == 0
+        params = model.num_params()  # before quantizing: the int8 layers hold no parameters
+        if opts.quantize is not None:
+            note = quantize_and_describe(model, opts.quantize)
+            if show:
+                print(f"eval: {note}", file=sys.stderr, flush=True)
         settings: dict[str, Any] = {
             "batch_size": opts.batch_size, "limit": opts.limit, "device": str(device),
-            "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size,
+            "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size, "quantize": opts.quantize,
         }
         if opts.task == "loss":
             metrics, data, extra = _score_loss(opts, model, device, rank, world_size, show)
@@ -93,7 +101,7 @@ def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
             return None
         model_info = {
             "checkpoint": opts.checkpoint, "source": loaded.source, "format": loaded.format,
-            "step": loaded.checkpoint.get("step"), "params": model.num_params(), "config": loaded.config.to_dict(),
+            "step": loaded.checkpoint.get("step"), "params": params, "config": loaded.config.to_dict(),
         }
         metrics = {k: metrics[k] for k in METRICS[opts.task] if k in metrics}
         return build_record(opts.task, metrics, model=model_info, data=data, settings=settings), loaded

@@ -108,3 +108,11 @@ def test_unmerged_lora_refused(tiny_config):
     apply_lora(model, LoRAConfig(rank=2))
     with pytest.raises(UserError, match="LoRALinear.*merge"):
         quantize(model)
+
+
+def test_bfloat16_model_keeps_its_dtype(tiny_config):
+    torch.manual_seed(0)
+    model = quantize(GPT(tiny_config).to(torch.bfloat16))
+    logits, _ = model(torch.randint(0, 50257, (1, 6)))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(logits.float()).all()
+    assert generate(model, torch.tensor([[464, 3290]]), 4, temperature=0).shape == (1, 6)

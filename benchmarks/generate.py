@@ -8,8 +8,14 @@ the packed CPU weights (gpt2kit.packed_decode.packed_cpu_linears) bring.
     python benchmarks/generate.py                       # gpt2 preset, random weights, current device
     python benchmarks/generate.py --preset tiny --new-tokens 16   # quick check
     python benchmarks/generate.py --device cuda --dtypes bfloat16 --batch-sizes 1,16 --json gen.json
+    python benchmarks/generate.py --quantize int8 --baseline ctranslate2 --ct2-python /work/venvs/ct2/bin/python \
+        --no-hf --dtypes float32 --batch-sizes 1,16
 
 The unpacked column is measured on CPU only (the packed weights are a CPU path). --json writes every figure.
+``--quantize int8`` adds rows for :func:`gpt2kit.quantize`'s int8 model (CPU). ``--baseline ctranslate2``
+exports the same weights (benchmarks/ct2_worker.py converts them with CTranslate2's own converter) and times
+CTranslate2 float32 and int8 in a process of its own, run by ``--ct2-python`` (an environment with ctranslate2
+and transformers): two OpenMP runtimes in one process slow each other down.
 """
 
 from __future__ import annotations
@@ -71,6 +77,10 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
     ap.add_argument("--json", default=None, metavar="PATH", help="also write every figure to this JSON file")
+    ap.add_argument("--quantize", default=None, choices=("int8",), help="also time gpt2kit's int8 model (CPU)")
+    ap.add_argument("--baseline", default=None, choices=("ctranslate2",),
+                    help="also time CTranslate2 (float32 and int8) on the same weights, in its own process")
+    ap.add_argument("--ct2-python", default="python", help="the Python that runs the CTranslate2 worker")
     args = ap.parse_args()
 
     device = torch.device(args.device)
@@ -136,10 +146,66 @@ def main() -> None:
                 "transformers_tokens_per_s": None if math.isnan(tps_hf) else tps_hf,
                 "ratio_vs_transformers": None if math.isnan(tps_hf) else tps_ours / tps_hf,
                 "weights_gbs": weights_gbs if B == 1 else None})
-            if args.json:
-                from gpt2kit.io import atomic_write_text
+            _save(report, args.json)
+    if args.quantize:
+        _int8_rows(base, cfg, args, device, bw, report)
+    if args.baseline == "ctranslate2":
+        _ctranslate2_rows(base, cfg, args, report)
 
-                atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+
+def _save(report: dict, path: str | None) -> None:
+    if path:
+        from gpt2kit.io import atomic_write_text
+
+        atomic_write_text(path, json.dumps(report, indent=1) + "\n")
+
+
+def _int8_rows(base: GPT, cfg: GPTConfig, args, device: torch.device, bw: float, report: dict) -> None:
+    """gpt2kit's int8 model at each batch size; the bound is the int8 layers' bytes read once per token."""
+    from gpt2kit.quantization import Int8Linear, quantize
+
+    q = GPT(cfg)
+    q.load_state_dict(base.state_dict())
+    quantize(q.eval(), args.quantize)
+    bytes_per_token = sum(m.weight_bytes for m in q.modules() if isinstance(m, Int8Linear))
+    for B in (int(b) for b in args.batch_sizes.split(",")):
+        idx = torch.randint(0, cfg.vocab_size, (B, args.prompt_tokens), device=device)
+        t = time_it(lambda idx=idx: generate(q, idx, args.new_tokens, temperature=0), device, args.repeats)
+        tps = B * args.new_tokens / t
+        gbs = bytes_per_token * tps / B / 1e9
+        bound = f"{gbs:6.1f} ({gbs / bw:4.0%} of copy bw)" if B == 1 else ""
+        print(f"{'int8':>9} {B:>5} {'':>15} {tps:>14.1f} {'':>19} {'':>6} {bound:>19}")
+        report["runs"].append({"dtype": "int8", "batch_size": B, "gpt2kit_tokens_per_s": tps,
+                               "weights_bytes_per_token": bytes_per_token, "weights_gbs": gbs if B == 1 else None})
+        _save(report, args.json)
+
+
+def _ctranslate2_rows(base: GPT, cfg: GPTConfig, args, report: dict) -> None:
+    """CTranslate2 on the same weights, converted and timed by benchmarks/ct2_worker.py in another process."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from gpt2kit.checkpoint import export_hf, save_checkpoint
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = Path(tmp) / "model.pt"
+        save_checkpoint(ckpt, {"model_config": cfg.to_dict(), "model": model_state_dict(base)})
+        export_hf(ckpt, Path(tmp) / "hf")
+        cmd = [args.ct2_python, str(Path(__file__).with_name("ct2_worker.py")), "--hf", str(Path(tmp) / "hf"),
+               "--work", tmp, "--batch-sizes", args.batch_sizes, "--prompt-tokens", str(args.prompt_tokens),
+               "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats),
+               "--threads", str(torch.get_num_threads())]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rows = json.loads(out.strip().splitlines()[-1])
+    ours = {(r["dtype"], r["batch_size"]): r["gpt2kit_tokens_per_s"] for r in report["runs"]}
+    for r in rows:
+        vs = {d: ours.get((d, r["batch_size"])) for d in ("float32", "int8")}
+        ratios = "  ".join(f"gpt2kit {d} / this: {v / r['tokens_per_s']:.2f}x" for d, v in vs.items() if v)
+        print(f"ctranslate2 {r['version']} {r['compute_type']:>7} batch {r['batch_size']:>3}: "
+              f"{r['tokens_per_s']:8.1f} tok/s  {ratios}")
+        report["runs"].append({"engine": "ctranslate2", **r})
+    _save(report, args.json)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ _LAZY = {
     "load_model": "gpt2kit.checkpoint",
     "generate": "gpt2kit.generation",
     "get_tokenizer": "gpt2kit.tokenizer",
+    "quantize": "gpt2kit.quantization",
 }
 
 if TYPE_CHECKING:
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from gpt2kit.generation import generate
     from gpt2kit.model.config import MODEL_PRESETS, GPTConfig
     from gpt2kit.model.gpt import GPT
+    from gpt2kit.quantization import quantize
     from gpt2kit.tokenizer import get_tokenizer
 
 
@@ -45,4 +47,7 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["GPT", "GPTConfig", "MODEL_PRESETS", "UserError", "generate", "get_tokenizer", "load_model", "__version__"]
+__all__ = [
+    "GPT", "GPTConfig", "MODEL_PRESETS", "UserError", "generate", "get_tokenizer", "load_model", "quantize",
+    "__version__",
+]

@@ -99,14 +99,14 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(bs, map(chr, cs)))
 
 
-def hf_tokenizer_files() -> dict[str, str]:
-    """The GPT-2 tokenizer as Hugging Face files: ``vocab.json``, ``merges.txt`` and configs, as text.
+@functools.lru_cache(maxsize=1)
+def byte_level_vocab() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The GPT-2 vocabulary as byte-level BPE strings: (token of each id, merges in rank order as ``"a b"``).
 
-    Merges are recovered from the ranks: token r is the merge of the two parts that byte-pair encoding
-    with ranks below r leaves of its bytes.
+    The strings spell bytes through :func:`_bytes_to_unicode`, as Hugging Face's vocab.json/merges.txt and
+    GGUF files do. Merges are recovered from the ranks: token r is the merge of the two parts that byte-pair
+    encoding with ranks below r leaves of its bytes.
     """
-    import json
-
     ranks = get_tokenizer().ranks
     byte_char = _bytes_to_unicode()
 
@@ -131,8 +131,19 @@ def hf_tokenizer_files() -> dict[str, str]:
         if len(parts) != 2:
             raise RuntimeError(f"cannot recover the merge for token rank {rank}")
         merges.append(f"{to_str(parts[0])} {to_str(parts[1])}")
-    vocab = {to_str(t): r for t, r in ranks.items()}
-    vocab[EOT_TOKEN] = EOT_ID
+    tokens = [""] * VOCAB_SIZE
+    for t, r in ranks.items():
+        tokens[r] = to_str(t)
+    tokens[EOT_ID] = EOT_TOKEN
+    return tuple(tokens), tuple(merges)
+
+
+def hf_tokenizer_files() -> dict[str, str]:
+    """The GPT-2 tokenizer as Hugging Face files: ``vocab.json``, ``merges.txt`` and configs, as text."""
+    import json
+
+    tokens, merges = byte_level_vocab()
+    vocab = {t: i for i, t in enumerate(tokens)}
     config = {
         "tokenizer_class": "GPT2Tokenizer",
         "model_max_length": 1024,

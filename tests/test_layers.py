@@ -5,7 +5,8 @@ Layers, lowest first (a module may import its own layer and those below):
 0. errors, io, tokenizer, device (the CUDA-only decisions), settings (typed settings <-> flat form), prompts
    (templates and the streaming decoder: text only, on errors and the tokenizer)
 1. model
-2. checkpoint (the package: every file format), generation (and packed_decode, its CPU weight packing)
+2. checkpoint (the package: every file format), generation (and packed_decode, its CPU weight packing),
+   quantization (int8 CPU inference)
 3. distributed, data
 4. eval
 5. train
@@ -29,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gpt2kit.errors", "gpt2kit.io", "gpt2kit.tokenizer", "gpt2kit.version", "gpt2kit.device", "gpt2kit.settings",
      "gpt2kit.prompts"),
     ("gpt2kit.model",),
-    ("gpt2kit.checkpoint", "gpt2kit.generation", "gpt2kit.packed_decode"),
+    ("gpt2kit.checkpoint", "gpt2kit.generation", "gpt2kit.packed_decode", "gpt2kit.quantization"),
     ("gpt2kit.distributed", "gpt2kit.data"),
     ("gpt2kit.eval",),
     ("gpt2kit.train",),

@@ -8,6 +8,7 @@ import sys
 from gpt2kit.cli.common import (
     add_checkpoint_argument,
     add_device_arguments,
+    add_quantize_argument,
     add_sampling_arguments,
     check_sampling_arguments,
     positive_int,
@@ -31,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="most tokens in one reply (default: 256, or half the model's context where that is less)")
     add_sampling_arguments(p, seed_help="random seed (same seed and inputs, same replies)")
     add_device_arguments(p)
+    add_quantize_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gpt2kit.checkpoint import load_model
-    from gpt2kit.cli.common import resolve_device, resolve_dtype
+    from gpt2kit.cli.common import apply_quantize, resolve_device, resolve_dtype
     from gpt2kit.generation import generate
     from gpt2kit.prompts import StreamDecoder, template_from_checkpoint, trim_conversation
     from gpt2kit.tokenizer import get_tokenizer
@@ -49,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
     model = loaded.model
+    apply_quantize(args, model, "chat")
     block_size = model.config.block_size
     if args.max_new_tokens is None:
         args.max_new_tokens = min(256, block_size // 2)

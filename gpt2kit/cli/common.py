@@ -64,6 +64,24 @@ def add_device_arguments(p: argparse.ArgumentParser) -> None:
                         "which is autocast precision over float32 weights)")
 
 
+def add_quantize_argument(p: argparse.ArgumentParser) -> None:
+    """``--quantize``: run the model's linear layers from int8 weights (CPU only)."""
+    p.add_argument("--quantize", default=None, choices=("int8",),
+                   help="run the linear layers (the output projection too) from int8 weights with int8 "
+                        "activations: less memory and faster on a CPU; CPU only")
+
+
+def apply_quantize(args: argparse.Namespace, model, command: str) -> None:
+    """Quantize ``model`` in place as ``--quantize`` asks (nothing without it); says what it did on stderr."""
+    if getattr(args, "quantize", None) is None:
+        return
+    import sys
+
+    from gpt2kit.quantization import quantize_and_describe
+
+    print(f"{command}: {quantize_and_describe(model, args.quantize)}", file=sys.stderr, flush=True)
+
+
 def resolve_device(name: str):
     """A torch.device from ``--device``; a clear error when it is not available (see gpt2kit.distributed)."""
     from gpt2kit.distributed import resolve_device as resolve

@@ -16,6 +16,7 @@ from gpt2kit.cli.common import (
     DefaultsFormatter,
     add_checkpoint_argument,
     add_device_arguments,
+    add_quantize_argument,
     nonneg_int,
     positive_int,
 )
@@ -42,6 +43,7 @@ def _common(p: argparse.ArgumentParser, batch_size: int, limit_help: str) -> Non
     p.add_argument("--batch-size", type=positive_int, default=batch_size,
                    help="examples (or windows) per forward pass; changes speed and memory, not the scores")
     add_device_arguments(p)
+    add_quantize_argument(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object with the metrics and settings on stdout (progress stays on stderr)")
     p.add_argument("--out", default=None,
@@ -186,6 +188,7 @@ def run(args: argparse.Namespace) -> int:
         block_size=getattr(args, "block_size", None), stride=getattr(args, "stride", None),
         text_field=getattr(args, "text_field", None), cache_dir=getattr(args, "cache_dir", None),
         num_fewshot=getattr(args, "num_fewshot", 0), fewshot_data=getattr(args, "fewshot_data", None),
+        quantize=args.quantize,
     )
     if args.task == "suite":
         from gpt2kit.eval.run import SUITES, run_suite

@@ -8,6 +8,7 @@ import sys
 from gpt2kit.cli.common import (
     add_checkpoint_argument,
     add_device_arguments,
+    add_quantize_argument,
     add_sampling_arguments,
     check_sampling_arguments,
     nonneg_int,
@@ -35,13 +36,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_arguments(p, seed_help="random seed (same seed, same samples)")
     p.add_argument("--no-stop", action="store_true", help="keep going after <|endoftext|> instead of stopping there")
     add_device_arguments(p)
+    add_quantize_argument(p)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from gpt2kit.checkpoint import load_model
-    from gpt2kit.cli.common import loaded_description, resolve_device, resolve_dtype
+    from gpt2kit.cli.common import apply_quantize, loaded_description, resolve_device, resolve_dtype
     from gpt2kit.generation import generate
     from gpt2kit.prompts import StreamDecoder
     from gpt2kit.tokenizer import get_tokenizer
@@ -61,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     model = loaded.model
     # stdout is the text itself; which weights made it goes to stderr
     print(f"sample: {loaded_description(args.checkpoint, loaded)}", file=sys.stderr)
+    apply_quantize(args, model, "sample")
     echo = args.prompt  # what is printed before each continuation
     if args.instruction is not None:
         from gpt2kit.prompts import TEMPLATES, template_from_checkpoint

@@ -8,7 +8,13 @@ import signal
 import socket
 import sys
 
-from gpt2kit.cli.common import add_checkpoint_argument, add_device_arguments, nonneg_int, positive_int
+from gpt2kit.cli.common import (
+    add_checkpoint_argument,
+    add_device_arguments,
+    add_quantize_argument,
+    nonneg_int,
+    positive_int,
+)
 from gpt2kit.errors import UserError
 
 HELP = "serve a checkpoint over an OpenAI-compatible HTTP API (many users at once)"
@@ -45,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info", "debug"),
                    help="uvicorn's log level (info logs every request)")
     add_device_arguments(p)
+    add_quantize_argument(p)
 
 
 def _megabytes(text: str) -> float:
@@ -86,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as e:
         raise UserError(f"gpt2kit serve needs {e.name}: pip install 'gpt2kit[serve]'") from None
     from gpt2kit.checkpoint import load_model
-    from gpt2kit.cli.common import resolve_device, resolve_dtype
+    from gpt2kit.cli.common import apply_quantize, resolve_device, resolve_dtype
     from gpt2kit.prompts import template_from_checkpoint
     from gpt2kit.serve.engine import Engine, on_passing_thread
     from gpt2kit.tokenizer import get_tokenizer
@@ -98,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
     def build() -> tuple:
         device, dtype = resolve_device(args.device), resolve_dtype(args.dtype)
         loaded = load_model(args.checkpoint, device=device, dtype=dtype)
+        apply_quantize(args, loaded.model, "serve")
         return loaded, Engine(loaded.model, max_batch=args.max_batch, max_queue=args.max_queue)
 
     loaded, engine = on_passing_thread(build)  # the engine thread stays the only one with torch workers

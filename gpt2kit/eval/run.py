@@ -7,6 +7,7 @@ for all of them, and rank 0 gets the record.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from gpt2kit.eval.loss import (
 from gpt2kit.eval.results import build_record
 from gpt2kit.eval.tasks import TASKS, choice_items, get_task, load_questions, task_data
 from gpt2kit.io import file_sha256
+from gpt2kit.quantization import quantize_and_describe
 from gpt2kit.tokenizer import get_tokenizer
 
 METRICS = {
@@ -70,6 +72,7 @@ class EvalOptions:
     cache_dir: str | None = None
     num_fewshot: int = 0
     fewshot_data: str | None = None
+    quantize: str | None = None
 
 
 def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
@@ -77,12 +80,12 @@ def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
     env = setup_distributed(opts.device)
     rank, world_size, device = env.rank, env.world_size, env.device
     try:
-        loaded = load_model(opts.checkpoint, device=device, dtype=opts.dtype)
-        model = loaded.model
         show = rank == 0
+        loaded, params = _load(opts, device, show)
+        model = loaded.model
         settings: dict[str, Any] = {
             "batch_size": opts.batch_size, "limit": opts.limit, "device": str(device),
-            "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size,
+            "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size, "quantize": opts.quantize,
         }
         if opts.task == "loss":
             metrics, data, extra = _score_loss(opts, model, device, rank, world_size, show)
@@ -104,7 +107,8 @@ def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
         if not show:
             return None
         metrics = {k: metrics[k] for k in METRICS[opts.task] if k in metrics}
-        return build_record(opts.task, metrics, model=_model_info(opts, loaded), data=data, settings=settings), loaded
+        record = build_record(opts.task, metrics, model=_model_info(opts, loaded, params), data=data, settings=settings)
+        return record, loaded
     finally:
         teardown(env)
 
@@ -122,8 +126,8 @@ def run_suite(opts: EvalOptions, tasks: list[str], data: dict[str, str]) -> tupl
     env = setup_distributed(opts.device)
     rank, world_size, device = env.rank, env.world_size, env.device
     try:
-        loaded = load_model(opts.checkpoint, device=device, dtype=opts.dtype)
         show = rank == 0
+        loaded, params = _load(opts, device, show)
         results: dict[str, Any] = {}
         for name in tasks:
             task_opts = EvalOptions(**{**vars(opts), "task": name, "data": data.get(name)})
@@ -137,18 +141,29 @@ def run_suite(opts: EvalOptions, tasks: list[str], data: dict[str, str]) -> tupl
         score = sum(r["centered"] for r in results.values()) / len(results)
         settings = {"batch_size": opts.batch_size, "limit": opts.limit, "device": str(device),
                     "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size,
-                    "block_size": loaded.model.config.block_size}
-        record = build_record("suite", {"score": score, "tasks": results}, model=_model_info(opts, loaded),
+                    "quantize": opts.quantize, "block_size": loaded.model.config.block_size}
+        record = build_record("suite", {"score": score, "tasks": results}, model=_model_info(opts, loaded, params),
                               data={t: r.pop("data") for t, r in results.items()}, settings=settings)
         return record, loaded
     finally:
         teardown(env)
 
 
-def _model_info(opts: EvalOptions, loaded: LoadedModel) -> dict[str, Any]:
+def _load(opts: EvalOptions, device: torch.device, show: bool) -> tuple[LoadedModel, int]:
+    """The model of ``opts.checkpoint``, quantized when ``opts.quantize`` says so, and its parameter count
+    (counted before quantizing: the int8 layers hold no parameters)."""
+    loaded = load_model(opts.checkpoint, device=device, dtype=opts.dtype)
+    params = loaded.model.num_params()
+    if opts.quantize is not None:
+        note = quantize_and_describe(loaded.model, opts.quantize)
+        if show:
+            print(f"eval: {note}", file=sys.stderr, flush=True)
+    return loaded, params
+
+
+def _model_info(opts: EvalOptions, loaded: LoadedModel, params: int) -> dict[str, Any]:
     return {"checkpoint": opts.checkpoint, "source": loaded.source, "format": loaded.format,
-            "step": loaded.checkpoint.get("step"), "params": loaded.model.num_params(),
-            "config": loaded.config.to_dict()}
+            "step": loaded.checkpoint.get("step"), "params": params, "config": loaded.config.to_dict()}
 
 
 def _score_choice_task(name: str, opts: EvalOptions, model, device, rank: int, world_size: int, show: bool):

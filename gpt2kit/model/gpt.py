@@ -172,7 +172,7 @@ class GPT(nn.Module):
         """A preallocated KV cache per block, for ``max_len`` (default ``block_size``) positions."""
         cfg = self.config
         max_len = cfg.block_size if max_len is None else max_len
-        ref = self.lm_head.weight
+        ref = self.transformer.wte.weight  # float even when the linear layers are quantized
         shape = (batch_size, cfg.n_head, max_len, cfg.head_size)
         kw = dict(device=device or ref.device, dtype=dtype or ref.dtype)
         return [KVCache(torch.empty(shape, **kw), torch.empty(shape, **kw)) for _ in range(cfg.n_layer)]

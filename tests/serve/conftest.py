@@ -57,10 +57,10 @@ class Server:
             )
         deadline = time.monotonic() + START_TIMEOUT_S
         line = ""
-        while time.monotonic() < deadline and self.proc.poll() is None:  # the first line names the address
+        while time.monotonic() < deadline and self.proc.poll() is None:  # the "serving" line names the address
             text = self.log.read_text()
-            line = text.split("\n")[0]
-            if "serving" in line and "\n" in text:
+            line = next((ln for ln in text.split("\n")[:-1] if ln.startswith("serving")), "")
+            if line:
                 break
             time.sleep(0.05)
         if "serving" not in line:

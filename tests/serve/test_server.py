@@ -266,3 +266,10 @@ def test_sigterm_finishes_requests_in_flight_and_exits_0(make_server, checkpoint
     for reasons, completion_tokens, _ in results.values():
         assert reasons == ["length"] and completion_tokens == n_tokens
     assert max(r[2] for r in results.values()) > signalled_at[0]  # tokens kept coming after the signal
+
+
+def test_serve_quantized_int8(checkpoints, make_server):
+    server = make_server(checkpoints["base"], "--quantize", "int8")
+    assert server.log.read_text().startswith("serve: quantized to int8: weights ")
+    out = server.client().completions.create(model="base", prompt="Hello", max_tokens=4, temperature=0)
+    assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 4

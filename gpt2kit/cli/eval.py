@@ -156,7 +156,7 @@ def _add_choice_tasks(sub) -> None:
 
 
 def _add_suite(sub) -> None:
-    from gpt2kit.eval.run import SUITE_METRIC, SUITES
+    from gpt2kit.eval.tasks import SUITE_METRIC, SUITES
 
     s = sub.add_parser(
         "suite", formatter_class=_FMT, help="several multiple-choice tasks and one centred mean",
@@ -191,7 +191,8 @@ def run(args: argparse.Namespace) -> int:
         quantize=args.quantize,
     )
     if args.task == "suite":
-        from gpt2kit.eval.run import SUITES, run_suite
+        from gpt2kit.eval.run import run_suite
+        from gpt2kit.eval.tasks import SUITES
 
         tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else list(SUITES[args.suite])
         result = run_suite(EvalOptions(**{**vars(opts), "data": None}), tasks, _task_files(args.data))

@@ -18,51 +18,16 @@ Questions are scored on the sharded driver of :mod:`gpt2kit.eval.scoring`.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 
 from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
-from gpt2kit.eval.scoring import Row, fit_row, model_block_size, scored_items
-from gpt2kit.tokenizer import EOT_ID, get_tokenizer
+from gpt2kit.eval.questions import ChoiceItem
+from gpt2kit.eval.scoring import fit_row, model_block_size, scored_items
 
 RULES = ("acc", "acc_per_token", "acc_per_char", "acc_per_byte")
 """The ways of picking a choice, in the order :func:`score_choices` reports them."""
-
-
-@dataclass(frozen=True)
-class ChoiceItem:
-    """One tokenized multiple-choice question."""
-
-    rows: tuple[Row, ...]
-    """(context tokens, continuation tokens) of each choice."""
-    gold: int
-    """Index of the correct choice."""
-    chars: tuple[int, ...]
-    """Each choice's length in characters (the ``acc_per_char`` divisor)."""
-    nbytes: tuple[int, ...]
-    """Each choice's length in UTF-8 bytes (the ``acc_per_byte`` divisor)."""
-    where: str = ""
-    """Where the question came from (``file:line``), for messages."""
-
-
-def encode_pair(context: str, continuation: str) -> Row:
-    """Tokens of a (context, continuation) pair as lm-evaluation-harness makes them.
-
-    Trailing whitespace of the context moves to the continuation; the whole text is encoded and split where
-    the context's own encoding ends, so a BPE merge across the boundary counts for the continuation. An
-    empty context becomes ``[EOT]``.
-    """
-    tok = get_tokenizer()
-    if not context:
-        return [EOT_ID], tok.encode(continuation)
-    n_spaces = len(context) - len(context.rstrip())
-    if n_spaces:
-        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
-    whole = tok.encode(context + continuation)
-    ctx = tok.encode(context)
-    return ctx, whole[len(ctx):]
 
 
 def fit_items(items: Sequence[ChoiceItem], block_size: int) -> tuple[list[ChoiceItem], int]:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from gpt2kit.checkpoint import load_model
 from gpt2kit.distributed import resolve_device
 from gpt2kit.errors import UserError
-from gpt2kit.eval.choice import encode_pair
+from gpt2kit.eval.questions import encode_pair
 from gpt2kit.eval.scoring import Row, fit_row, score_rows
 from gpt2kit.generation import generate
 from gpt2kit.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer

@@ -30,7 +30,7 @@ from gpt2kit.eval.loss import (
     read_documents,
 )
 from gpt2kit.eval.results import build_record
-from gpt2kit.eval.tasks import TASKS, choice_items, get_task, load_questions, task_data
+from gpt2kit.eval.tasks import SUITE_METRIC, TASKS, choice_items, get_task, load_questions, task_data
 from gpt2kit.io import file_sha256
 from gpt2kit.quantization import quantize_and_describe
 from gpt2kit.tokenizer import get_tokenizer
@@ -43,15 +43,6 @@ METRICS = {
 }
 """Each task's metrics, in the order a table shows them."""
 
-SUITES = {
-    "small": ("hellaswag", "arc-easy", "arc-challenge", "mmlu", "piqa", "winogrande"),
-    "nanochat": ("arc-easy", "arc-challenge", "mmlu"),
-}
-"""Named sets of multiple-choice tasks for ``gpt2kit eval suite``."""
-
-SUITE_METRIC = {"hellaswag": "acc_norm", "arc-easy": "acc_norm", "arc-challenge": "acc_norm", "mmlu": "acc",
-                "piqa": "acc_norm", "winogrande": "acc"}
-"""The accuracy a suite centres for each task: acc_norm where the harness reports one, else acc."""
 
 
 @dataclass

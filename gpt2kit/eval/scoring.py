@@ -20,11 +20,11 @@ from tqdm import tqdm
 
 from gpt2kit.checkpoint import unwrap_model
 from gpt2kit.device import autocast
+from gpt2kit.eval.questions import Row
 from gpt2kit.tokenizer import EOT_ID
 
 T = TypeVar("T")
 
-Row = tuple[list[int], list[int]]
 """(context tokens, continuation tokens)."""
 
 

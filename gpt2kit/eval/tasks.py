@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from gpt2kit.errors import UserError
-from gpt2kit.eval.choice import ChoiceItem, encode_pair
 from gpt2kit.eval.download import cache_root
+from gpt2kit.eval.questions import ChoiceItem, encode_pair
 from gpt2kit.io import atomic_write_text, iter_jsonl
 
 MMLU_LETTERS = ("A", "B", "C", "D")
@@ -164,6 +164,17 @@ TASKS: dict[str, ChoiceTask] = {t.name: t for t in (
                "sentence (with a _ blank), option1, option2, answer ('1' or '2')", winogrande_question, ("acc",)),
 )}
 """The multiple-choice tasks by ``gpt2kit eval`` name."""
+
+
+SUITES = {
+    "small": ("hellaswag", "arc-easy", "arc-challenge", "mmlu", "piqa", "winogrande"),
+    "nanochat": ("arc-easy", "arc-challenge", "mmlu"),
+}
+"""Named sets of multiple-choice tasks for ``gpt2kit eval suite``."""
+
+SUITE_METRIC = {"hellaswag": "acc_norm", "arc-easy": "acc_norm", "arc-challenge": "acc_norm", "mmlu": "acc",
+                "piqa": "acc_norm", "winogrande": "acc"}
+"""The accuracy a suite centres for each task: acc_norm where the harness reports one, else acc."""
 
 
 def get_task(name: str, known: Sequence[str] | None = None) -> ChoiceTask:

@@ -25,7 +25,8 @@ def _losses(records, key="loss"):
 
 
 def test_compiled_training_evaluation_and_generation_match_eager(device, tiny_train_cfg, tiny_hellaswag):
-    from gpt2kit.eval.hellaswag import _example_rows, load_examples, score_hellaswag
+    from gpt2kit.eval.choice import fit_items
+    from gpt2kit.eval.hellaswag import hellaswag_items, load_examples, score_hellaswag
     from gpt2kit.eval.scoring import score_rows
 
     # TF32 off: compile on/off must then agree to float32 rounding (inductor only reorders sums)
@@ -47,7 +48,8 @@ def test_compiled_training_evaluation_and_generation_match_eager(device, tiny_tr
     model = load_model(compiled.checkpoint, device=device).model
     examples = load_examples(tiny_hellaswag)
     plain = score_hellaswag(model, examples, device=device)
-    rows = [row for ex in examples for row in _example_rows(ex, TINY_SHAPE["block_size"])]
+    fitted, _ = fit_items(hellaswag_items(examples), TINY_SHAPE["block_size"])
+    rows = [row for item in fitted for row in item.rows]
     nll_plain = score_rows(model, rows, device=device)[0]
     fast = torch.compile(model)
     with torch.no_grad():

@@ -84,11 +84,25 @@ def native_bf16(device_type: str, cuda: Any = torch.cuda) -> bool:
 
 
 def autocast_dtype_for(dtype: str, device_type: str, cuda: Any = torch.cuda) -> torch.dtype | None:
-    """The autocast dtype for ``--dtype`` on this device: bfloat16, or None (plain float32); ``auto`` asks
-    :func:`native_bf16`."""
-    if dtype == "bfloat16" or (dtype == "auto" and native_bf16(device_type, cuda)):
-        return torch.bfloat16
+    """The autocast dtype for ``--dtype`` on this device: bfloat16, float16, or None (plain float32).
+
+    ``auto`` takes bfloat16 where :func:`native_bf16` says the device computes it, float16 on a CUDA GPU without
+    bfloat16 (V100, T4: their tensor cores run float16, trained with a loss scaler), float32 elsewhere.
+    """
+    if dtype in ("bfloat16", "float16"):
+        return getattr(torch, dtype)
+    if dtype == "auto":
+        if native_bf16(device_type, cuda):
+            return torch.bfloat16
+        if device_type == "cuda" and cuda.is_available():
+            return torch.float16
     return None
+
+
+def grad_scaler(device_type: str, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The loss scaler for autocast ``dtype``: on for float16, whose small gradients underflow without it; for
+    other dtypes a disabled scaler, whose scale/unscale/step are plain backward and ``optimizer.step()``."""
+    return torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:

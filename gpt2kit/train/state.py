@@ -57,7 +57,7 @@ class RunState:
     step: int = 0
     """Optimizer steps done."""
     skipped_steps: int = 0
-    """Updates skipped for a NaN/inf loss or gradient norm (--on-nan skip)."""
+    """Updates skipped for a NaN/inf loss or gradient norm (--on-nan skip) or a float16 loss-scale overflow."""
     tokens_seen: int = 0
     """Training tokens over all ranks so far."""
     train_seconds: float = 0.0

@@ -290,12 +290,15 @@ class _Bf16Cuda:
 
 
 def test_auto_dtype_follows_native_bf16(monkeypatch):
-    # CUDA: bfloat16 exactly where the GPU has it (A100/H100 yes; a V100 or no GPU at all: float32)
+    # CUDA: bfloat16 exactly where the GPU has it (A100/H100 yes); a V100/T4 trains in float16 with a loss
+    # scaler (issue 27; float32 before); no GPU at all: float32
     assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(True, True)) == torch.bfloat16
-    assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(True, False)) is None
+    assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(True, False)) == torch.float16
     assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(False, False)) is None
     # an explicit choice is kept whatever the hardware
     assert autocast_dtype_for("bfloat16", "cpu") == torch.bfloat16
+    assert autocast_dtype_for("float16", "cpu") == torch.float16
+    assert autocast_dtype_for("float16", "cuda", _Bf16Cuda(True, True)) == torch.float16
     assert autocast_dtype_for("float32", "cuda", _Bf16Cuda(True, True)) is None
     # CPU: oneDNN's answer decides
     for has in (True, False):

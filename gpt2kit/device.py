@@ -110,3 +110,13 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextli
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def release_cached_memory(device_type: str, backend: Any = None) -> bool:
+    """Hand the caching allocator's free blocks back to a CUDA or MPS device (after an out-of-memory error, so the
+    retried step finds them); False on other devices, whose allocator caches nothing. ``backend``: a fake
+    ``torch.cuda``/``torch.mps`` for tests."""
+    if device_type not in ("cuda", "mps"):
+        return False
+    (backend or getattr(torch, device_type)).empty_cache()
+    return True

@@ -29,10 +29,11 @@ compiled and/or DDP/FSDP-wrapped by :func:`~gpt2kit.distributed.wrap_model`).
 
 Per optimizer step :func:`train` sets the scheduled lr (:func:`~gpt2kit.train.optim.apply_schedule`, the shape
 from :mod:`gpt2kit.train.schedule`), runs :func:`train_step` (``grad_accum_steps`` micro-steps, gradient
-all-reduce only on the last, global grad-norm clip of the unscaled gradients), applies the NaN policy
-(:class:`~gpt2kit.train.guards.NanPolicy`: stop with a clear message, or skip with ``on_nan="skip"``; under
-``--dtype float16`` a step whose gradients overflowed the loss scale is skipped and the scale lowered), steps
-the optimizer through the loss scaler (AdamW, or Muon + AdamW:
+all-reduce only on the last, global grad-norm clip of the unscaled gradients; an out-of-memory error splits
+the micro-batch and redoes the step: :class:`~gpt2kit.train.guards.OutOfMemoryBackoff`), applies the NaN
+policy (:class:`~gpt2kit.train.guards.NanPolicy`: stop with a clear message, or skip with ``on_nan="skip"``;
+under ``--dtype float16`` a step whose gradients overflowed the loss scale is skipped and the scale lowered),
+steps the optimizer through the loss scaler (AdamW, or Muon + AdamW:
 :func:`~gpt2kit.train.optim.build_optimizer`), updates the progress bar, logs to
 ``metrics.jsonl``/TensorBoard every ``log_every``, evaluates every ``eval_every`` (and at the end), and saves
 ``RUN/checkpoints/step_XXXXXXXX.pt`` (:class:`~gpt2kit.train.checkpointer.Checkpointer`) every ``save_every``,
@@ -77,7 +78,7 @@ from gpt2kit.distributed import (
 from gpt2kit.errors import UserError
 from gpt2kit.train.checkpointer import Checkpointer
 from gpt2kit.train.config import LoopConfig
-from gpt2kit.train.guards import NanPolicy, out_of_memory_message
+from gpt2kit.train.guards import NanPolicy, OutOfMemoryBackoff, out_of_memory_message
 from gpt2kit.train.metrics import MetricsWriter, peak_flops
 from gpt2kit.train.optim import Optimizer, apply_schedule, build_optimizer, decay_param_groups, default_fused_adamw
 from gpt2kit.train.schedule import lr_at
@@ -136,6 +137,9 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
 
     # ---- train: for each step, train_step, log, maybe evaluate, maybe checkpoint
     nan_policy = NanPolicy(cfg, checkpointer, say)
+    backoff = OutOfMemoryBackoff(cfg, task, env, say, save=lambda: checkpointer.save(
+        state.step, model, optimizer, is_fsdp(wrapped),
+        _payload(task, cfg, env, state, metrics, gather_objects(rng_state(), env), scaler)))
     eval_ctx = EvalContext(_unwrap_ddp(wrapped), model, state.step, env, autocast_dtype, cfg)
     params = [p for p in wrapped.parameters() if p.requires_grad]
     bar = _progress_bar(cfg, env, state.step)
@@ -146,8 +150,8 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
             t0 = time.perf_counter()
             lr = apply_schedule(optimizer, state.step, cfg)
             with out_of_memory_message(env.device, cfg, task):
-                loss, grad_norm, tokens = train_step(wrapped, task, params, cfg.optim.grad_clip, env, autocast_dtype,
-                                                     scaler, optimizer)
+                loss, grad_norm, tokens = backoff.run(lambda: train_step(
+                    wrapped, task, params, cfg.optim.grad_clip, env, autocast_dtype, scaler, optimizer), optimizer)
                 if nan_policy.allows_update(loss, grad_norm, state, scaler):
                     scaler.step(optimizer)
                 scaler.update()

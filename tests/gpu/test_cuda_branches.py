@@ -23,6 +23,7 @@ from gpt2kit.device import (
     ddp_device_ids,
     native_bf16,
     pinned_transfer,
+    release_cached_memory,
     set_cuda_rng_states,
     set_tf32,
 )
@@ -44,6 +45,7 @@ CUDA_BRANCHES = {
     "setup_distributed": "test_setup_distributed_on_fake_gpus_and_in_a_world_of_one",
     "native_bf16": "test_auto_dtype_follows_native_bf16",
     "autocast_dtype_for": "test_auto_dtype_follows_native_bf16",
+    "release_cached_memory": "test_release_cached_memory_after_oom",
 }
 
 
@@ -306,3 +308,21 @@ def test_auto_dtype_follows_native_bf16(monkeypatch):
         assert native_bf16("cpu") is (has and torch.backends.mkldnn.is_available())
         assert autocast_dtype_for("auto", "cpu") == (torch.bfloat16 if native_bf16("cpu") else None)
     assert native_bf16("mps") is False
+
+
+class _Allocator:
+    """A fake ``torch.cuda``/``torch.mps`` that counts ``empty_cache`` calls."""
+
+    def __init__(self) -> None:
+        self.emptied = 0
+
+    def empty_cache(self) -> None:
+        self.emptied += 1
+
+
+def test_release_cached_memory_after_oom():
+    for device_type in ("cuda", "mps"):
+        fake = _Allocator()
+        assert release_cached_memory(device_type, fake) is True and fake.emptied == 1
+    fake = _Allocator()
+    assert release_cached_memory("cpu", fake) is False and fake.emptied == 0

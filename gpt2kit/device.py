@@ -1,11 +1,13 @@
-"""CUDA-only decisions, written as functions of the device type so that CPU tests reach their logic.
+"""Device-dependent decisions, written as functions of the device type so that CPU tests reach their logic.
 
-The training code branches on CUDA in a few places: pinned, non-blocking host-to-device copies, the TF32
-matmul flags, the collective backend, DDP's ``device_ids``, the device a NCCL collective needs, and the
-CUDA random states kept in checkpoints. Each decision is one function here that takes the device type (or
-the ``torch.cuda`` module, which a test replaces by a fake), so the CPU suite calls it with ``"cuda"``; the
-call sites keep only the part that needs a GPU to run. ``tests/gpu/test_cuda_branches.py`` fails when a
-CUDA branch elsewhere in gpt2kit is not registered there with the test that reaches it.
+The training code branches on the device in a few places: pinned, non-blocking host-to-device copies, the TF32
+matmul flags, the collective backend, DDP's ``device_ids``, the device a NCCL collective needs, fused AdamW,
+torch.compile, the autocast dtype and its loss scaler, the random states kept in checkpoints and the allocator
+cache. Each decision is one function here that takes the device type (or the ``torch.cuda``/``torch.mps``
+module, which a test replaces by a fake), with an answer for "cuda", "mps" and "cpu"; the call sites keep only
+the part that needs the device to run. ``tests/gpu/test_cuda_branches.py`` fails when a CUDA branch elsewhere
+in gpt2kit is not registered there with the test that reaches it; ``tests/gpu/test_mps_decisions.py`` runs
+every decision here for "mps".
 """
 
 from __future__ import annotations
@@ -66,6 +68,36 @@ def set_cuda_rng_states(states: list[torch.Tensor], cuda: Any = torch.cuda) -> b
     if not states or not cuda.is_available() or len(states) != cuda.device_count():
         return False
     cuda.set_rng_state_all(states)
+    return True
+
+
+def default_fused_adamw(device: torch.device) -> bool:
+    """Whether AdamW runs its fused kernel by default: on CUDA and CPU (torch >= 2.4 has both; the
+    comparison is in benchmarks/). The update is the same formula with another rounding order, so results match
+    up to rounding, not bitwise over long runs. Not on MPS, where the fused kernel came later and is less tried."""
+    return device.type in ("cuda", "cpu")
+
+
+def compile_supported(device_type: str) -> bool:
+    """Whether ``--compile`` may run on this device: CUDA and CPU (inductor); on MPS inductor's Metal backend is
+    a prototype, so an MPS run stays eager."""
+    return device_type in ("cuda", "cpu")
+
+
+def mps_rng_state(mps: Any = None) -> torch.Tensor | None:
+    """A copy of the MPS generator's state, or None on a machine without MPS (checkpoints then carry none)."""
+    mps = mps or torch.mps
+    if not mps.is_available():
+        return None
+    return mps.get_rng_state().clone()
+
+
+def set_mps_rng_state(state: torch.Tensor | None, mps: Any = None) -> bool:
+    """Restore :func:`mps_rng_state`; False (nothing set) without a state or without MPS."""
+    mps = mps or torch.mps
+    if state is None or not mps.is_available():
+        return False
+    mps.set_rng_state(state)
     return True
 
 

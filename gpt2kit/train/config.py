@@ -58,7 +58,8 @@ class RuntimeSettings:
     bfloat16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), float16 on a
     CUDA GPU without bf16 (V100, T4), else float32 (emulated bfloat16 is many times slower)."""
     compile: bool = False
-    """torch.compile the model (needs a C++ compiler on CPU; the first steps are slow while it compiles)."""
+    """torch.compile the model (needs a C++ compiler on CPU; the first steps are slow while it compiles; an MPS
+    run stays eager)."""
     tf32: bool = True
     """Allow TF32 matmuls on NVIDIA GPUs (float32 runs only; no effect on CPU)."""
     batch_size: int = 8

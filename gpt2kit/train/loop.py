@@ -64,7 +64,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from gpt2kit.checkpoint import ResumePoint
-from gpt2kit.device import autocast, autocast_dtype_for, grad_scaler, pinned_transfer, set_tf32
+from gpt2kit.device import autocast, autocast_dtype_for, compile_supported, grad_scaler, pinned_transfer, set_tf32
 from gpt2kit.distributed import (
     DistEnv,
     all_reduce_mean,
@@ -80,7 +80,7 @@ from gpt2kit.train.checkpointer import Checkpointer
 from gpt2kit.train.config import LoopConfig
 from gpt2kit.train.guards import NanPolicy, OutOfMemoryBackoff, out_of_memory_message
 from gpt2kit.train.metrics import MetricsWriter, peak_flops
-from gpt2kit.train.optim import Optimizer, apply_schedule, build_optimizer, decay_param_groups, default_fused_adamw
+from gpt2kit.train.optim import Optimizer, apply_schedule, build_optimizer, decay_param_groups
 from gpt2kit.train.schedule import lr_at
 from gpt2kit.train.state import RunState, rng_state, seed_everything, set_rng_state
 from gpt2kit.train.task import (
@@ -114,7 +114,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
         checkpointer.restore_model(resume, model, task.model_config)
     model.to(env.device)
     wrapped = wrap_model(task.train_module(model) if task.train_module else model, env,
-                         parallel=cfg.dist.parallel, compile=cfg.runtime.compile)
+                         parallel=cfg.dist.parallel, compile=cfg.runtime.compile and compile_supported(env.device.type))
     optimizer = build_optimizer(model, cfg, env.device, task.param_groups)
     scaler = grad_scaler(env.device.type, autocast_dtype)
     metrics = MetricsWriter(cfg.run.out, tensorboard=cfg.logging.tensorboard, enabled=env.is_main)
@@ -406,8 +406,11 @@ def _header(cfg: LoopConfig, task: TrainTask, env: DistEnv, step: int, peak_sour
     precision = {torch.bfloat16: "bfloat16", torch.float16: "float16 (loss scaling)"}.get(autocast_dtype, "float32")
     if cfg.runtime.dtype == "auto":
         precision += " (--dtype auto)"
+    compiled = "on" if cfg.runtime.compile and compile_supported(env.device.type) else "off"
+    if cfg.runtime.compile and compiled == "off":
+        compiled += f" (not on {env.device.type})"
     return (f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {precision} | compile "
-            f"{'on' if cfg.runtime.compile else 'off'} | steps {step} -> {cfg.last_step} (schedule "
+            f"{compiled} | steps {step} -> {cfg.last_step} (schedule "
             f"{cfg.cadence.schedule_steps}) | MFU vs {peak_source}"
             + (f" | note: stops at step {cfg.last_step}, before the schedule ends, so the lr will not decay fully"
                if cfg.last_step < cfg.cadence.schedule_steps else ""))
@@ -457,6 +460,6 @@ class _StopSignals:
 
 __all__ = [
     "BatchSource", "EvalContext", "TrainResult", "TrainTask", "build_optimizer",
-    "decay_param_groups", "default_batch_tokens", "default_fused_adamw", "evaluate", "lm_loss", "lr_at", "to_device",
+    "decay_param_groups", "default_batch_tokens", "evaluate", "lm_loss", "lr_at", "to_device",
     "train", "train_step",
 ]

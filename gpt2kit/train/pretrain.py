@@ -25,7 +25,7 @@ from gpt2kit.checkpoint import (
     model_state_dict,
 )
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
-from gpt2kit.device import autocast, autocast_dtype_for
+from gpt2kit.device import autocast, autocast_dtype_for, compile_supported
 from gpt2kit.distributed import DistEnv, distributed
 from gpt2kit.errors import UserError
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
@@ -252,7 +252,8 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         # compiled runs let torch.compile fuse the model's own loss; FSDP needs the model's forward hooks; the
         # fused loss makes its gradients in the forward, before the float16 loss scale could keep them from underflowing
         float16 = autocast_dtype_for(cfg.runtime.dtype, env.device.type) == torch.float16
-        fused = cfg.pretrain.fused_loss and not cfg.runtime.compile and not fsdp and not float16
+        compiled = cfg.runtime.compile and compile_supported(env.device.type)
+        fused = cfg.pretrain.fused_loss and not compiled and not fsdp and not float16
         task = TrainTask(
             model=model, model_config=gcfg.to_dict(), train_data=loader, grad_accum_steps=A,
             train_module=FusedLossGPT if fused else None,

@@ -46,6 +46,7 @@ CUDA_BRANCHES = {
     "native_bf16": "test_auto_dtype_follows_native_bf16",
     "autocast_dtype_for": "test_auto_dtype_follows_native_bf16",
     "release_cached_memory": "test_release_cached_memory_after_oom",
+    "compile_supported": "test_compile_supported_on_cuda",
 }
 
 
@@ -225,7 +226,7 @@ def test_peak_flops_by_device_name(monkeypatch):
 
 
 def test_fused_adamw_default_on_cuda():
-    from gpt2kit.train.loop import default_fused_adamw
+    from gpt2kit.device import default_fused_adamw
 
     assert default_fused_adamw(torch.device("cuda", 0)) is True
     assert default_fused_adamw(torch.device("cpu")) is True
@@ -326,3 +327,10 @@ def test_release_cached_memory_after_oom():
         assert release_cached_memory(device_type, fake) is True and fake.emptied == 1
     fake = _Allocator()
     assert release_cached_memory("cpu", fake) is False and fake.emptied == 0
+
+
+def test_compile_supported_on_cuda():
+    from gpt2kit.device import compile_supported
+
+    assert compile_supported("cuda") is True and compile_supported("cpu") is True
+    assert compile_supported("mps") is False

@@ -47,7 +47,8 @@ def _sync(device: torch.device) -> None:
 
 def make_step(model, call, device, dtype, lr=6e-4, fused=None):
     """One training step closure: forward (autocast), backward, clip, AdamW step, zero_grad."""
-    from gpt2kit.train.optim import decay_param_groups, default_fused_adamw
+    from gpt2kit.device import default_fused_adamw
+    from gpt2kit.train.optim import decay_param_groups
 
     groups = decay_param_groups(model, 0.1)
     kw = {"fused": True} if (fused if fused is not None else default_fused_adamw(device)) else {}

@@ -1,11 +1,13 @@
-"""CUDA-only decisions, written as functions of the device type so that CPU tests reach their logic.
+"""Device-dependent decisions, written as functions of the device type so that CPU tests reach their logic.
 
-The training code branches on CUDA in a few places: pinned, non-blocking host-to-device copies, the TF32
-matmul flags, the collective backend, DDP's ``device_ids``, the device a NCCL collective needs, and the
-CUDA random states kept in checkpoints. Each decision is one function here that takes the device type (or
-the ``torch.cuda`` module, which a test replaces by a fake), so the CPU suite calls it with ``"cuda"``; the
-call sites keep only the part that needs a GPU to run. ``tests/gpu/test_cuda_branches.py`` fails when a
-CUDA branch elsewhere in gpt2kit is not registered there with the test that reaches it.
+The training code branches on the device in a few places: pinned, non-blocking host-to-device copies, the TF32
+matmul flags, the collective backend, DDP's ``device_ids``, the device a NCCL collective needs, fused AdamW,
+torch.compile, the autocast dtype and its loss scaler, the random states kept in checkpoints and the allocator
+cache. Each decision is one function here that takes the device type (or the ``torch.cuda``/``torch.mps``
+module, which a test replaces by a fake), with an answer for "cuda", "mps" and "cpu"; the call sites keep only
+the part that needs the device to run. ``tests/gpu/test_cuda_branches.py`` fails when a CUDA branch elsewhere
+in gpt2kit is not registered there with the test that reaches it; ``tests/gpu/test_mps_decisions.py`` runs
+every decision here for "mps".
 """
 
 from __future__ import annotations
@@ -69,6 +71,36 @@ def set_cuda_rng_states(states: list[torch.Tensor], cuda: Any = torch.cuda) -> b
     return True
 
 
+def default_fused_adamw(device: torch.device) -> bool:
+    """Whether AdamW runs its fused kernel by default: on CUDA and CPU (torch >= 2.4 has both; the
+    comparison is in benchmarks/). The update is the same formula with another rounding order, so results match
+    up to rounding, not bitwise over long runs. Not on MPS, where the fused kernel came later and is less tried."""
+    return device.type in ("cuda", "cpu")
+
+
+def compile_supported(device_type: str) -> bool:
+    """Whether ``--compile`` may run on this device: CUDA and CPU (inductor); on MPS inductor's Metal backend is
+    a prototype, so an MPS run stays eager."""
+    return device_type in ("cuda", "cpu")
+
+
+def mps_rng_state(mps: Any = None) -> torch.Tensor | None:
+    """A copy of the MPS generator's state, or None on a machine without MPS (checkpoints then carry none)."""
+    mps = mps or torch.mps
+    if not mps.is_available():
+        return None
+    return mps.get_rng_state().clone()
+
+
+def set_mps_rng_state(state: torch.Tensor | None, mps: Any = None) -> bool:
+    """Restore :func:`mps_rng_state`; False (nothing set) without a state or without MPS."""
+    mps = mps or torch.mps
+    if state is None or not mps.is_available():
+        return False
+    mps.set_rng_state(state)
+    return True
+
+
 def native_bf16(device_type: str, cuda: Any = torch.cuda) -> bool:
     """Whether this machine computes bfloat16 matmuls natively on ``device_type`` (not emulated in float32)."""
     if device_type == "cuda":
@@ -84,11 +116,25 @@ def native_bf16(device_type: str, cuda: Any = torch.cuda) -> bool:
 
 
 def autocast_dtype_for(dtype: str, device_type: str, cuda: Any = torch.cuda) -> torch.dtype | None:
-    """The autocast dtype for ``--dtype`` on this device: bfloat16, or None (plain float32); ``auto`` asks
-    :func:`native_bf16`."""
-    if dtype == "bfloat16" or (dtype == "auto" and native_bf16(device_type, cuda)):
-        return torch.bfloat16
+    """The autocast dtype for ``--dtype`` on this device: bfloat16, float16, or None (plain float32).
+
+    ``auto`` takes bfloat16 where :func:`native_bf16` says the device computes it, float16 on a CUDA GPU without
+    bfloat16 (V100, T4: their tensor cores run float16, trained with a loss scaler), float32 elsewhere.
+    """
+    if dtype in ("bfloat16", "float16"):
+        return getattr(torch, dtype)
+    if dtype == "auto":
+        if native_bf16(device_type, cuda):
+            return torch.bfloat16
+        if device_type == "cuda" and cuda.is_available():
+            return torch.float16
     return None
+
+
+def grad_scaler(device_type: str, dtype: torch.dtype | None) -> torch.amp.GradScaler:
+    """The loss scaler for autocast ``dtype``: on for float16, whose small gradients underflow without it; for
+    other dtypes a disabled scaler, whose scale/unscale/step are plain backward and ``optimizer.step()``."""
+    return torch.amp.GradScaler(device_type, enabled=dtype == torch.float16)
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
@@ -96,3 +142,13 @@ def autocast(device: torch.device | str, dtype: torch.dtype | None) -> contextli
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def release_cached_memory(device_type: str, backend: Any = None) -> bool:
+    """Hand the caching allocator's free blocks back to a CUDA or MPS device (after an out-of-memory error, so the
+    retried step finds them); False on other devices, whose allocator caches nothing. ``backend``: a fake
+    ``torch.cuda``/``torch.mps`` for tests."""
+    if device_type not in ("cuda", "mps"):
+        return False
+    (backend or getattr(torch, device_type)).empty_cache()
+    return True

@@ -121,6 +121,16 @@ class TokenLoader:
         """Completed passes over the split."""
         return self.stream.epoch
 
+    @property
+    def micro_batch_size(self) -> int:
+        """B: windows per micro-batch on this rank."""
+        return self.stream.micro_batch_size
+
+    def set_layout(self, micro_batch_size: int, grad_accum_steps: int) -> None:
+        """Serve each optimizer step's windows in micro-batches of another size (between steps; same global
+        batch, so the same windows): what the trainer does after running out of memory."""
+        self.stream.set_layout(micro_batch_size, grad_accum_steps)
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """This rank's next micro-batch: inputs and targets, CPU int64 (B, T) each."""
         T = self.block_size

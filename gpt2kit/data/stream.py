@@ -103,6 +103,15 @@ class EpochStream:
             self.micro_step = 0
         return items
 
+    def set_layout(self, micro_batch_size: int, grad_accum_steps: int) -> None:
+        """Split each optimizer step into other micro-batches, at a step boundary; the global batch must stay."""
+        check_layout(self.rank, self.world_size, micro_batch_size=micro_batch_size, grad_accum_steps=grad_accum_steps)
+        now = (self.micro_batch_size, self.grad_accum_steps)
+        if self.micro_step != 0 or micro_batch_size * grad_accum_steps != now[0] * now[1]:
+            raise ValueError(f"set_layout({micro_batch_size}, {grad_accum_steps}) at micro-step {self.micro_step} "
+                             f"of {now[0]} x {now[1]}: only between steps, with the same global batch")
+        self.micro_batch_size, self.grad_accum_steps = micro_batch_size, grad_accum_steps
+
     def state_dict(self) -> dict[str, Any]:
         """The stream position and what it depends on: plain ints and bools, identical on every rank."""
         return {

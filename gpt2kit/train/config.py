@@ -53,12 +53,14 @@ class RuntimeSettings:
 
     device: str = "auto"
     """cpu, cuda, cuda:N, mps, or auto (under torchrun each rank uses cuda:LOCAL_RANK)."""
-    dtype: Literal["auto", "float32", "bfloat16"] = "float32"
-    """Autocast compute precision (the weights and optimizer state stay float32): bfloat16 runs matmuls under
-    torch.autocast; auto picks bfloat16 where the device computes it natively (CUDA with bf16, a CPU with
-    AVX-512 BF16/AMX), else float32 (emulated bfloat16 is many times slower)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    """Autocast compute precision (the weights and optimizer state stay float32): bfloat16 or float16 runs
+    matmuls under torch.autocast, float16 with a loss scaler (its state is in every checkpoint); auto picks
+    bfloat16 where the device computes it natively (CUDA with bf16, a CPU with AVX-512 BF16/AMX), float16 on a
+    CUDA GPU without bf16 (V100, T4), else float32 (emulated bfloat16 is many times slower)."""
     compile: bool = False
-    """torch.compile the model (needs a C++ compiler on CPU; the first steps are slow while it compiles)."""
+    """torch.compile the model (needs a C++ compiler on CPU; the first steps are slow while it compiles; an MPS
+    run stays eager)."""
     tf32: bool = True
     """Allow TF32 matmuls on NVIDIA GPUs (float32 runs only; no effect on CPU)."""
     batch_size: int = 8

@@ -29,8 +29,11 @@ compiled and/or DDP/FSDP-wrapped by :func:`~gpt2kit.distributed.wrap_model`).
 
 Per optimizer step :func:`train` sets the scheduled lr (:func:`~gpt2kit.train.optim.apply_schedule`, the shape
 from :mod:`gpt2kit.train.schedule`), runs :func:`train_step` (``grad_accum_steps`` micro-steps, gradient
-all-reduce only on the last, global grad-norm clip), applies the NaN policy (:class:`NanPolicy`: stop with a
-clear message, or skip with ``on_nan="skip"``), steps the optimizer (AdamW, or Muon + AdamW:
+all-reduce only on the last, global grad-norm clip of the unscaled gradients; an out-of-memory error splits
+the micro-batch and redoes the step: :class:`~gpt2kit.train.guards.OutOfMemoryBackoff`), applies the NaN
+policy (:class:`~gpt2kit.train.guards.NanPolicy`: stop with a clear message, or skip with ``on_nan="skip"``;
+under ``--dtype float16`` a step whose gradients overflowed the loss scale is skipped and the scale lowered),
+steps the optimizer through the loss scaler (AdamW, or Muon + AdamW:
 :func:`~gpt2kit.train.optim.build_optimizer`), updates the progress bar, logs to
 ``metrics.jsonl``/TensorBoard every ``log_every``, evaluates every ``eval_every`` (and at the end), and saves
 ``RUN/checkpoints/step_XXXXXXXX.pt`` (:class:`~gpt2kit.train.checkpointer.Checkpointer`) every ``save_every``,
@@ -39,7 +42,8 @@ Evaluation and sampling never disturb the training RNG streams, so a resumed run
 not interrupted.
 
 Checkpoint keys written here: model_config, model, optimizer, optimizer_format, loader, rng (one per rank),
-config, metrics, world_size, grad_accum_steps, torch_version, the :class:`~gpt2kit.train.state.RunState`
+config, metrics, world_size, grad_accum_steps, grad_scaler (the float16 loss scaler's state; empty otherwise),
+torch_version, the :class:`~gpt2kit.train.state.RunState`
 counters (step, skipped_steps, tokens_seen, train_seconds, best_val_loss), plus ``extra_state``;
 :func:`gpt2kit.checkpoint.save_checkpoint` adds format_version, kind and tokenizer.
 """
@@ -60,7 +64,7 @@ import torch.nn as nn
 from tqdm import tqdm
 
 from gpt2kit.checkpoint import ResumePoint
-from gpt2kit.device import autocast, autocast_dtype_for, pinned_transfer, set_tf32
+from gpt2kit.device import autocast, autocast_dtype_for, compile_supported, grad_scaler, pinned_transfer, set_tf32
 from gpt2kit.distributed import (
     DistEnv,
     all_reduce_mean,
@@ -74,8 +78,9 @@ from gpt2kit.distributed import (
 from gpt2kit.errors import UserError
 from gpt2kit.train.checkpointer import Checkpointer
 from gpt2kit.train.config import LoopConfig
+from gpt2kit.train.guards import NanPolicy, OutOfMemoryBackoff, out_of_memory_message
 from gpt2kit.train.metrics import MetricsWriter, peak_flops
-from gpt2kit.train.optim import Optimizer, apply_schedule, build_optimizer, decay_param_groups, default_fused_adamw
+from gpt2kit.train.optim import Optimizer, apply_schedule, build_optimizer, decay_param_groups
 from gpt2kit.train.schedule import lr_at
 from gpt2kit.train.state import RunState, rng_state, seed_everything, set_rng_state
 from gpt2kit.train.task import (
@@ -101,7 +106,8 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     checkpointer = Checkpointer(cfg.run.out, cfg.ckpt.keep_last, env,
                                 sharded=cfg.ckpt.checkpoint_format == "sharded")
     resume = checkpointer.resume_point(cfg.run.resume, resume)
-    _check_and_configure(cfg, task, env.device)
+    autocast_dtype = autocast_dtype_for(cfg.runtime.dtype, env.device.type)
+    _check_and_configure(cfg, task, env.device, autocast_dtype)
 
     # ---- set up: the model (the checkpoint's weights when resuming), its wrapped form, the optimizer, the state
     model = task.model
@@ -109,8 +115,9 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
         checkpointer.restore_model(resume, model, task.model_config)
     model.to(env.device)
     wrapped = wrap_model(task.train_module(model) if task.train_module else model, env,
-                         parallel=cfg.dist.parallel, compile=cfg.runtime.compile)
+                         parallel=cfg.dist.parallel, compile=cfg.runtime.compile and compile_supported(env.device.type))
     optimizer = build_optimizer(model, cfg, env.device, task.param_groups)
+    scaler = grad_scaler(env.device.type, autocast_dtype)
     tracker = None
     if cfg.logging.wandb and env.is_main:
         tracker = WandbTracker(cfg.logging.wandb, run_name=cfg.logging.wandb_run, config=_settings(task, cfg),
@@ -118,14 +125,13 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     metrics = MetricsWriter(cfg.run.out, tensorboard=cfg.logging.tensorboard, enabled=env.is_main, tracker=tracker)
     state = RunState()
     if resume is not None:
-        _continue_from(resume, state, model, wrapped, optimizer, task, metrics, checkpointer, cfg, env)
+        _continue_from(resume, state, model, wrapped, optimizer, scaler, task, metrics, checkpointer, cfg, env)
         say(f"resumed from {resume.path} at step {state.step}")
     else:
         _fresh_start(metrics, cfg, env)
     checkpointer.tidy(resume, state.step, state.best_val_loss)
     checkpointer.write_config(_settings(task, cfg))
     last_ckpt = resume.path if resume is not None else None
-    autocast_dtype = autocast_dtype_for(cfg.runtime.dtype, env.device.type)
     speed = _Speedometer(task.flops_per_token, env, autocast_dtype, cfg.runtime.tf32)
     say(_header(cfg, task, env, state.step, speed.peak_source, autocast_dtype))
     if state.step >= cfg.last_step:
@@ -136,6 +142,9 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
 
     # ---- train: for each step, train_step, log, maybe evaluate, maybe checkpoint
     nan_policy = NanPolicy(cfg, checkpointer, say)
+    backoff = OutOfMemoryBackoff(cfg, task, env, say, save=lambda: checkpointer.save(
+        state.step, model, optimizer, is_fsdp(wrapped),
+        _payload(task, cfg, env, state, metrics, gather_objects(rng_state(), env), scaler)))
     eval_ctx = EvalContext(_unwrap_ddp(wrapped), model, state.step, env, autocast_dtype, cfg)
     params = [p for p in wrapped.parameters() if p.requires_grad]
     bar = _progress_bar(cfg, env, state.step)
@@ -145,14 +154,16 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
         while state.step < cfg.last_step:
             t0 = time.perf_counter()
             lr = apply_schedule(optimizer, state.step, cfg)
-            with _out_of_memory_message(env.device, cfg, task):
-                loss, grad_norm, tokens = train_step(wrapped, task, params, cfg.optim.grad_clip, env, autocast_dtype)
-                if nan_policy.allows_update(loss, grad_norm, state):
-                    optimizer.step()
+            with out_of_memory_message(env.device, cfg, task):
+                loss, grad_norm, tokens = backoff.run(lambda: train_step(
+                    wrapped, task, params, cfg.optim.grad_clip, env, autocast_dtype, scaler, optimizer), optimizer)
+                if nan_policy.allows_update(loss, grad_norm, state, scaler):
+                    scaler.step(optimizer)
+                scaler.update()
                 optimizer.zero_grad(set_to_none=True)
             state.step += 1
             tok_s, mfu = speed.step_done(state, tokens * env.world_size, time.perf_counter() - t0)
-            bar.set_postfix_str(_postfix(loss, lr, grad_norm, tok_s, mfu), refresh=False)
+            bar.set_postfix_str(_postfix(loss, lr, grad_norm, tok_s, mfu, state.skipped_steps), refresh=False)
             bar.update(1)
 
             stop_now = any_rank(stop.received is not None, env)
@@ -162,10 +173,10 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
             new_best = _new_best_val_loss(results, state, may_save=save_due or cfg.ckpt.save_best)
             val_loss = _val_loss(results, val_loss)
             if state.step % cfg.logging.log_every == 0 or state.step == cfg.last_step or results or stop_now:
-                metrics.log(_record(state, task, loss, lr, grad_norm, speed, results))
+                metrics.log(_record(state, task, loss, lr, grad_norm, speed, results, scaler))
             if save_due or new_best is not None:
                 last_ckpt = checkpointer.save(state.step, model, optimizer, is_fsdp(wrapped),
-                                              _payload(task, cfg, env, state, metrics, rng), new_best)
+                                              _payload(task, cfg, env, state, metrics, rng, scaler), new_best)
             if stop_now:
                 interrupted = True
                 say(f"received {stop.received or 'a stop signal on another rank'}: saved {last_ckpt} at step "
@@ -177,12 +188,15 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
 # ------------------------------------------------------------------------------------------------ one step
 
 def train_step(wrapped: nn.Module, task: TrainTask, params: list[nn.Parameter], grad_clip: float, env: DistEnv,
-               autocast_dtype: torch.dtype | None) -> tuple[float, float, int]:
+               autocast_dtype: torch.dtype | None, scaler: torch.amp.GradScaler | None = None,
+               optimizer: Optimizer | None = None) -> tuple[float, float, int]:
     """Forward and backward over ``task.grad_accum_steps`` micro-batches, then clip the global gradient norm.
 
-    Returns (mean loss over the global batch, gradient norm before clipping, this rank's tokens); the caller
-    steps the optimizer.
+    With an enabled ``scaler`` (float16) the backward runs on the scaled loss and ``optimizer``'s gradients are
+    unscaled before the norm is taken. Returns (mean loss over the global batch, gradient norm before clipping,
+    this rank's tokens); the caller steps the optimizer (through the scaler).
     """
+    scaler = scaler or torch.amp.GradScaler(env.device.type, enabled=False)
     A = task.grad_accum_steps
     loss_sum = torch.zeros((), device=env.device)
     tokens = 0
@@ -196,8 +210,10 @@ def train_step(wrapped: nn.Module, task: TrainTask, params: list[nn.Parameter], 
             # to make the sum the gradient of the mean loss over the global batch
             loss = loss / A
             loss_sum += loss.detach()
-            loss.backward()
+            scaler.scale(loss).backward()
     all_reduce_mean(loss_sum, env)
+    if scaler.is_enabled():
+        scaler.unscale_(optimizer)  # clip (and report) the true gradients, not the scaled ones
     norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
     if hasattr(norm, "full_tensor"):  # a DTensor under FSDP
         norm = norm.full_tensor()
@@ -215,49 +231,6 @@ def to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, (tuple, list)):
         return type(batch)(to_device(v, device) for v in batch)
     return batch
-
-
-class TrainingDiverged(UserError):
-    """The loss or gradient norm became NaN/inf."""
-
-
-class NanPolicy:
-    """``--on-nan``: a step whose loss or gradient norm is not finite stops the run, or (``skip``) loses its update,
-    until more than ``--max-skipped-steps`` in a row do."""
-
-    def __init__(self, cfg: LoopConfig, checkpointer: Checkpointer, say: Callable[[str], None]) -> None:
-        self.cfg, self.checkpointer, self.say = cfg, checkpointer, say
-        self.consecutive_bad = 0
-
-    def allows_update(self, loss: float, grad_norm: float, state: RunState) -> bool:
-        """True for a finite step; False for one to skip (counted in ``state``); raises TrainingDiverged to stop."""
-        if math.isfinite(loss) and math.isfinite(grad_norm):
-            self.consecutive_bad = 0
-            return True
-        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
-        self.consecutive_bad += 1
-        if self.cfg.nan.on_nan == "stop" or self.consecutive_bad > self.cfg.nan.max_skipped_steps:
-            why = ("" if self.cfg.nan.on_nan == "stop"
-                   else f" after {self.consecutive_bad} consecutive skipped steps (--max-skipped-steps)")
-            raise TrainingDiverged(
-                f"step {state.step + 1}: {what}{why}; stopped without saving ({self.checkpointer.last_good()}). "
-                "Lower --lr, raise --warmup-steps or use --dtype float32; --on-nan skip skips such steps instead"
-            )
-        state.skipped_steps += 1
-        self.say(f"step {state.step + 1}: {what}; update skipped (--on-nan skip, {state.skipped_steps} skipped so far)")
-        return False
-
-
-@contextlib.contextmanager
-def _out_of_memory_message(device: torch.device, cfg: LoopConfig, task: TrainTask) -> Iterator[None]:
-    """Turn an out-of-memory error into one sentence naming the flags to change."""
-    try:
-        yield
-    except torch.OutOfMemoryError:
-        raise UserError(
-            f"out of memory on {device} with micro-batch --batch-size {cfg.runtime.batch_size}: "
-            f"{task.oom_hint}; or use --parallel fsdp on several GPUs, --dtype bfloat16, --compile"
-        ) from None
 
 
 # ------------------------------------------------------------------------------------- evaluation, saving
@@ -309,12 +282,13 @@ def _new_best_val_loss(results: dict[str, Any], state: RunState, may_save: bool)
 
 
 def _payload(task: TrainTask, cfg: LoopConfig, env: DistEnv, state: RunState, metrics: MetricsWriter,
-             rng: list[dict[str, Any]] | None) -> dict[str, Any]:
+             rng: list[dict[str, Any]] | None, scaler: torch.amp.GradScaler) -> dict[str, Any]:
     """Everything a checkpoint holds besides model and optimizer state."""
     return {
         **task.extra_state, "model_config": task.model_config, "loader": task.train_data.state_dict(), "rng": rng,
         "config": _settings(task, cfg), "metrics": metrics.records, "world_size": env.world_size,
-        "grad_accum_steps": task.grad_accum_steps, "torch_version": str(torch.__version__), **state.state_dict(),
+        "grad_accum_steps": task.grad_accum_steps, "grad_scaler": scaler.state_dict(),
+        "torch_version": str(torch.__version__), **state.state_dict(),
     }
 
 
@@ -324,11 +298,14 @@ def _settings(task: TrainTask, cfg: LoopConfig) -> dict[str, Any]:
 
 
 def _continue_from(point: ResumePoint, state: RunState, model: nn.Module, wrapped: nn.Module,
-                   optimizer: Optimizer, task: TrainTask, metrics: MetricsWriter,
+                   optimizer: Optimizer, scaler: torch.amp.GradScaler, task: TrainTask, metrics: MetricsWriter,
                    checkpointer: Checkpointer, cfg: LoopConfig, env: DistEnv) -> None:
-    """Restore optimizer, counters, data position, RNG streams and metrics from the checkpoint."""
+    """Restore optimizer, loss scaler, counters, data position, RNG streams and metrics from the checkpoint."""
     ckpt = point.checkpoint
     checkpointer.restore_optimizer(point, model, optimizer, is_fsdp(wrapped))
+    if scaler.is_enabled() and ckpt.get("grad_scaler"):
+        # a checkpoint without one (saved before float16 existed, or by a float32/bfloat16 run) starts a new scale
+        scaler.load_state_dict(ckpt["grad_scaler"])
     state.load_state_dict(ckpt)
     task.train_data.load_state_dict(ckpt["loader"])
     rngs = ckpt.get("rng") or []
@@ -378,7 +355,7 @@ class _Speedometer:
 
 
 def _record(state: RunState, task: TrainTask, loss: float, lr: float, grad_norm: float, speed: _Speedometer,
-            results: dict[str, Any]) -> dict[str, Any]:
+            results: dict[str, Any], scaler: torch.amp.GradScaler) -> dict[str, Any]:
     """One metrics.jsonl line."""
     rate = speed.window_rate()
     record: dict[str, Any] = {
@@ -390,13 +367,15 @@ def _record(state: RunState, task: TrainTask, loss: float, lr: float, grad_norm:
         record["epoch"] = epoch
     if state.skipped_steps:
         record["skipped_steps"] = state.skipped_steps
+    if scaler.is_enabled():
+        record["loss_scale"] = scaler.get_scale()
     record.update({k: v for k, v in results.items() if isinstance(v, (int, float))})
     return record
 
 
-def _postfix(loss: float, lr: float, grad_norm: float, tok_s: float, mfu: float | None) -> str:
+def _postfix(loss: float, lr: float, grad_norm: float, tok_s: float, mfu: float | None, skipped: int = 0) -> str:
     return (f"loss {loss:.4f} lr {lr:.2e} gnorm {grad_norm:.2f} tok/s {_fmt_rate(tok_s)}"
-            + (f" MFU {mfu:.1%}" if mfu is not None else ""))
+            + (f" MFU {mfu:.1%}" if mfu is not None else "") + (f" skipped {skipped}" if skipped else ""))
 
 
 def _fmt_rate(x: float) -> str:
@@ -431,19 +410,27 @@ def _closing(bar: tqdm, metrics: MetricsWriter) -> Iterator[None]:
 
 def _header(cfg: LoopConfig, task: TrainTask, env: DistEnv, step: int, peak_source: str,
             autocast_dtype: torch.dtype | None) -> str:
-    precision = "bfloat16" if autocast_dtype == torch.bfloat16 else "float32"
+    precision = {torch.bfloat16: "bfloat16", torch.float16: "float16 (loss scaling)"}.get(autocast_dtype, "float32")
     if cfg.runtime.dtype == "auto":
         precision += " (--dtype auto)"
+    compiled = "on" if cfg.runtime.compile and compile_supported(env.device.type) else "off"
+    if cfg.runtime.compile and compiled == "off":
+        compiled += f" (not on {env.device.type})"
     return (f"world {env.world_size} x {env.device} | grad accum {task.grad_accum_steps} | {precision} | compile "
-            f"{'on' if cfg.runtime.compile else 'off'} | steps {step} -> {cfg.last_step} (schedule "
+            f"{compiled} | steps {step} -> {cfg.last_step} (schedule "
             f"{cfg.cadence.schedule_steps}) | MFU vs {peak_source}"
             + (f" | note: stops at step {cfg.last_step}, before the schedule ends, so the lr will not decay fully"
                if cfg.last_step < cfg.cadence.schedule_steps else ""))
 
 
-def _check_and_configure(cfg: LoopConfig, task: TrainTask, device: torch.device) -> None:
+def _check_and_configure(cfg: LoopConfig, task: TrainTask, device: torch.device,
+                         autocast_dtype: torch.dtype | None) -> None:
     if task.grad_accum_steps < 1:
         raise ValueError(f"grad_accum_steps must be >= 1, got {task.grad_accum_steps}")
+    if autocast_dtype == torch.float16 and cfg.dist.parallel == "fsdp":
+        # each FSDP rank sees only its shard of the gradients, so ranks could disagree on an overflow
+        raise UserError(f"--dtype {cfg.runtime.dtype} trains in float16 with a loss scaler, which gpt2kit does not "
+                        "run under --parallel fsdp; use --parallel ddp, or --dtype bfloat16/float32")
     set_tf32(device.type, cfg.runtime.tf32)
 
 
@@ -479,7 +466,7 @@ class _StopSignals:
 
 
 __all__ = [
-    "BatchSource", "EvalContext", "NanPolicy", "TrainResult", "TrainTask", "TrainingDiverged", "build_optimizer",
-    "decay_param_groups", "default_batch_tokens", "default_fused_adamw", "evaluate", "lm_loss", "lr_at", "to_device",
+    "BatchSource", "EvalContext", "TrainResult", "TrainTask", "build_optimizer",
+    "decay_param_groups", "default_batch_tokens", "evaluate", "lm_loss", "lr_at", "to_device",
     "train", "train_step",
 ]

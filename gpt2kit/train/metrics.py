@@ -51,16 +51,25 @@ def gpt_flops_per_token(model: torch.nn.Module) -> int:
 
 @functools.cache
 def measure_matmul_flops(dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.0) -> float:
-    """The best FLOP/s of square ``size`` matmuls on this CPU in ``dtype``, over about ``seconds`` of trials."""
+    """The best FLOP/s of square matmuls (at most ``size``) on this CPU in ``dtype``, over about ``seconds`` of
+    trials."""
     g = torch.Generator().manual_seed(0)  # a private generator: measuring must not move the global RNG
-    a = torch.randn(size, size, generator=g).to(dtype)
-    b = torch.randn(size, size, generator=g).to(dtype)
-    a @ b  # warm-up: thread pool start, first-touch pages
+    # the size doubles from 256 while one matmul takes under a tenth of ``seconds``: a dtype the CPU emulates
+    # (float16 on most x86 parts runs at well under 1 GFLOP/s) would spend minutes on one 2048 matmul
+    n = min(256, size)
+    while True:
+        a = torch.randn(n, n, generator=g).to(dtype)
+        b = torch.randn(n, n, generator=g).to(dtype)
+        t = time.perf_counter()
+        a @ b  # also the warm-up: thread pool start, first-touch pages
+        if n >= size or time.perf_counter() - t > seconds / 10:
+            break
+        n *= 2
     best, deadline, trials = 0.0, time.perf_counter() + seconds, 0
     while trials < 3 or time.perf_counter() < deadline:
         t = time.perf_counter()
         a @ b
-        best = max(best, 2 * size**3 / (time.perf_counter() - t))
+        best = max(best, 2 * n**3 / (time.perf_counter() - t))
         trials += 1
     return best
 
@@ -76,7 +85,8 @@ def gpu_peak_flops(device_name: str, precision: str) -> tuple[float | None, str]
 def peak_flops(device: torch.device, dtype: torch.dtype, tf32: bool = True) -> tuple[float | None, str]:
     """(peak FLOP/s of one device for this precision, where that figure comes from); None when unknown."""
     if device.type == "cuda":
-        prec = "bfloat16" if dtype == torch.bfloat16 else ("tf32" if tf32 else "float32")
+        # float16 and bfloat16 share the tensor cores' dense peak on every part in the table
+        prec = "bfloat16" if dtype in (torch.bfloat16, torch.float16) else ("tf32" if tf32 else "float32")
         return gpu_peak_flops(torch.cuda.get_device_name(device), prec)
     if device.type == "cpu":
         rate = measure_matmul_flops(dtype)

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 import torch.nn as nn
 
-from gpt2kit.device import native_bf16
+from gpt2kit.device import default_fused_adamw, native_bf16
 from gpt2kit.errors import UserError
 from gpt2kit.train.schedule import lr_factor, muon_momentum_at
 
@@ -52,13 +52,6 @@ def decay_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
     decay = [p for p in params if p.dim() >= 2]
     no_decay = [p for p in params if p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def default_fused_adamw(device: torch.device) -> bool:
-    """Whether AdamW runs its fused kernel by default: on CUDA and CPU (torch >= 2.4 has both; the
-    comparison is in benchmarks/). The update is the same formula with another rounding order, so results match
-    up to rounding, not bitwise over long runs."""
-    return device.type in ("cuda", "cpu")
 
 
 def is_hidden_matrix(name: str, param: torch.Tensor) -> bool:

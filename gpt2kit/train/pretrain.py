@@ -25,7 +25,7 @@ from gpt2kit.checkpoint import (
     model_state_dict,
 )
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
-from gpt2kit.device import autocast
+from gpt2kit.device import autocast, autocast_dtype_for, compile_supported
 from gpt2kit.distributed import DistEnv, distributed
 from gpt2kit.errors import UserError
 from gpt2kit.eval.choice import ChoiceItem, score_choices
@@ -265,8 +265,11 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             f"{tokens_per_step:,} tokens/step = {cfg.runtime.batch_size} x {gcfg.block_size} x {A} accum x "
             f"{env.world_size} ranks")
         fsdp = cfg.dist.parallel == "fsdp" and env.backend is not None
-        # compiled runs let torch.compile fuse the model's own loss; FSDP needs the model's forward hooks
-        fused = cfg.pretrain.fused_loss and not cfg.runtime.compile and not fsdp
+        # compiled runs let torch.compile fuse the model's own loss; FSDP needs the model's forward hooks; the
+        # fused loss makes its gradients in the forward, before the float16 loss scale could keep them from underflowing
+        float16 = autocast_dtype_for(cfg.runtime.dtype, env.device.type) == torch.float16
+        compiled = cfg.runtime.compile and compile_supported(env.device.type)
+        fused = cfg.pretrain.fused_loss and not compiled and not fsdp and not float16
         task = TrainTask(
             model=model, model_config=gcfg.to_dict(), train_data=loader, grad_accum_steps=A,
             train_module=FusedLossGPT if fused else None,

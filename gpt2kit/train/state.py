@@ -16,19 +16,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpt2kit.device import cuda_rng_states, set_cuda_rng_states
+from gpt2kit.device import cuda_rng_states, mps_rng_state, set_cuda_rng_states, set_mps_rng_state
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's python, numpy, torch and CUDA random states as plain data and tensors."""
+    """This process's python, numpy, torch, CUDA (and, on a machine with MPS, MPS) random states as plain data
+    and tensors."""
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
+    mps = mps_rng_state()
     return {
         "python": {"version": int(version), "state": [int(x) for x in mt], "gauss": gauss},
         "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state().clone(),
         "cuda": cuda_rng_states(),
+        **({"mps": mps} if mps is not None else {}),
     }
 
 
@@ -41,6 +44,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
                          npy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     set_cuda_rng_states(state.get("cuda") or [])
+    set_mps_rng_state(state.get("mps"))
 
 
 def seed_everything(seed: int) -> None:
@@ -57,7 +61,7 @@ class RunState:
     step: int = 0
     """Optimizer steps done."""
     skipped_steps: int = 0
-    """Updates skipped for a NaN/inf loss or gradient norm (--on-nan skip)."""
+    """Updates skipped for a NaN/inf loss or gradient norm (--on-nan skip) or a float16 loss-scale overflow."""
     tokens_seen: int = 0
     """Training tokens over all ranks so far."""
     train_seconds: float = 0.0

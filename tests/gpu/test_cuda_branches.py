@@ -23,6 +23,7 @@ from gpt2kit.device import (
     ddp_device_ids,
     native_bf16,
     pinned_transfer,
+    release_cached_memory,
     set_cuda_rng_states,
     set_tf32,
 )
@@ -44,6 +45,8 @@ CUDA_BRANCHES = {
     "setup_distributed": "test_setup_distributed_on_fake_gpus_and_in_a_world_of_one",
     "native_bf16": "test_auto_dtype_follows_native_bf16",
     "autocast_dtype_for": "test_auto_dtype_follows_native_bf16",
+    "release_cached_memory": "test_release_cached_memory_after_oom",
+    "compile_supported": "test_compile_supported_on_cuda",
 }
 
 
@@ -223,7 +226,7 @@ def test_peak_flops_by_device_name(monkeypatch):
 
 
 def test_fused_adamw_default_on_cuda():
-    from gpt2kit.train.loop import default_fused_adamw
+    from gpt2kit.device import default_fused_adamw
 
     assert default_fused_adamw(torch.device("cuda", 0)) is True
     assert default_fused_adamw(torch.device("cpu")) is True
@@ -290,12 +293,15 @@ class _Bf16Cuda:
 
 
 def test_auto_dtype_follows_native_bf16(monkeypatch):
-    # CUDA: bfloat16 exactly where the GPU has it (A100/H100 yes; a V100 or no GPU at all: float32)
+    # CUDA: bfloat16 exactly where the GPU has it (A100/H100 yes); a V100/T4 trains in float16 with a loss
+    # scaler (issue 27; float32 before); no GPU at all: float32
     assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(True, True)) == torch.bfloat16
-    assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(True, False)) is None
+    assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(True, False)) == torch.float16
     assert autocast_dtype_for("auto", "cuda", _Bf16Cuda(False, False)) is None
     # an explicit choice is kept whatever the hardware
     assert autocast_dtype_for("bfloat16", "cpu") == torch.bfloat16
+    assert autocast_dtype_for("float16", "cpu") == torch.float16
+    assert autocast_dtype_for("float16", "cuda", _Bf16Cuda(True, True)) == torch.float16
     assert autocast_dtype_for("float32", "cuda", _Bf16Cuda(True, True)) is None
     # CPU: oneDNN's answer decides
     for has in (True, False):
@@ -303,3 +309,28 @@ def test_auto_dtype_follows_native_bf16(monkeypatch):
         assert native_bf16("cpu") is (has and torch.backends.mkldnn.is_available())
         assert autocast_dtype_for("auto", "cpu") == (torch.bfloat16 if native_bf16("cpu") else None)
     assert native_bf16("mps") is False
+
+
+class _Allocator:
+    """A fake ``torch.cuda``/``torch.mps`` that counts ``empty_cache`` calls."""
+
+    def __init__(self) -> None:
+        self.emptied = 0
+
+    def empty_cache(self) -> None:
+        self.emptied += 1
+
+
+def test_release_cached_memory_after_oom():
+    for device_type in ("cuda", "mps"):
+        fake = _Allocator()
+        assert release_cached_memory(device_type, fake) is True and fake.emptied == 1
+    fake = _Allocator()
+    assert release_cached_memory("cpu", fake) is False and fake.emptied == 0
+
+
+def test_compile_supported_on_cuda():
+    from gpt2kit.device import compile_supported
+
+    assert compile_supported("cuda") is True and compile_supported("cpu") is True
+    assert compile_supported("mps") is False

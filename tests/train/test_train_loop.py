@@ -123,7 +123,8 @@ def _poisoned_task(cfg, bad_calls):
 
 
 def test_nan_loss_stops_without_saving(tiny_cfg, tmp_path):
-    from gpt2kit.train.loop import TrainingDiverged, train
+    from gpt2kit.train.guards import TrainingDiverged
+    from gpt2kit.train.loop import train
 
     cfg = tiny_cfg(max_steps=6, save_every=2)
     with pytest.raises(TrainingDiverged, match=r"step 3: loss nan.*step_00000002\.pt.*--on-nan skip"):
@@ -142,7 +143,7 @@ def test_nan_loss_skipped_when_asked(tiny_cfg):
     assert all(torch.isfinite(v).all() for v in sd.values())
     # too many consecutive bad steps still stop the run
     cfg = tiny_cfg(max_steps=6, on_nan="skip", max_skipped_steps=1, out=cfg.run.out + "2")
-    from gpt2kit.train.loop import TrainingDiverged
+    from gpt2kit.train.guards import TrainingDiverged
 
     with pytest.raises(TrainingDiverged, match="consecutive"):
         train(cfg, _poisoned_task(cfg, {2, 3}))

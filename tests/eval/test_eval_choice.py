@@ -246,6 +246,7 @@ def test_unknown_task_says_did_you_mean(capsys, hf_model_dir, tmp_path):
     assert "unknown task 'mmmlu'; did you mean mmlu?" in err
 
 
+@pytest.mark.slow  # imports datasets / runs the harness's whole command line
 def test_without_data_offline_asks_for_data(tmp_path, capsys, hf_model_dir, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

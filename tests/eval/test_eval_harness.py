@@ -131,6 +131,7 @@ def test_loglikelihood_rolling_and_generation(hf_model_dir, gk_model):
     assert len(ll) == 2 and all(isinstance(v, float) and isinstance(g, bool) for v, g in ll)
 
 
+@pytest.mark.slow  # imports datasets / runs the harness's whole command line
 def test_gpt2kit_lm_eval_command_runs_the_harness(tmp_path, capsys, hf_model_dir):
     local_task(tmp_path, "gk_arc_easy", HARNESS_TASKS / "arc" / "arc_easy.yaml", ARC_ROWS[:2])
     argv = ["lm-eval", "--model", "gpt2kit", "--model_args", f"checkpoint={hf_model_dir}", "--device", "cpu",

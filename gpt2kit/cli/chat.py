@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gpt2kit.checkpoint import load_model
-    from gpt2kit.cli.common import apply_quantize, resolve_device, resolve_dtype
+    from gpt2kit.cli.common import apply_quantize, resolve_dtype
+    from gpt2kit.distributed import resolve_device
     from gpt2kit.generation import generate
     from gpt2kit.prompts import StreamDecoder, template_from_checkpoint, trim_conversation
     from gpt2kit.tokenizer import get_tokenizer

@@ -80,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from gpt2kit.cli.common import resolve_device, resolve_dtype
+    from gpt2kit.cli.common import resolve_dtype
+    from gpt2kit.distributed import resolve_device
     from gpt2kit.finetune.classifier import load_classifier, predict_logits
     from gpt2kit.finetune.classify_data import encode_texts
 

@@ -82,13 +82,6 @@ def apply_quantize(args: argparse.Namespace, model, command: str) -> None:
     print(f"{command}: {quantize_and_describe(model, args.quantize)}", file=sys.stderr, flush=True)
 
 
-def resolve_device(name: str):
-    """A torch.device from ``--device``; a clear error when it is not available (see gpt2kit.distributed)."""
-    from gpt2kit.distributed import resolve_device as resolve
-
-    return resolve(name)
-
-
 def resolve_dtype(name: str):
     """A torch dtype from ``--dtype``."""
     import torch

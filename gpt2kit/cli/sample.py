@@ -43,7 +43,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from gpt2kit.checkpoint import load_model
-    from gpt2kit.cli.common import apply_quantize, loaded_description, resolve_device, resolve_dtype
+    from gpt2kit.cli.common import apply_quantize, loaded_description, resolve_dtype
+    from gpt2kit.distributed import resolve_device
     from gpt2kit.generation import generate
     from gpt2kit.prompts import StreamDecoder
     from gpt2kit.tokenizer import get_tokenizer

@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as e:
         raise UserError(f"gpt2kit serve needs {e.name}: pip install 'gpt2kit[serve]'") from None
     from gpt2kit.checkpoint import load_model
-    from gpt2kit.cli.common import apply_quantize, resolve_device, resolve_dtype
+    from gpt2kit.cli.common import apply_quantize, resolve_dtype
+    from gpt2kit.distributed import resolve_device
     from gpt2kit.prompts import template_from_checkpoint
     from gpt2kit.serve.engine import Engine, on_passing_thread
     from gpt2kit.tokenizer import get_tokenizer

@@ -74,10 +74,7 @@ def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
         show = rank == 0
         loaded, params = _load(opts, device, show)
         model = loaded.model
-        settings: dict[str, Any] = {
-            "batch_size": opts.batch_size, "limit": opts.limit, "device": str(device),
-            "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size, "quantize": opts.quantize,
-        }
+        settings = _settings(opts, device, world_size)
         if opts.task == "loss":
             metrics, data, extra = _score_loss(opts, model, device, rank, world_size, show)
             settings.update(extra)
@@ -86,8 +83,7 @@ def run_eval(opts: EvalOptions) -> tuple[dict[str, Any], LoadedModel] | None:
             settings.update(extra)
         elif opts.task == "lambada":
             text_field = opts.text_field or "text"
-            path = lambada_path(opts.data, cache_dir=opts.cache_dir) if show or opts.data else None
-            path = Path(broadcast_object(str(path) if path else None, world_size))
+            path = _data_path(lambda: lambada_path(opts.data, cache_dir=opts.cache_dir), opts, show, world_size)
             examples = load_lambada(path, limit=opts.limit, text_field=text_field)
             metrics = score_lambada(model, examples, device=device, batch_size=opts.batch_size,
                                     rank=rank, world_size=world_size, progress=show)
@@ -130,9 +126,7 @@ def run_suite(opts: EvalOptions, tasks: list[str], data: dict[str, str]) -> tupl
         if not show:
             return None
         score = sum(r["centered"] for r in results.values()) / len(results)
-        settings = {"batch_size": opts.batch_size, "limit": opts.limit, "device": str(device),
-                    "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size,
-                    "quantize": opts.quantize, "block_size": loaded.model.config.block_size}
+        settings = {**_settings(opts, device, world_size), "block_size": loaded.model.config.block_size}
         record = build_record("suite", {"score": score, "tasks": results}, model=_model_info(opts, loaded, params),
                               data={t: r.pop("data") for t, r in results.items()}, settings=settings)
         return record, loaded
@@ -152,6 +146,19 @@ def _load(opts: EvalOptions, device: torch.device, show: bool) -> tuple[LoadedMo
     return loaded, params
 
 
+def _settings(opts: EvalOptions, device: torch.device, world_size: int) -> dict[str, Any]:
+    """The settings every record holds; each task adds its own."""
+    return {"batch_size": opts.batch_size, "limit": opts.limit, "device": str(device),
+            "dtype": str(opts.dtype).removeprefix("torch."), "world_size": world_size, "quantize": opts.quantize}
+
+
+def _data_path(resolve, opts: EvalOptions, show: bool, world_size: int) -> Path:
+    """The task's data file: rank 0 resolves it (and may download it) unless --data names it for every rank;
+    the other ranks get rank 0's path."""
+    path = resolve() if show or opts.data else None
+    return Path(broadcast_object(str(path) if path else None, world_size))
+
+
 def _model_info(opts: EvalOptions, loaded: LoadedModel, params: int) -> dict[str, Any]:
     return {"checkpoint": opts.checkpoint, "source": loaded.source, "format": loaded.format,
             "step": loaded.checkpoint.get("step"), "params": params, "config": loaded.config.to_dict()}
@@ -160,10 +167,10 @@ def _model_info(opts: EvalOptions, loaded: LoadedModel, params: int) -> dict[str
 def _score_choice_task(name: str, opts: EvalOptions, model, device, rank: int, world_size: int, show: bool):
     """(metrics with ``chance``, data record, settings) of HellaSwag or a harness multiple-choice task."""
     if name == "hellaswag":
-        path = hellaswag_path(opts.data, cache_dir=opts.cache_dir) if show or opts.data else None
+        path = _data_path(lambda: hellaswag_path(opts.data, cache_dir=opts.cache_dir), opts, show, world_size)
     else:
-        path = task_data(get_task(name), opts.data, cache_dir=opts.cache_dir) if show or opts.data else None
-    path = Path(broadcast_object(str(path) if path else None, world_size))
+        path = _data_path(lambda: task_data(get_task(name), opts.data, cache_dir=opts.cache_dir), opts, show,
+                          world_size)
     settings: dict[str, Any] = {"block_size": model.config.block_size}
     if name == "hellaswag":
         items = hellaswag_items(load_examples(path, limit=opts.limit))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from gpt2kit.cli.flags import integer
 from gpt2kit.errors import UserError
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -93,10 +94,7 @@ def _int_at_least(minimum: int):
     """An argparse type: an integer >= ``minimum``."""
 
     def parse(value: str) -> int:
-        try:
-            n = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+        n = integer(value)
         if n < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {n}")
         return n

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from gpt2kit.checkpoint.hf import is_hf_dir
 from gpt2kit.checkpoint.openai import is_openai_dir
-from gpt2kit.checkpoint.run_dir import CHECKPOINT_DIR, best_checkpoint, latest_checkpoint
+from gpt2kit.checkpoint.run_dir import CHECKPOINT_DIR, PIPELINE_FILE, best_checkpoint, latest_checkpoint, pipeline_model
 from gpt2kit.checkpoint.sharded import is_sharded
 from gpt2kit.errors import UserError
 
@@ -31,6 +31,12 @@ def resolve_checkpoint(spec: str | Path) -> tuple[str, Path | str]:
         return "openai", path.parent  # a file of an OpenAI release (model.ckpt.index, hparams.json, ...)
     if path.is_file() or is_sharded(path):
         return "gpt2kit", path
+    if path.is_dir() and (path / PIPELINE_FILE).exists():
+        model = pipeline_model(path)
+        if model is None:
+            raise UserError(f"{path}: a gpt2kit pipeline with no model yet; let `gpt2kit pipeline` finish pretraining "
+                            f"(rerun it with --out {path} to continue)")
+        return resolve_checkpoint(model)
     if path.is_dir():
         # a run directory first: its checkpoints win over a config.json that may sit beside them
         best = best_checkpoint(path)

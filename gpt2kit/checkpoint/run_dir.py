@@ -26,6 +26,8 @@ CHECKPOINT_DIR = "checkpoints"
 """The folder of a run directory holding its checkpoints."""
 BEST_FILE = "best.json"
 """The record of the best checkpoint by validation loss: ``{"file", "step", "val_loss"}``."""
+PIPELINE_FILE = "pipeline.json"
+"""The record of a ``gpt2kit pipeline`` run directory; its ``final`` names the sub-directory of its model."""
 _STEP_RE = re.compile(r"^step_(\d+)(\.pt|\.dcp)$")
 
 
@@ -127,6 +129,17 @@ def write_best(run_dir: str | Path, path: str | Path, step: int, val_loss: float
     """Record ``path`` (a step checkpoint of ``run_dir``) as the best by validation loss, atomically."""
     record = {"file": Path(path).name, "step": int(step), "val_loss": float(val_loss)}
     atomic_write_text(Path(run_dir) / CHECKPOINT_DIR / BEST_FILE, json.dumps(record, indent=1) + "\n")
+
+
+def pipeline_model(run_dir: str | Path) -> Path | None:
+    """The run directory of the model a ``gpt2kit pipeline`` directory stands for (its tuned model, or the
+    pretrained one before tuning finished); None when ``run_dir`` is no pipeline or has no model yet."""
+    try:
+        record = json.loads((Path(run_dir) / PIPELINE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    final = record.get("final") if isinstance(record, dict) else None
+    return Path(run_dir) / Path(final).name if isinstance(final, str) and final else None
 
 
 # --------------------------------------------------------------------------------------------- resuming

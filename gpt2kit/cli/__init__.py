@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "chat": "gpt2kit.cli.chat",
     "serve": "gpt2kit.cli.serve",
     "plot": "gpt2kit.cli.plot",
+    "pipeline": "gpt2kit.cli.pipeline",
     "demo": "gpt2kit.cli.demo",
 }
 

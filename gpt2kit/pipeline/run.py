@@ -84,8 +84,8 @@ def resolve_pipeline(given: dict[str, Any], *, fresh: bool = False, log: Callabl
     if fixed:
         flags = ", ".join(f"--{k.replace('_', '-')}" for k in fixed).replace("--sources", "SOURCE")
         was = ", ".join(f"{k}={saved.get(k)!r}" for k in fixed)
-        raise UserError(f"{out}: this pipeline was started with other {flags} ({was}); to continue it, "
-                        "or use --fresh (or another --out) to start over")
+        raise UserError(f"{out}: this pipeline was started with other {flags} ({was}); rerun without them to "
+                        "continue it, or use --fresh (or another --out) to start over")
     cfg = _config({**saved, **given})
     for stage in sorted({REDO_ON_CHANGE[k] for k in changed}, key=STAGES.index):
         undone = state.redo_from(stage)
@@ -150,6 +150,9 @@ def run_pipeline(cfg: PipelineConfig, state: PipelineState | None, flags: StageF
             barrier(env)
         if not env.is_main:
             return None
+        ev = state.info("eval")
+        for a in ev.get("answers", [])[:3]:
+            say(f"  user: {a['question']}\n  model: {a['answer'] or '(nothing)'}")
         say(f"pipeline done in {sum(s.get('seconds', 0) for s in state.record['stages'].values()) / 60:.1f} min "
             f"(all runs of it): report {run / 'report.md'}")
         say(f"talk to it: gpt2kit chat --checkpoint {run}   or   gpt2kit serve --checkpoint {run} "

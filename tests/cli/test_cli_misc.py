@@ -17,7 +17,7 @@ from gpt2kit.cli import build_parser, main
 pytestmark = pytest.mark.slow  # whole runs, subprocesses or torchrun: the slow tier
 
 COMMANDS = ["prepare", "train", "eval", "eval loss", "eval hellaswag", "eval lambada", "sample", "export",
-            "finetune", "finetune classify", "finetune sft", "classify", "plot", "demo", "serve", "chat"]
+            "finetune", "finetune classify", "finetune sft", "classify", "plot", "demo", "pipeline", "serve", "chat"]
 
 
 def test_help_and_prepare_never_import_torch(tmp_path):

@@ -121,8 +121,8 @@ def run_pipeline(cfg: PipelineConfig, state: PipelineState | None, flags: StageF
         say(_plan_line(cfg, size, env, state, exports))
         stages: dict[str, Callable[[], dict[str, Any] | None]] = {
             "prepare": lambda: _prepare(cfg, flags, run, env, say),
-            "pretrain": lambda: _pretrain(cfg, size, flags, run, say),
-            "sft": lambda: _sft(cfg, size, flags, run, say),
+            "pretrain": lambda: _pretrain(cfg, size, flags, run, env, say),
+            "sft": lambda: _sft(cfg, size, flags, run, env, say),
             "eval": lambda: _evaluate(cfg, run, env, say),
             "export": lambda: _export(exports, run, env, say),
             "report": lambda: _report(cfg, size, state, run, env, say),
@@ -175,7 +175,8 @@ def _prepare(cfg: PipelineConfig, flags: StageFlags, run: Path, env: DistEnv, sa
     return {"dir": str(data), "tokens": splits}
 
 
-def _pretrain(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: Path, say) -> dict[str, Any] | None:
+def _pretrain(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: Path, env: DistEnv,
+              say) -> dict[str, Any] | None:
     overrides = {**size.pretrain, **flags.pretrain, "out": str(run / "pretrain"), "data": str(run / "data"),
                  "device": cfg.device, "resume": "auto"}
     preset = cfg.preset or size.preset
@@ -184,7 +185,7 @@ def _pretrain(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: P
         warmup = overrides.get("warmup_steps", get_preset(preset).schedule.warmup_steps)
         overrides.update(schedule_steps=steps, max_steps=steps, warmup_steps=warmup if warmup < steps else steps // 10)
     train_cfg, point = resolve_train_config(preset, overrides, log=say)
-    result = run_pretraining(train_cfg, point, log=say)
+    result = run_pretraining(train_cfg, point, env=env, log=say)
     if result.interrupted:
         return None
     return {"preset": preset, "step": result.step, "train_loss": result.loss, "val_loss": result.val_loss,
@@ -192,7 +193,8 @@ def _pretrain(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: P
             "model": train_cfg.model.to_dict(), "settings": train_cfg.to_dict()}
 
 
-def _sft(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: Path, say) -> dict[str, Any] | None:
+def _sft(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: Path, env: DistEnv,
+         say) -> dict[str, Any] | None:
     overrides = {**size.sft, **flags.sft, "checkpoint": str(run / "pretrain"), "train": cfg.sft or BUILTIN_SFT,
                  "out": str(run / "sft"), "device": cfg.device, "resume": "auto"}
     if cfg.sft_epochs is not None:
@@ -200,7 +202,7 @@ def _sft(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: Path, 
     if cfg.sft_steps is not None:
         overrides["max_steps"] = cfg.sft_steps
     sft_cfg, point = resolve_finetune_config(SFTConfig, overrides, log=say)
-    results = run_sft(sft_cfg, point, log=say)
+    results = run_sft(sft_cfg, point, env=env, log=say)
     if results.get("interrupted"):
         return None
     return {"data": overrides["train"], "steps": results.get("steps"), "val_loss": results.get("val_loss"),

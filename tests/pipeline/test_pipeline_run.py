@@ -115,3 +115,17 @@ def test_killed_pipeline_resumes_in_the_stage_it_stopped(tmp_path):
     assert all(s["status"] == "done" for s in state["stages"].values())
     steps = [json.loads(line)["step"] for line in (run / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [4, 8], steps  # continued from its checkpoint: each step logged once
+
+
+def test_two_gloo_ranks_run_the_pipeline(tmp_path):
+    text, sft = _texts(tmp_path)
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gpt2kit",
+           *_argv(text, sft, run, "--export", "hf", "--device", "cpu")]
+    done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "size node" in done.stdout and "on 2 x cpu" in done.stdout
+    assert done.stdout.count("[3/6] sft") == 1  # rank 0 speaks for both
+    state = json.loads((run / "pipeline.json").read_text())
+    assert all(s["status"] == "done" for s in state["stages"].values()) and state["final"] == "sft"
+    assert (run / "report.md").exists() and (run / "export" / "hf" / "model.safetensors").exists()

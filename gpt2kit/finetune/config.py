@@ -46,7 +46,8 @@ class FinetuneSettings:
     checkpoint: str | None = None
     """Weights to start from: a gpt2kit run directory or checkpoint file, a Hugging Face GPT-2 directory or hub name."""
     train: str | None = None
-    """Training data file (.csv, .tsv, .jsonl or .json)."""
+    """Training data file (.csv, .tsv, .jsonl or .json); for sft also builtin:chat, the small chat set shipped with
+    gpt2kit (it teaches the chat turn format, nothing more)."""
     val: str | None = None
     """Validation data file, evaluated every epoch (the best checkpoint is chosen by its loss); without it
     --val-fraction of the training examples are held out instead."""

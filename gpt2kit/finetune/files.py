@@ -32,9 +32,29 @@ OVERLONG_CHOICES = ("truncate", "drop", "error")
 Overlong = Literal["truncate", "drop", "error"]
 
 
+BUILTIN_DATA = {"chat": "chat.jsonl"}
+"""``builtin:NAME`` fine-tuning data shipped in ``gpt2kit/assets/instructions/`` (see NOTICE):
+``chat``, short chat records written for gpt2kit that teach a small model the chat turn format, nothing more."""
+
+
+def data_file(spec: str | Path) -> Path:
+    """The file a ``--train``/``--val`` value names: a path, or ``builtin:NAME`` for data shipped with gpt2kit."""
+    text = str(spec)
+    if not text.startswith("builtin:"):
+        return Path(spec)
+    name = text.removeprefix("builtin:")
+    if name not in BUILTIN_DATA:
+        raise UserError(f"{text}: no such built-in data; use one of "
+                        + ", ".join(f"builtin:{n}" for n in BUILTIN_DATA))
+    from importlib import resources
+
+    return Path(str(resources.files("gpt2kit") / "assets" / "instructions" / BUILTIN_DATA[name]))
+
+
 def read_records(path: str | Path) -> list[tuple[str, dict[str, Any]]]:
-    """The records of a ``.csv``/``.tsv``/``.jsonl``/``.json`` file, each with its location ``FILE:LINE``."""
-    path = Path(path)
+    """The records of a ``.csv``/``.tsv``/``.jsonl``/``.json`` file (or ``builtin:NAME``), each with its location
+    ``FILE:LINE``."""
+    path = data_file(path)
     if not path.is_file():
         raise UserError(f"{path}: file not found")
     suffix = path.suffix.lower()

@@ -38,6 +38,7 @@ from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.model.config import SHAPE_KEYS
 from gpt2kit.settings import flag_name, replace_flat
 from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
+from gpt2kit.train.autobatch import auto_batch_size
 from gpt2kit.train.config import MODEL_FLAGS, TrainConfig
 from gpt2kit.train.fused_head_loss import FusedLossGPT
 from gpt2kit.train.loop import train
@@ -227,6 +228,13 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         manifest = read_manifest(cfg.pretrain.data)
         gcfg = cfg.model
         check_data_matches_model(manifest, gcfg.vocab_size, cfg.pretrain.data)
+        model = None
+        if cfg.runtime.batch_size == "auto":  # the probe needs the model; the integer is what the run records
+            model = initial_model(cfg, fresh=resume is None)
+            b, line = auto_batch_size(model, cfg, env.world_size, env.device,
+                                      autocast_dtype_for(cfg.runtime.dtype, env.device.type))
+            cfg = replace_flat(cfg, batch_size=b)
+            say(line)
         A = cfg.grad_accum_steps(gcfg.block_size, env.world_size)
         tokens_per_step = cfg.runtime.batch_size * gcfg.block_size * A * env.world_size
         train_tokens = manifest["splits"]["train"]["tokens"]
@@ -257,7 +265,7 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             task_def, spec = get_task(cfg.evals.eval_task), cfg.evals.eval_task_data
             rows = task_data(task_def, None if spec == "download" else spec)
             choice = choice_items(load_questions(task_def, rows, limit=cfg.evals.eval_task_limit))
-        model = initial_model(cfg, fresh=resume is None)
+        model = model if model is not None else initial_model(cfg, fresh=resume is None)
         if cfg.pretrain.init_from and resume is None:
             say(f"init: weights from --init-from {cfg.pretrain.init_from} (step 0, new optimizer and schedule)")
         say(f"model: {model.num_params() / 1e6:.2f}M parameters (L={gcfg.n_layer}, H={gcfg.n_head}, C={gcfg.n_embd}, "

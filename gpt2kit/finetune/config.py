@@ -108,6 +108,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_loop_sections(self.optim, self.dist)
+        if self.runtime.batch_size == "auto":  # examples differ in length: no one probe size stands for the run
+            raise ValueError("--batch-size auto: gpt2kit train only; give fine-tuning an integer (with "
+                             "--accum-steps for a larger effective batch)")
 
     def loop_config(self, steps_per_epoch: int) -> LoopConfig:
         """The loop's config for ``steps_per_epoch`` optimizer steps per epoch: the shared sections and the cadence

@@ -13,7 +13,7 @@ from train_settings import TINY_FLAGS, losses
 from gpt2kit.cli.flags import integer_or
 from gpt2kit.device import memory_budget, peak_memory_meter
 from gpt2kit.train.autobatch import SAFETY, auto_batch_size, candidates, choose, estimate_bytes, measured_bytes
-from gpt2kit.train.config import RuntimeSettings
+from gpt2kit.train.config import RunSettings, RuntimeSettings
 
 GiB = 2**30
 
@@ -140,3 +140,13 @@ def test_cli_auto_prints_the_choice(data_dir, tmp_path, monkeypatch, capsys):
     assert main(["train", "--preset", "demo-cpu", "--data", str(data_dir), "--out", str(tmp_path / "r"),
                  "--max-steps", "1", "--total-batch-tokens", "256", *flags]) == 0
     assert "--batch-size auto: 8 (x 1 accumulation = --total-batch-tokens 256" in capsys.readouterr().out
+
+
+def test_finetune_refuses_auto_with_one_line():
+    from gpt2kit.finetune.config import SFTConfig
+    from gpt2kit.settings import replace_flat
+
+    cfg = SFTConfig(run=RunSettings(out="x"))
+    with pytest.raises(ValueError, match="--batch-size auto: gpt2kit train only"):
+        replace_flat(cfg, batch_size="auto")
+    assert replace_flat(cfg, batch_size=3).runtime.batch_size == 3

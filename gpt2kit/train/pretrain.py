@@ -26,7 +26,7 @@ from gpt2kit.checkpoint import (
 )
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2kit.device import autocast, autocast_dtype_for, compile_supported
-from gpt2kit.distributed import DistEnv, distributed
+from gpt2kit.distributed import DistEnv, distributed, gather_objects
 from gpt2kit.errors import UserError
 from gpt2kit.eval.choice import ChoiceItem, score_choices
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
@@ -233,7 +233,10 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             model = initial_model(cfg, fresh=resume is None)
             b, line = auto_batch_size(model, cfg, env.world_size, env.device,
                                       autocast_dtype_for(cfg.runtime.dtype, env.device.type))
-            cfg = replace_flat(cfg, batch_size=b)
+            picks = gather_objects(b, env)  # every rank must run the same layout: the smallest pick
+            if min(picks) != b:
+                line += f"; {min(picks)} on every rank (the smallest rank's pick)"
+            cfg = replace_flat(cfg, batch_size=min(picks))
             say(line)
         A = cfg.grad_accum_steps(gcfg.block_size, env.world_size)
         tokens_per_step = cfg.runtime.batch_size * gcfg.block_size * A * env.world_size

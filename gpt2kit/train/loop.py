@@ -299,6 +299,8 @@ def _settings(task: TrainTask, cfg: LoopConfig) -> dict[str, Any]:
     in_use = getattr(task.train_data, "micro_batch_size", None)
     if isinstance(in_use, int) and settings.get("batch_size") not in (None, in_use):
         settings = {**settings, "batch_size": in_use}
+        if "accum_steps" in settings:  # fine-tuning's accumulation is a setting of its own (not a token total)
+            settings["accum_steps"] = task.grad_accum_steps
     return settings
 
 

@@ -86,6 +86,8 @@ class FinetuneConfig:
         "lr": f"Peak learning rate (default: {LORA_LR:g} with LoRA, {FULL_LR:g} otherwise).",
         "weight_decay": "AdamW weight decay on 2-D parameters.",
         "warmup_steps": "Linear warmup steps.",
+        "batch_size": "Micro-batch: examples per device per forward/backward (an integer here; auto is for "
+                      "gpt2kit train).",
         "lora_rank": "LoRA rank r (0: no LoRA, fine-tune the weights themselves).",
         "lora_alpha": "LoRA scale numerator: adapters' outputs are multiplied by alpha / rank.",
         "lora_targets": "Comma-separated layers to adapt: all, attn, mlp, c_attn, c_fc, c_proj, attn.c_proj, "

@@ -4,6 +4,7 @@ choice, a probe that leaves weights and random streams alone, and runs that foll
 from __future__ import annotations
 
 import argparse
+import json
 import types
 
 import pytest
@@ -102,17 +103,15 @@ def _budget_picking(b_fit, b_over, tiny_model):
 def test_auto_run_matches_hand_picked_and_resume_keeps_the_size(tiny_cfg, tmp_path, monkeypatch, capsys):
     from gpt2kit.checkpoint import read_checkpoint
     from gpt2kit.cli import main
+    from gpt2kit.model import GPT
     from gpt2kit.train import autobatch
     from gpt2kit.train.pretrain import run_pretraining
 
     common = dict(total_batch_tokens=8 * 32, max_steps=4, save_every=2)
     hand = run_pretraining(tiny_cfg(out=str(tmp_path / "hand"), batch_size=4, **common))
     capsys.readouterr()
-    n = hand_params = None
-    from gpt2kit.model import GPT
     n = GPT(tiny_cfg(batch_size=4).model).num_params()
-    hand_params = (n, 2, 32, 2, 32, 50304)
-    budget = _budget_picking(4, 8, hand_params)
+    budget = _budget_picking(4, 8, (n, 2, 32, 2, 32, 50304))
     monkeypatch.setattr(autobatch, "memory_budget", lambda device_type: (budget, "a fake budget"))
     auto = run_pretraining(tiny_cfg(out=str(tmp_path / "auto"), batch_size="auto", **common))
     out = capsys.readouterr().out
@@ -122,6 +121,7 @@ def test_auto_run_matches_hand_picked_and_resume_keeps_the_size(tiny_cfg, tmp_pa
     assert losses(auto.metrics) == losses(hand.metrics)  # bitwise: the probe changed nothing
     saved = read_checkpoint(auto.checkpoint)
     assert saved["config"]["batch_size"] == 4 and saved["grad_accum_steps"] == 2
+    assert json.loads((tmp_path / "auto" / "train_config.json").read_text())["batch_size"] == 4
     # resuming (with a budget that would now pick 8) continues at the recorded 4, and prints no probe line
     monkeypatch.setattr(autobatch, "memory_budget", lambda device_type: (10**12, "a huge budget"))
     assert main(["train", "--out", str(tmp_path / "auto"), "--resume", "auto", "--max-steps", "6"]) == 0
@@ -135,7 +135,7 @@ def test_cli_auto_prints_the_choice(data_dir, tmp_path, monkeypatch, capsys):
     from gpt2kit.train import autobatch
 
     monkeypatch.setattr(autobatch, "memory_budget", lambda device_type: (10**12, "a huge budget"))
-    flags = [f for f in TINY_FLAGS]
+    flags = list(TINY_FLAGS)
     flags[flags.index("--batch-size") + 1] = "auto"
     assert main(["train", "--preset", "demo-cpu", "--data", str(data_dir), "--out", str(tmp_path / "r"),
                  "--max-steps", "1", "--total-batch-tokens", "256", *flags]) == 0

@@ -13,11 +13,13 @@ own time budget (seconds, the BUDGETS table):
   train     benchmarks/train.py: gpt2-124m at T=1024, bf16, compile, fused AdamW, the largest micro-batch that
             fits (64, 32, 16, 8), tokens/s and MFU; transformers' GPT2LMHeadModel in the same run
   generate  benchmarks/generate.py: batch 1 and 16, bf16; transformers' generate in the same run
-  demo      the demo-cpu preset trained for 45 s on the GPU (SIGTERM then saves), then its validation loss
+  demo      the demo-cpu preset trained for 28 s on the GPU (SIGTERM then saves), then its validation loss
   float16   gpt2kit train --dtype float16 (autocast + GradScaler), then a resume: finite losses, the loss
             scale logged and saved, the resumed run's steps continuing
   oom       gpt2-124m at micro-batch 1024 x T=1024 (more than the GPU holds) with --total-batch-tokens of one
             such micro-batch: the out-of-memory back-off must split it and finish the steps
+  autobatch gpt2-124m, bf16, --batch-size auto with --total-batch-tokens 131072 (128 x T=1024): the micro-batch
+            the probe picked, its line, the accumulation, and the seconds per step after it
 
 OUT (default gpu-results/, or GPU_OUT) gets gpu_check.json, every figure so far, rewritten atomically after each
 step, so a time limit leaves the finished steps behind; gpu_check.log, everything printed; and the steps' run
@@ -59,13 +61,13 @@ from gpt2kit.io import atomic_write_text  # noqa: E402
 
 TOTAL_BUDGET_S = 470
 """The whole check on a GPU: 8 minutes less a margin for start-up and the summary."""
-BUDGETS = {"tests": 115, "prepare": 20, "ddp": 40, "fsdp": 40, "train": 95, "generate": 40, "demo": 60,
-           "float16": 25, "oom": 35}
+BUDGETS = {"tests": 115, "prepare": 20, "ddp": 40, "fsdp": 40, "train": 95, "generate": 40, "demo": 40,
+           "float16": 25, "oom": 35, "autobatch": 20}
 """Seconds each step may take on a GPU (they add up to TOTAL_BUDGET_S); a step past its budget is stopped. The
 float16 and oom budgets are estimates, not yet measured on a GPU; they run last, so an overrun loses only them."""
 DRY_BUDGET_S = 300
 """Each step's limit in the dry run (a loaded 2-core CI machine)."""
-DEMO_TRAIN_S = 45.0
+DEMO_TRAIN_S = 28.0
 """Seconds the demo trains on the GPU before SIGTERM stops it (it saves a checkpoint and exits 0)."""
 
 TARGETS = {
@@ -470,12 +472,45 @@ def step_oom(c: Check) -> dict[str, Any]:
     return figures
 
 
+def step_autobatch(c: Check) -> dict[str, Any]:
+    """`gpt2kit train --batch-size auto`: what the probe picked (it must divide the global batch) and the step time."""
+    from gpt2kit.checkpoint import list_step_checkpoints, read_checkpoint
+
+    run_dir = c.out / "autobatch"
+    shutil.rmtree(run_dir, ignore_errors=True)
+    T, sequences = (16, 4) if c.dry else (1024, 128)
+    size = [*TINY_FLAGS[:-2], "--dtype", "float32"] if c.dry else ["--preset", "gpt2", "--dtype", "bfloat16",
+                                                                    "--no-compile", "--block-size", str(T)]
+    rc, lines = c.run("autobatch", [c.python, "-m", "gpt2kit", "train", *size, "--data", str(c.data), "--out",
+                                    str(run_dir), "--device", c.device, "--batch-size", "auto", "--total-batch-tokens",
+                                    str(sequences * T), "--max-steps", "3", "--warmup-steps", "1", "--eval-every", "0",
+                                    "--eval-batches", "1", "--samples", "0", "--hellaswag-every", "0", "--log-every",
+                                    "1", "--no-progress", "--no-tensorboard"],
+                      c.budget("autobatch"))
+    _need(rc, lines, "gpt2kit train --batch-size auto")
+    records = _metrics(run_dir)
+    ckpt = read_checkpoint(list_step_checkpoints(run_dir)[-1])
+    chose = [x.strip() for x in lines if x.strip().startswith("--batch-size auto:")]
+    times = [r.get("time_s") for r in records]
+    figures = {"line": chose[0] if chose else None, "batch_size": ckpt.get("config", {}).get("batch_size"),
+               "grad_accum_steps": ckpt.get("grad_accum_steps"), "steps": [r["step"] for r in records],
+               "step_s_last": round(times[-1] - times[-2], 3) if len(times) >= 2 else None,
+               "tokens_per_s_last": records[-1].get("tokens_per_s") if records else None}
+    b, a = figures["batch_size"], figures["grad_accum_steps"]
+    if len(chose) != 1 or not isinstance(b, int) or not isinstance(a, int) or b * a != sequences:
+        raise StepFailed(f"--batch-size auto: no single choice line, or micro-batch x accumulation != {sequences}: "
+                         f"{figures}")
+    if figures["steps"] != [1, 2, 3]:
+        raise StepFailed(f"steps {figures['steps']}: expected 1..3")
+    return figures
+
+
 STEPS: list[tuple[str, Callable[[Check], dict[str, Any]]]] = [
     ("tests", step_tests), ("prepare", step_prepare), ("ddp", lambda c: _torchrun_step(c, "ddp")),
     ("fsdp", lambda c: _torchrun_step(c, "fsdp")), ("train", step_train), ("generate", step_generate),
-    ("demo", step_demo), ("float16", step_float16), ("oom", step_oom),
+    ("demo", step_demo), ("float16", step_float16), ("oom", step_oom), ("autobatch", step_autobatch),
 ]
-NEEDS_DATA = ("ddp", "fsdp", "demo", "float16", "oom")
+NEEDS_DATA = ("ddp", "fsdp", "demo", "float16", "oom", "autobatch")
 
 
 def evaluate_targets(steps: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

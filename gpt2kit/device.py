@@ -152,3 +152,56 @@ def release_cached_memory(device_type: str, backend: Any = None) -> bool:
         return False
     (backend or getattr(torch, device_type)).empty_cache()
     return True
+
+
+MEMORY_FRACTION_CPU = 0.5
+"""The share of the host's available memory (MemAvailable) a CPU run's --batch-size auto may plan to use: the
+rest stays for the data loader, the OS page cache and whatever else runs on the machine."""
+
+
+def memory_budget(device_type: str, cuda: Any = torch.cuda, mps: Any = None,
+                  meminfo: str = "/proc/meminfo") -> tuple[int, str]:
+    """Bytes a run on ``device_type`` may plan to fill (before any safety margin), and where the figure comes from
+    (for the line ``--batch-size auto`` prints). CUDA: the free device memory (``mem_get_info``) plus what this
+    process already holds there; MPS: Metal's recommended working set (``recommended_max_memory``) less what the
+    driver already allocated; CPU: MEMORY_FRACTION_CPU of the host's available memory (psutil, else
+    ``/proc/meminfo``). ``cuda``/``mps``/``meminfo``: fakes for tests."""
+    if device_type == "cuda":
+        free, total = cuda.mem_get_info()
+        held = cuda.memory_allocated()
+        return int(free + held), f"CUDA free memory {free / 2**30:.1f} of {total / 2**30:.1f} GiB"
+    if device_type == "mps":
+        mps = mps or torch.mps
+        rec, used = mps.recommended_max_memory(), mps.driver_allocated_memory()
+        return int(rec - used), f"MPS recommended max memory {rec / 2**30:.1f} GiB less {used / 2**30:.1f} in use"
+    available = host_available_memory(meminfo)
+    return (int(available * MEMORY_FRACTION_CPU),
+            f"{MEMORY_FRACTION_CPU:.0%} of the host's {available / 2**30:.1f} GiB available memory")
+
+
+def host_available_memory(meminfo: str = "/proc/meminfo") -> int:
+    """Bytes of host memory available to a new allocation: psutil's figure, else MemAvailable, else 4 GiB."""
+    try:
+        import psutil  # optional
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        with open(meminfo) as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 2**30
+
+
+def peak_memory_meter(device_type: str, cuda: Any = torch.cuda) -> Callable[[], int] | None:
+    """For the ``--batch-size auto`` probe: a function that resets the device's peak-allocation counter and
+    returns a reader of the peak since then, where the device keeps one (CUDA); None elsewhere (CPU and MPS have
+    no peak counter: the probe uses the memory formula there)."""
+    if device_type != "cuda":
+        return None
+    cuda.reset_peak_memory_stats()
+    return cuda.max_memory_allocated

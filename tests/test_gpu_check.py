@@ -37,7 +37,8 @@ def test_dry_run_reports_every_step_ok(tmp_path):
     failed = {k: v.get("error") for k, v in steps.items() if v["status"] != "ok"}
     assert proc.returncode == 0 and not failed, (failed, proc.stdout[-3000:], proc.stderr[-2000:])
     assert results["mode"] == "dry-run"
-    assert list(steps) == ["tests", "prepare", "ddp", "fsdp", "train", "generate", "demo", "float16", "oom"]
+    assert list(steps) == ["tests", "prepare", "ddp", "fsdp", "train", "generate", "demo", "float16", "oom",
+                           "autobatch"]
     assert steps["tests"]["passed"] >= 1 and steps["tests"]["failed"] == 0 and steps["tests"]["error"] == 0
     assert steps["prepare"]["train_tokens"] > 10_000 and steps["prepare"]["val_tokens"] > 0
     for name, fmt in (("ddp", "index"), ("fsdp", "fqn")):  # fqn: the model really was sharded with fully_shard
@@ -55,6 +56,9 @@ def test_dry_run_reports_every_step_ok(tmp_path):
     assert fp16["steps"] == [1, 2, 3, 4, 5] and all(s > 0 for s in fp16["loss_scale"]) and fp16["saved_scale"] > 0
     oom = steps["oom"]
     assert oom["steps"] == [1, 2] and oom["backoffs"] == [] and oom["grad_accum_steps"] == 1  # it fits on a CPU
+    auto = steps["autobatch"]  # the CPU's budget holds the tiny model's whole global batch in one micro-batch
+    assert auto["batch_size"] * auto["grad_accum_steps"] == 4 and auto["line"].startswith("--batch-size auto:")
+    assert auto["steps"] == [1, 2, 3] and auto["step_s_last"] > 0
     assert set(results["targets"]) == {"train_mfu", "train_vs_transformers", "generate_b1_vs_transformers"}
     assert all(t["verdict"] in ("met", "not met") for t in results["targets"].values())
     log = (out / "gpu_check.log").read_text()

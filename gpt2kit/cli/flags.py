@@ -28,6 +28,24 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
 
 
+def integer_or(*words: str) -> Callable[[str], Any]:
+    """argparse type: a positive integer or one of ``words`` (``--batch-size auto``), with a one-line error."""
+    def parse(text: str) -> Any:
+        if text.lower() in words:
+            return text.lower()
+        try:
+            value = int(text)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a positive integer or {' or '.join(repr(w) for w in words)}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
 def _parse_optional(kind: type) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         if text.lower() in ("none", "null", ""):
@@ -62,6 +80,9 @@ def _type_kwargs(s: Setting) -> dict[str, Any]:
     args = typing.get_args(s.hint)
     optional = type(None) in args
     inner = [a for a in args if a is not type(None)] if optional else [s.hint]
+    words = [w for a in args if typing.get_origin(a) is Literal for w in typing.get_args(a)]
+    if not optional and len(args) == 2 and int in args and words:  # int | Literal["auto"]
+        return {"type": integer_or(*words), "metavar": "N|" + "|".join(words)}
     base = inner[0] if len(inner) == 1 else str
     origin = typing.get_origin(base)
     if origin is Literal:

@@ -124,6 +124,16 @@ class EpochBatches:
         """The epoch the next micro-batch starts in (0-based)."""
         return self.stream.epoch
 
+    @property
+    def micro_batch_size(self) -> int:
+        """Items per micro-batch on this rank."""
+        return self.stream.micro_batch_size
+
+    def set_layout(self, micro_batch_size: int, grad_accum_steps: int) -> None:
+        """Serve each optimizer step's items in micro-batches of another size (between steps; the same items):
+        what the trainer does after running out of memory."""
+        self.stream.set_layout(micro_batch_size, grad_accum_steps)
+
     def next_batch(self) -> dict[str, torch.Tensor]:
         """This rank's next micro-batch."""
         return self.collate(self.stream.next_items().tolist())

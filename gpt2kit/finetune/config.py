@@ -87,6 +87,8 @@ class FinetuneConfig:
         "lr": f"Peak learning rate (default: {LORA_LR:g} with LoRA, {FULL_LR:g} otherwise).",
         "weight_decay": "AdamW weight decay on 2-D parameters.",
         "warmup_steps": "Linear warmup steps.",
+        "batch_size": "Micro-batch: examples per device per forward/backward (an integer here; auto is for "
+                      "gpt2kit train).",
         "lora_rank": "LoRA rank r (0: no LoRA, fine-tune the weights themselves).",
         "lora_alpha": "LoRA scale numerator: adapters' outputs are multiplied by alpha / rank.",
         "lora_targets": "Comma-separated layers to adapt: all, attn, mlp, c_attn, c_fc, c_proj, attn.c_proj, "
@@ -109,6 +111,9 @@ class FinetuneConfig:
 
     def __post_init__(self) -> None:
         check_loop_sections(self.optim, self.dist)
+        if self.runtime.batch_size == "auto":  # examples differ in length: no one probe size stands for the run
+            raise ValueError("--batch-size auto: gpt2kit train only; give fine-tuning an integer (with "
+                             "--accum-steps for a larger effective batch)")
 
     def loop_config(self, steps_per_epoch: int) -> LoopConfig:
         """The loop's config for ``steps_per_epoch`` optimizer steps per epoch: the shared sections and the cadence

@@ -63,11 +63,15 @@ class RuntimeSettings:
     run stays eager)."""
     tf32: bool = True
     """Allow TF32 matmuls on NVIDIA GPUs (float32 runs only; no effect on CPU)."""
-    batch_size: int = 8
-    """Micro-batch: sequences per device per forward/backward."""
+    batch_size: int | Literal["auto"] = 8
+    """Micro-batch: sequences per device per forward/backward, or auto: before the first step, the largest that
+    fits the device's memory (with a safety margin) and divides --total-batch-tokens; gradient accumulation keeps
+    the global batch. The run records the integer it chose: a resumed run keeps it unless given --batch-size auto."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "batch_size")
+        b = self.batch_size
+        if b != "auto" and (not isinstance(b, int) or isinstance(b, bool) or b < 1):
+            raise ValueError(f"--batch-size must be a positive integer or 'auto', got {b!r}")
         check_choices(self)
 
 

@@ -293,8 +293,15 @@ def _payload(task: TrainTask, cfg: LoopConfig, env: DistEnv, state: RunState, me
 
 
 def _settings(task: TrainTask, cfg: LoopConfig) -> dict[str, Any]:
-    """What the run records as its settings: the job's, else the loop config's."""
-    return task.settings if task.settings is not None else cfg.to_dict()
+    """What the run records as its settings: the job's, else the loop config's, with the micro-batch in use (an
+    out-of-memory back-off may have split it: a resumed run continues with the smaller one)."""
+    settings = task.settings if task.settings is not None else cfg.to_dict()
+    in_use = getattr(task.train_data, "micro_batch_size", None)
+    if isinstance(in_use, int) and settings.get("batch_size") not in (None, in_use):
+        settings = {**settings, "batch_size": in_use}
+        if "accum_steps" in settings:  # fine-tuning's accumulation is a setting of its own (not a token total)
+            settings["accum_steps"] = task.grad_accum_steps
+    return settings
 
 
 def _continue_from(point: ResumePoint, state: RunState, model: nn.Module, wrapped: nn.Module,

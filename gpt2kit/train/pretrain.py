@@ -26,7 +26,7 @@ from gpt2kit.checkpoint import (
 )
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
 from gpt2kit.device import autocast, autocast_dtype_for, compile_supported
-from gpt2kit.distributed import DistEnv, distributed
+from gpt2kit.distributed import DistEnv, distributed, gather_objects
 from gpt2kit.errors import UserError
 from gpt2kit.eval.choice import ChoiceItem, score_choices
 from gpt2kit.eval.hellaswag import hellaswag_path, load_examples, score_hellaswag
@@ -38,6 +38,7 @@ from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.model.config import SHAPE_KEYS
 from gpt2kit.settings import flag_name, replace_flat
 from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
+from gpt2kit.train.autobatch import auto_batch_size
 from gpt2kit.train.config import MODEL_FLAGS, TrainConfig
 from gpt2kit.train.fused_head_loss import FusedLossGPT
 from gpt2kit.train.loop import train
@@ -227,6 +228,16 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         manifest = read_manifest(cfg.pretrain.data)
         gcfg = cfg.model
         check_data_matches_model(manifest, gcfg.vocab_size, cfg.pretrain.data)
+        model = None
+        if cfg.runtime.batch_size == "auto":  # the probe needs the model; the integer is what the run records
+            model = initial_model(cfg, fresh=resume is None)
+            b, line = auto_batch_size(model, cfg, env.world_size, env.device,
+                                      autocast_dtype_for(cfg.runtime.dtype, env.device.type))
+            picks = gather_objects(b, env)  # every rank must run the same layout: the smallest pick
+            if min(picks) != b:
+                line += f"; {min(picks)} on every rank (the smallest rank's pick)"
+            cfg = replace_flat(cfg, batch_size=min(picks))
+            say(line)
         A = cfg.grad_accum_steps(gcfg.block_size, env.world_size)
         tokens_per_step = cfg.runtime.batch_size * gcfg.block_size * A * env.world_size
         train_tokens = manifest["splits"]["train"]["tokens"]
@@ -257,7 +268,7 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             task_def, spec = get_task(cfg.evals.eval_task), cfg.evals.eval_task_data
             rows = task_data(task_def, None if spec == "download" else spec)
             choice = choice_items(load_questions(task_def, rows, limit=cfg.evals.eval_task_limit))
-        model = initial_model(cfg, fresh=resume is None)
+        model = model if model is not None else initial_model(cfg, fresh=resume is None)
         if cfg.pretrain.init_from and resume is None:
             say(f"init: weights from --init-from {cfg.pretrain.init_from} (step 0, new optimizer and schedule)")
         say(f"model: {model.num_params() / 1e6:.2f}M parameters (L={gcfg.n_layer}, H={gcfg.n_head}, C={gcfg.n_embd}, "

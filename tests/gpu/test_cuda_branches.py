@@ -47,6 +47,8 @@ CUDA_BRANCHES = {
     "autocast_dtype_for": "test_auto_dtype_follows_native_bf16",
     "release_cached_memory": "test_release_cached_memory_after_oom",
     "compile_supported": "test_compile_supported_on_cuda",
+    "memory_budget": "test_auto_batch_memory_on_cuda",
+    "peak_memory_meter": "test_auto_batch_memory_on_cuda",
 }
 
 
@@ -334,3 +336,17 @@ def test_compile_supported_on_cuda():
 
     assert compile_supported("cuda") is True and compile_supported("cpu") is True
     assert compile_supported("mps") is False
+
+
+def test_auto_batch_memory_on_cuda():
+    from types import SimpleNamespace
+
+    from gpt2kit.device import memory_budget, peak_memory_meter
+
+    GiB = 2**30
+    calls = []
+    cuda = SimpleNamespace(mem_get_info=lambda: (20 * GiB, 24 * GiB), memory_allocated=lambda: 1 * GiB,
+                           reset_peak_memory_stats=lambda: calls.append("reset"), max_memory_allocated=lambda: 7)
+    limit, why = memory_budget("cuda", cuda=cuda)
+    assert limit == 21 * GiB and "CUDA free memory 20.0 of 24.0 GiB" in why  # free plus what this process holds
+    assert peak_memory_meter("cuda", cuda=cuda)() == 7 and calls == ["reset"]

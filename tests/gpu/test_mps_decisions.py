@@ -50,6 +50,9 @@ MPS_DECISIONS = {
     "mps_rng_state": "test_random_states",
     "set_mps_rng_state": "test_random_states",
     "release_cached_memory": "test_allocator_cache",
+    "memory_budget": "test_memory_for_auto_batch",
+    "peak_memory_meter": "test_memory_for_auto_batch",
+    "host_available_memory": "test_memory_for_auto_batch",
 }
 
 
@@ -133,3 +136,16 @@ class _NoCuda:
 def test_allocator_cache():
     fake = _FakeMps(True)
     assert release_cached_memory("mps", fake) is True and fake.emptied == 1
+
+
+def test_memory_for_auto_batch():
+    from types import SimpleNamespace
+
+    from gpt2kit.device import host_available_memory, memory_budget, peak_memory_meter
+
+    GiB = 2**30
+    mac = SimpleNamespace(recommended_max_memory=lambda: 12 * GiB, driver_allocated_memory=lambda: 2 * GiB)
+    limit, why = memory_budget("mps", mps=mac)
+    assert limit == 10 * GiB and "MPS recommended max memory 12.0 GiB less 2.0 in use" in why
+    assert peak_memory_meter("mps") is None  # no peak counter on MPS: --batch-size auto uses the formula
+    assert host_available_memory() > 0  # the host's memory (a Mac's is the same pool as the GPU's)

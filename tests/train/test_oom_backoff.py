@@ -74,7 +74,9 @@ def test_injected_oom_halves_the_micro_batch_and_keeps_the_trajectory(tiny_cfg, 
     assert out.count("out of memory") == 1 and "redoing the step with micro-batch 4 x 2 accumulation" in out
     assert survived.step == 6
     assert losses(survived.metrics) == pytest.approx(losses(small.metrics), abs=1e-5)
-    assert read_checkpoint(survived.checkpoint)["grad_accum_steps"] == 2
+    saved = read_checkpoint(survived.checkpoint)
+    assert saved["grad_accum_steps"] == 2
+    assert saved["config"]["batch_size"] == 4  # the micro-batch in use: a resumed run continues with it
 
 
 @pytest.mark.slow

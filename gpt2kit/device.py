@@ -205,3 +205,17 @@ def peak_memory_meter(device_type: str, cuda: Any = torch.cuda) -> Callable[[], 
         return None
     cuda.reset_peak_memory_stats()
     return cuda.max_memory_allocated
+
+
+def is_gpu(device_type: str) -> bool:
+    """Whether a device is a GPU that the pipeline's ``gpu`` size is meant for (CUDA; an Apple GPU under MPS
+    trains the ``cpu`` size's toy faster than a CPU but not GPT-2 124M in hours)."""
+    return device_type == "cuda"
+
+
+def describe_gpus(cuda: Any = torch.cuda) -> str | None:
+    """"N x NAME (M GiB)" for the CUDA GPUs torch sees (for reports), None without any."""
+    if not cuda.is_available():
+        return None
+    props = cuda.get_device_properties(0)
+    return f"{cuda.device_count()} x {props.name} ({props.total_memory / 2**30:.0f} GiB)"

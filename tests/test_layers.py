@@ -11,7 +11,7 @@ Layers, lowest first (a module may import its own layer and those below):
 4. eval
 5. train
 6. finetune
-7. serve (the batching engine and the HTTP app)
+7. serve (the batching engine and the HTTP app), pipeline (the one-command run over every stage)
 8. cli, the package's ``__init__``/``__main__`` (lazy imports allowed: they keep start-up fast)
 
 Outside cli/ (and the package ``__init__``), imports of gpt2kit live at the top of the module.
@@ -35,7 +35,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("gpt2kit.eval",),
     ("gpt2kit.train",),
     ("gpt2kit.finetune",),
-    ("gpt2kit.serve",),
+    ("gpt2kit.serve", "gpt2kit.pipeline"),
     ("gpt2kit.cli", "gpt2kit.__main__"),
 ]
 TOP = len(LAYERS) - 1

@@ -52,9 +52,9 @@ class PipelineConfig:
     lambada=FILE (see gpt2kit eval --help for the formats)."""
     eval_limit: int | None = None
     """Score at most this many examples of each --eval task."""
-    export: str = "auto"
-    """Comma-separated exports of the tuned model: hf (RUN/export/hf), gguf (RUN/export/model.gguf, f16, for
-    llama.cpp and Ollama); auto: hf, and gguf when the gguf package is installed."""
+    export: str = "hf,gguf"
+    """Comma-separated exports of the tuned model: hf (RUN/export/hf, for transformers), gguf (RUN/export/model.gguf,
+    f16, for llama.cpp and Ollama)."""
     samples: int = 3
     """Samples of the pretrained model and chat answers of the tuned one in the report."""
     prepare_args: str = ""
@@ -93,18 +93,12 @@ class PipelineConfig:
         """``--eval`` as ``{task: file}``."""
         return dict(item.split("=", 1) for item in self.eval)
 
-    def export_formats(self, gguf_available: bool | None = None) -> tuple[str, ...]:
-        """The exports to write; ``auto`` asks ``gguf_available`` (default: whether gguf imports)."""
-        if self.export == "auto":
-            if gguf_available is None:
-                import importlib.util
-
-                gguf_available = importlib.util.find_spec("gguf") is not None
-            return ("hf", "gguf") if gguf_available else ("hf",)
+    def export_formats(self) -> tuple[str, ...]:
+        """The exports to write."""
         names = tuple(n.strip() for n in self.export.split(",") if n.strip())
         unknown = [n for n in names if n not in EXPORTS]
         if unknown or not names:
-            raise ValueError(f"--export {self.export!r}: choose from {', '.join(EXPORTS)} (comma-separated) or auto")
+            raise ValueError(f"--export {self.export!r}: choose from {', '.join(EXPORTS)} (comma-separated)")
         return names
 
     def to_dict(self) -> dict[str, Any]:
@@ -175,10 +169,10 @@ def node() -> PipelineSize:
 SIZES: dict[str, Callable[[], PipelineSize]] = {"cpu": cpu, "gpu": gpu, "node": node}
 
 
-def pick_size(requested: str, *, cuda: bool, world_size: int) -> str:
-    """``--size auto`` made concrete: node under torchrun with several ranks, gpu with CUDA, else cpu."""
+def pick_size(requested: str, *, gpu: bool, world_size: int) -> str:
+    """``--size auto`` made concrete: node under torchrun with several ranks, gpu on a GPU, else cpu."""
     if requested != "auto":
         return requested
     if world_size > 1:
         return "node"
-    return "gpu" if cuda else "cpu"
+    return "gpu" if gpu else "cpu"

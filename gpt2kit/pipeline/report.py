@@ -14,12 +14,15 @@ from typing import Any
 
 import torch
 
-from gpt2kit import __version__
-from gpt2kit.device import native_bf16
+from gpt2kit.device import describe_gpus, native_bf16
 from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_write_text
+from gpt2kit.model.config import GPTConfig
+from gpt2kit.model.gpt import GPT
 from gpt2kit.pipeline.config import PipelineConfig, PipelineSize
 from gpt2kit.pipeline.state import STAGES
+from gpt2kit.train.plot import plot_run
+from gpt2kit.version import __version__
 
 REPORT_FILE = "report.md"
 
@@ -37,9 +40,9 @@ def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count(), "cpu_native_bf16": native_bf16("cpu"),
                             "torch": torch.__version__, "python": platform.python_version(),
                             "os": f"{platform.system()} {platform.release()}"}
-    if torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(0)
-        info["gpu"] = f"{torch.cuda.device_count()} x {props.name} ({props.total_memory / 2**30:.0f} GiB)"
+    gpus = describe_gpus()
+    if gpus:
+        info["gpu"] = gpus
     return info
 
 
@@ -109,8 +112,6 @@ def write_report(run: Path, cfg: PipelineConfig, size: PipelineSize, record: dic
 
 
 def _curves(run: Path) -> list[str]:
-    from gpt2kit.train.plot import plot_run
-
     out = []
     for stage, title in (("pretrain", "pretraining"), ("sft", "instruction tuning")):
         if not (run / stage / "metrics.jsonl").exists():
@@ -155,9 +156,6 @@ def _figures(stages: dict[str, Any]) -> list[str]:
 
 
 def _model_params(m: dict[str, Any]) -> str:
-    from gpt2kit.model.config import GPTConfig
-    from gpt2kit.model.gpt import GPT
-
     with torch.device("meta"):
         n = GPT(GPTConfig.from_dict(m)).num_params()
     return f"{n / 1e6:.2f}M parameters"

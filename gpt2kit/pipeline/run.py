@@ -24,10 +24,12 @@ from typing import Any
 import torch
 
 from gpt2kit.checkpoint import export_hf, load_model
+from gpt2kit.checkpoint.gguf import write_gguf
 from gpt2kit.checkpoint.run_dir import PIPELINE_FILE
 from gpt2kit.data.manifest import read_manifest
 from gpt2kit.data.prepare import prepare
 from gpt2kit.data.shards import open_shard
+from gpt2kit.device import is_gpu
 from gpt2kit.distributed import DistEnv, barrier, broadcast_object, distributed
 from gpt2kit.errors import UserError
 from gpt2kit.eval.run import EvalOptions, run_eval
@@ -39,6 +41,7 @@ from gpt2kit.pipeline.config import BUILTIN_SFT, SIZES, PipelineConfig, Pipeline
 from gpt2kit.pipeline.report import write_report
 from gpt2kit.pipeline.state import STAGES, PipelineState
 from gpt2kit.prompts import chat_prompt_ids, template_from_checkpoint
+from gpt2kit.settings import from_flat
 from gpt2kit.tokenizer import EOT_TOKEN, get_tokenizer
 from gpt2kit.train.presets import get_preset
 from gpt2kit.train.pretrain import resolve_train_config, run_pretraining
@@ -102,7 +105,7 @@ def run_pipeline(cfg: PipelineConfig, state: PipelineState | None, flags: StageF
     run = Path(cfg.out)
     with distributed(cfg.device) as env, contextlib.ExitStack() as held:
         say = log if env.is_main else (lambda msg: None)
-        size_name = pick_size(cfg.size, cuda=env.device.type == "cuda", world_size=env.world_size)
+        size_name = pick_size(cfg.size, gpu=is_gpu(env.device.type), world_size=env.world_size)
         size = SIZES[size_name]()
         if env.is_main:
             run.mkdir(parents=True, exist_ok=True)
@@ -296,11 +299,6 @@ def _export(exports: tuple[str, ...], run: Path, env: DistEnv, say) -> dict[str,
             written["hf"] = str(out / "hf")
             say(f"wrote {out / 'hf'} (transformers.GPT2LMHeadModel.from_pretrained reads it)")
         if "gguf" in exports:
-            try:
-                from gpt2kit.checkpoint.gguf import write_gguf
-            except ModuleNotFoundError as e:
-                raise UserError(f"--export gguf needs the {e.name} package: pip install 'gpt2kit[gguf]' "
-                                "(or --export hf)") from None
             out.mkdir(parents=True, exist_ok=True)
             write_gguf(load_model(run / "sft").model, out / "model.gguf", "f16", name=run.resolve().name)
             written["gguf"] = str(out / "model.gguf")
@@ -334,8 +332,6 @@ def _plan_line(cfg: PipelineConfig, size: PipelineSize, env: DistEnv, state: Pip
 
 
 def _config(flat: dict[str, Any]) -> PipelineConfig:
-    from gpt2kit.settings import from_flat
-
     try:
         return from_flat(PipelineConfig, flat)
     except (TypeError, ValueError) as e:

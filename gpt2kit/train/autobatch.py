@@ -23,6 +23,8 @@ from typing import Any
 import torch
 
 from gpt2kit.device import autocast, memory_budget, peak_memory_meter, release_cached_memory
+from gpt2kit.train.guards import is_out_of_memory
+from gpt2kit.train.state import rng_state, set_rng_state
 
 SAFETY = 0.85
 """The share of the memory budget the chosen micro-batch may fill: room for fragmentation, the evaluator's
@@ -68,7 +70,6 @@ def measured_bytes(model: torch.nn.Module, block_size: int, device: torch.device
                    reset: Callable[[], Any] | None = None) -> Callable[[int], int | None]:
     """``bytes_at`` for :func:`choose` from one real forward/backward of ``model`` at each size: ``peak()`` after
     it (``reset()`` before it), None on out-of-memory. Zeros for the tokens, so no random numbers are drawn."""
-    from gpt2kit.train.guards import is_out_of_memory
 
     def bytes_at(b: int) -> int | None:
         (reset or _nothing)()
@@ -95,7 +96,6 @@ def auto_batch_size(model: Any, cfg: Any, world_size: int, device: torch.device,
     """The micro-batch for ``--batch-size auto`` and the one line saying what was chosen and why.
 
     ``budget`` and ``peak`` replace :func:`gpt2kit.device.memory_budget` and the device's peak counter (tests)."""
-    from gpt2kit.train.state import rng_state, set_rng_state
 
     g = cfg.model
     total = cfg.cadence.total_batch_tokens

@@ -49,6 +49,8 @@ CUDA_BRANCHES = {
     "compile_supported": "test_compile_supported_on_cuda",
     "memory_budget": "test_auto_batch_memory_on_cuda",
     "peak_memory_meter": "test_auto_batch_memory_on_cuda",
+    "is_gpu": "test_pipeline_size_and_report_gpus",
+    "describe_gpus": "test_pipeline_size_and_report_gpus",
 }
 
 
@@ -350,3 +352,15 @@ def test_auto_batch_memory_on_cuda():
     limit, why = memory_budget("cuda", cuda=cuda)
     assert limit == 21 * GiB and "CUDA free memory 20.0 of 24.0 GiB" in why  # free plus what this process holds
     assert peak_memory_meter("cuda", cuda=cuda)() == 7 and calls == ["reset"]
+
+
+def test_pipeline_size_and_report_gpus():
+    from types import SimpleNamespace
+
+    from gpt2kit.device import describe_gpus, is_gpu
+
+    assert is_gpu("cuda") and not is_gpu("mps") and not is_gpu("cpu")
+    props = SimpleNamespace(name="NVIDIA H100 80GB HBM3", total_memory=80 * 2**30)
+    cuda = SimpleNamespace(is_available=lambda: True, device_count=lambda: 8, get_device_properties=lambda i: props)
+    assert describe_gpus(cuda) == "8 x NVIDIA H100 80GB HBM3 (80 GiB)"
+    assert describe_gpus(SimpleNamespace(is_available=lambda: False)) is None

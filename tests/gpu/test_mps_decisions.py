@@ -53,6 +53,8 @@ MPS_DECISIONS = {
     "memory_budget": "test_memory_for_auto_batch",
     "peak_memory_meter": "test_memory_for_auto_batch",
     "host_available_memory": "test_memory_for_auto_batch",
+    "is_gpu": "test_pipeline_size_and_report",
+    "describe_gpus": "test_pipeline_size_and_report",
 }
 
 
@@ -149,3 +151,10 @@ def test_memory_for_auto_batch():
     assert limit == 10 * GiB and "MPS recommended max memory 12.0 GiB less 2.0 in use" in why
     assert peak_memory_meter("mps") is None  # no peak counter on MPS: --batch-size auto uses the formula
     assert host_available_memory() > 0  # the host's memory (a Mac's is the same pool as the GPU's)
+
+
+def test_pipeline_size_and_report():
+    from types import SimpleNamespace
+
+    assert device.is_gpu("mps") is False  # an Apple GPU runs the pipeline's cpu size, not GPT-2 124M in hours
+    assert device.describe_gpus(SimpleNamespace(is_available=lambda: False)) is None  # a Mac has no CUDA GPU

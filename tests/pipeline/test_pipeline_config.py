@@ -24,14 +24,12 @@ def test_bad_settings_name_the_flag():
 
 
 def test_auto_size_and_exports():
-    assert pick_size("auto", cuda=False, world_size=1) == "cpu"
-    assert pick_size("auto", cuda=True, world_size=1) == "gpu"
-    assert pick_size("auto", cuda=True, world_size=8) == "node"
-    assert pick_size("cpu", cuda=True, world_size=8) == "cpu"
-    cfg = PipelineConfig(sources=["a.txt"], out="r")
-    assert cfg.export_formats(gguf_available=False) == ("hf",)
-    assert cfg.export_formats(gguf_available=True) == ("hf", "gguf")
-    assert PipelineConfig(sources=["a"], out="r", export="gguf").export_formats(False) == ("gguf",)
+    assert pick_size("auto", gpu=False, world_size=1) == "cpu"
+    assert pick_size("auto", gpu=True, world_size=1) == "gpu"
+    assert pick_size("auto", gpu=True, world_size=8) == "node"
+    assert pick_size("cpu", gpu=True, world_size=8) == "cpu"
+    assert PipelineConfig(sources=["a.txt"], out="r").export_formats() == ("hf", "gguf")
+    assert PipelineConfig(sources=["a"], out="r", export=" gguf,").export_formats() == ("gguf",)
 
 
 def test_every_size_names_real_presets_and_settings():

@@ -101,3 +101,35 @@ def test_cli_encode_decode_info_eval(tok_dir, tmp_path, capsys):
     assert main(["tokenizer", "eval", str(text), "--tokenizer", "gpt2", "--tokenizer", str(tok_dir)]) == 0
     out = capsys.readouterr().out
     assert "gpt2" in out and load_tokenizer(tok_dir).name in out and "bytes/token" in out
+
+
+def test_prepare_with_a_trained_tokenizer_writes_uint16_shards_and_its_record(tok_dir, tmp_path):
+    import numpy as np
+
+    from gpt2kit.data.manifest import data_tokenizer, read_manifest, verify_split
+    from gpt2kit.data.prepare import prepare
+    from gpt2kit.data.shards import open_shard
+
+    src = tmp_path / "c.jsonl"
+    src.write_text("".join(json.dumps({"text": t}) + "\n" for t in TEXTS), encoding="utf-8")
+    out = tmp_path / "data"
+    man = prepare([str(src)], out, tokenizer=str(tok_dir), workers=1, progress=False, val_fraction=0.0)
+    tok = load_tokenizer(tok_dir)
+    assert man["tokenizer"] == tok.name and man["vocab_size"] == 300 and man["eot"] == 299
+    assert man["tokenizer_sha256"] == tok.sha256 and (out / "tokenizer" / RANKS_NAME).is_file()
+    m = read_manifest(out)
+    verify_split(out, m, "train")
+    assert data_tokenizer(out, m).name == tok.name
+    e = m["splits"]["train"]["shards"][0]
+    ids = open_shard(out / e["file"], e["tokens"])
+    assert ids.dtype == np.dtype("<u2") and ids[0] == 299 and int(ids.max()) == 299
+    first = ids[1:1 + len(tok.encode(TEXTS[0]))].tolist()
+    assert tok.decode(first) == TEXTS[0]
+    # an old manifest without any tokenizer record reads as GPT-2's
+    for key in ("tokenizer", "tokenizer_sha256", "vocab_size", "eot"):
+        m.pop(key)
+    from gpt2kit.data.manifest import validate_manifest
+
+    assert validate_manifest(m, out / "manifest.json")["tokenizer"] == "gpt2"
+    with pytest.raises(UserError, match="no such tokenizer directory"):
+        prepare([str(src)], tmp_path / "d2", tokenizer=str(tmp_path / "none"), workers=1, progress=False)

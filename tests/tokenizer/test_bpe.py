@@ -133,3 +133,11 @@ def test_prepare_with_a_trained_tokenizer_writes_uint16_shards_and_its_record(to
     assert validate_manifest(m, out / "manifest.json")["tokenizer"] == "gpt2"
     with pytest.raises(UserError, match="no such tokenizer directory"):
         prepare([str(src)], tmp_path / "d2", tokenizer=str(tmp_path / "none"), workers=1, progress=False)
+
+
+def test_train_refuses_data_in_another_vocabulary_in_one_line(tok_dir):
+    from gpt2kit.train.pretrain import check_data_matches_model
+
+    tok = load_tokenizer(tok_dir)
+    with pytest.raises(UserError, match=f"prepared with tokenizer '{tok.name}' \\(vocab_size 300\\).*--tokenizer gpt2"):
+        check_data_matches_model(tok.record(), 50257, "data/x")

@@ -23,6 +23,7 @@ _LAZY = {
     "load_model": "gpt2kit.checkpoint",
     "generate": "gpt2kit.generation",
     "get_tokenizer": "gpt2kit.tokenizer",
+    "load_tokenizer": "gpt2kit.tokenizer",
     "quantize": "gpt2kit.quantization",
 }
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from gpt2kit.model.config import MODEL_PRESETS, GPTConfig
     from gpt2kit.model.gpt import GPT
     from gpt2kit.quantization import quantize
-    from gpt2kit.tokenizer import get_tokenizer
+    from gpt2kit.tokenizer import get_tokenizer, load_tokenizer
 
 
 def __getattr__(name: str) -> Any:
@@ -48,6 +49,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
-    "GPT", "GPTConfig", "MODEL_PRESETS", "UserError", "generate", "get_tokenizer", "load_model", "quantize",
+    "GPT", "GPTConfig", "MODEL_PRESETS", "UserError", "generate", "get_tokenizer", "load_model", "load_tokenizer",
+    "quantize",
     "__version__",
 ]

@@ -30,6 +30,7 @@ COMMANDS: dict[str, str] = {
     "plot": "gpt2kit.cli.plot",
     "pipeline": "gpt2kit.cli.pipeline",
     "demo": "gpt2kit.cli.demo",
+    "tokenizer": "gpt2kit.cli.tokenizer",
 }
 
 

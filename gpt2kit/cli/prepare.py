@@ -8,7 +8,8 @@ from gpt2kit.cli.common import HelpFormatter
 
 HELP = "tokenize a corpus (files, hf:DATASET, builtin:NAME) into token shards for training"
 DESCRIPTION = """\
-Tokenize a corpus with the GPT-2 BPE into uint16 token shards plus manifest.json, ready for
+Tokenize a corpus with the GPT-2 BPE (or --tokenizer DIR from `gpt2kit tokenizer train`) into uint16
+token shards plus manifest.json, ready for
 `gpt2kit train`. Every document is preceded by <|endoftext|>; shards are written atomically and
 checksummed. Re-running the same command skips the shards already done and verified (an
 interrupted run continues where it stopped). One prepare at a time per --out.

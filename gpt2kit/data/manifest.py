@@ -25,9 +25,37 @@ MANIFEST_VERSION = 1
 SPLITS = ("train", "val")
 
 
-def tokenizer_record() -> dict[str, Any]:
-    """The tokenizer fields every manifest carries."""
+TOKENIZER_SUBDIR = "tokenizer"  # a trained tokenizer's files, copied so the data directory describes itself
+
+
+def tokenizer_record(tok: Any = None) -> dict[str, Any]:
+    """The tokenizer fields every manifest carries (GPT-2's when ``tok`` is None)."""
+    if tok is not None:
+        return tok.record()
     return {"tokenizer": TOKENIZER_ID, "tokenizer_sha256": GPT2_RANKS_SHA256, "vocab_size": VOCAB_SIZE, "eot": EOT_ID}
+
+
+def _check_tokenizer_record(manifest: dict[str, Any], path: Path) -> None:
+    """GPT-2's record exactly (a manifest without one is GPT-2's), or a consistent trained-tokenizer record."""
+    from gpt2kit.tokenizer import MAX_VOCAB_SIZE, tokenizer_id
+
+    for key, want in tokenizer_record().items():
+        manifest.setdefault(key, want)  # manifests written before tokenizers were recorded are GPT-2's
+    if manifest["tokenizer"] == TOKENIZER_ID:
+        expected = tokenizer_record()
+    else:
+        sha, vocab = manifest.get("tokenizer_sha256"), manifest.get("vocab_size")
+        ok = isinstance(sha, str) and manifest["tokenizer"] == tokenizer_id(sha) and isinstance(vocab, int) \
+            and 257 <= vocab <= MAX_VOCAB_SIZE and manifest.get("eot") == vocab - 1
+        if ok:
+            return
+        expected = {"tokenizer": "gpt2 or bpe-<sha256[:12]>"}
+    for key, want in expected.items():
+        if manifest.get(key) != want:
+            raise UserError(
+                f"{path}: data was prepared with {key}={manifest.get(key)!r}, but gpt2kit uses {want!r}; "
+                "re-run `gpt2kit prepare` with this gpt2kit"
+            )
 
 
 def _fail(path: Path, what: str) -> UserError:
@@ -44,13 +72,7 @@ def validate_manifest(manifest: Any, path: Path) -> dict[str, Any]:
             f"{path}: manifest format_version {version!r} is newer than this gpt2kit reads ({MANIFEST_VERSION}); "
             "upgrade gpt2kit"
         )
-    expected = tokenizer_record()
-    for key, want in expected.items():
-        if manifest.get(key) != want:
-            raise UserError(
-                f"{path}: data was prepared with {key}={manifest.get(key)!r}, but gpt2kit uses {want!r}; "
-                "re-run `gpt2kit prepare` with this gpt2kit"
-            )
+    _check_tokenizer_record(manifest, path)
     splits = manifest.get("splits")
     if not isinstance(splits, dict) or "train" not in splits:
         raise _fail(path, "manifest has no \"splits\" with a \"train\" split")
@@ -106,6 +128,19 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
     return validate_manifest(read_json(path), path)
 
 
+def data_tokenizer(data_dir: str | os.PathLike, manifest: dict[str, Any]) -> Any:
+    """The tokenizer a data directory was prepared with: GPT-2, or the copy in ``DATA/tokenizer/``."""
+    from gpt2kit.tokenizer import get_tokenizer, load_tokenizer
+
+    if manifest["tokenizer"] == TOKENIZER_ID:
+        return get_tokenizer()
+    tok = load_tokenizer(Path(data_dir) / TOKENIZER_SUBDIR)
+    if tok.name != manifest["tokenizer"]:
+        raise UserError(f"{data_dir}/{TOKENIZER_SUBDIR}: holds tokenizer {tok.name}, but the manifest records "
+                        f"{manifest['tokenizer']}; re-run `gpt2kit prepare` to rebuild the data directory")
+    return tok
+
+
 def split_record(manifest: dict[str, Any], split: str, path: Path) -> dict[str, Any]:
     """The record of ``split``; UserError when the data directory has no such (or an empty) split."""
     rec = manifest["splits"].get(split)
@@ -134,7 +169,8 @@ def verify_split(data_dir: str | os.PathLike, manifest: dict[str, Any], split: s
                 f"{path}: shard is {path.stat().st_size} bytes but the manifest records {entry['bytes']}; "
                 "it is truncated or corrupt, re-run `gpt2kit prepare` to rebuild it"
             )
-        verify_shard(path, tokens=entry["tokens"], sha256=entry["sha256"], full=full)
+        verify_shard(path, tokens=entry["tokens"], sha256=entry["sha256"], full=full,
+                     vocab_size=manifest.get("vocab_size", VOCAB_SIZE))
 
 
 def shard_bytes(num_tokens: int) -> int:

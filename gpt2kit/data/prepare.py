@@ -40,6 +40,7 @@ from gpt2kit.data.manifest import (
     MANIFEST_VERSION,
     PROGRESS_NAME,
     SPLITS,
+    TOKENIZER_SUBDIR,
     read_json,
     shard_bytes,
     tokenizer_record,
@@ -52,6 +53,7 @@ from gpt2kit.data.split_plan import SplitPlanner
 from gpt2kit.data.tokenize import default_workers, tokenize_stream
 from gpt2kit.errors import UserError
 from gpt2kit.io import dir_lock
+from gpt2kit.tokenizer import copy_tokenizer_dir, load_tokenizer
 from gpt2kit.version import __version__
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # as build-nanogpt's FineWeb shards
@@ -73,6 +75,8 @@ class PrepareConfig:
     """Share of tokens for the val split (default: 1%, up to 10% for small corpora; 0: no val split)."""
     val_tokens: int | None = field(default=None, metadata={"flag": {"metavar": "N"}})
     """Instead: the first N tokens form the val split (build-nanogpt style)."""
+    tokenizer: str = field(default="gpt2", metadata={"flag": {"metavar": "DIR"}})
+    """gpt2, or a directory written by `gpt2kit tokenizer train`."""
     shard_tokens: int = DEFAULT_SHARD_TOKENS
     """Tokens per shard."""
     workers: int = field(default_factory=default_workers)
@@ -249,7 +253,13 @@ def run_prepare(cfg: PrepareConfig) -> dict[str, Any]:
     log = (lambda msg: print(f"prepare: {msg}", file=sys.stderr)) if cfg.progress else (lambda msg: None)
     opts = cfg.source_options
     srcs = resolve_sources(cfg.sources, opts)
-    header = {"kind": MANIFEST_KIND, "format_version": MANIFEST_VERSION, **tokenizer_record(), "dtype": "uint16",
+    tok = load_tokenizer(cfg.tokenizer)
+    if tok.vocab_size > 65_536:
+        raise UserError(f"--tokenizer {cfg.tokenizer}: vocab_size {tok.vocab_size} does not fit uint16 shards "
+                        "(at most 65,536); train a smaller vocabulary")
+    hint = {"tokenizer_path": tok.path} if tok.path else {}
+    header = {"kind": MANIFEST_KIND, "format_version": MANIFEST_VERSION, **tokenizer_record(tok), **hint,
+              "dtype": "uint16",
               "shard_format": "llm.c (1024-byte header: int32 magic 20240520, version 1, token count; uint16 tokens)",
               "source": [s.describe(opts) for s in srcs], "settings": cfg.settings(), "gpt2kit_version": __version__}
     out_dir = cfg.out_dir
@@ -348,7 +358,7 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
     t0, new_tokens, new_docs, doc = time.perf_counter(), 0, 0, start_doc
     resumed_tokens = totals["tokens"]
     # the worker pool is created (forked) on the first chunk, before the sources start any reader threads
-    stream = tokenize_stream(docs, cfg.workers)
+    stream = tokenize_stream(docs, cfg.workers, header.get("tokenizer_path"))
 
     def documents() -> Iterator[np.ndarray]:
         nonlocal new_tokens, new_docs
@@ -434,6 +444,8 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
     state["splits"]["val"]["documents"] = totals["val_documents"]
     manifest = {**header, "documents": totals["documents"], "tokens": totals["tokens"], "split": planner.record(totals),
                 **state}
+    if header.get("tokenizer_path"):
+        copy_tokenizer_dir(load_tokenizer(header["tokenizer_path"]), cfg.out_dir / TOKENIZER_SUBDIR)
     write_manifest(cfg.out_dir / MANIFEST_NAME, manifest)
     (cfg.out_dir / PROGRESS_NAME).unlink(missing_ok=True)
     elapsed = time.perf_counter() - t0

@@ -64,7 +64,8 @@ def read_header(path: str | os.PathLike) -> int:
     return num_tokens
 
 
-def verify_shard(path: str | os.PathLike, *, tokens: int, sha256: str | None, full: bool = True) -> None:
+def verify_shard(path: str | os.PathLike, *, tokens: int, sha256: str | None, full: bool = True,
+                 vocab_size: int = VOCAB_SIZE) -> None:
     """Check ``path`` against its manifest entry: header, size, token count and (when ``full``) sha256.
 
     Raises UserError naming the file when anything disagrees.
@@ -85,10 +86,10 @@ def verify_shard(path: str | os.PathLike, *, tokens: int, sha256: str | None, fu
             )
         # a checksum only proves the file is what its writer wrote; ids past the vocabulary
         # (another tokenizer's shards under a GPT-2 manifest) would fail deep inside the embedding
-        if tokens and int(open_shard(path, tokens).max()) >= VOCAB_SIZE:
+        if tokens and int(open_shard(path, tokens).max()) >= vocab_size:
             raise UserError(
-                f"{path}: shard holds token ids >= {VOCAB_SIZE}, outside the GPT-2 vocabulary; "
-                "it was not written by the GPT-2 tokenizer, re-run `gpt2kit prepare` to rebuild it"
+                f"{path}: shard holds token ids >= {vocab_size}, outside the manifest's vocabulary; "
+                "it was not written by its tokenizer, re-run `gpt2kit prepare` to rebuild it"
             )
 
 

@@ -6,6 +6,7 @@ the workers; results come back in order, at most a few chunks in flight.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing as mp
 import os
 import sys
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from gpt2kit.errors import UserError
-from gpt2kit.tokenizer import EOT_ID, get_tokenizer
+from gpt2kit.tokenizer import load_tokenizer
 
 _CHUNK_CHARS = 1 << 20  # text per task sent to a worker
 _CHUNK_DOCS = 4096
@@ -30,9 +31,13 @@ def default_workers() -> int:
         return os.cpu_count() or 1
 
 
-def encode_documents(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Tokenize texts, each preceded by ``<|endoftext|>``: (concatenated tokens uint16, per-document lengths int64)."""
-    enc = get_tokenizer().encoding  # built once per process
+def encode_documents(texts: list[str], tokenizer: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Tokenize texts, each preceded by ``<|endoftext|>``: (concatenated tokens uint16, per-document lengths int64).
+
+    ``tokenizer`` is ``gpt2`` (None) or a trained tokenizer's directory (see :func:`load_tokenizer`).
+    """
+    tok = load_tokenizer(tokenizer)  # built once per process (cached; forked workers inherit it)
+    enc, eot = tok.encoding, tok.eot
     if hasattr(enc, "encode_to_numpy"):
         # with no special tokens allowed or disallowed this is encode_ordinary, minus a Python list per document
         ids = [_encode_to_numpy(enc, t) for t in texts]
@@ -41,7 +46,7 @@ def encode_documents(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))  # (D,) incl. EOT
     out = np.empty(int(lengths.sum()), dtype=np.uint16)
     for start, x in zip((np.cumsum(lengths) - lengths).tolist(), ids):
-        out[start] = EOT_ID
+        out[start] = eot
         out[start + 1:start + 1 + len(x)] = x
     return out, lengths
 
@@ -92,15 +97,17 @@ def _worker_init(parent: int) -> None:
             os._exit(1)
 
 
-def tokenize_stream(docs: Iterable[str], workers: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def tokenize_stream(docs: Iterable[str], workers: int,
+                    tokenizer: str | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Tokenized chunks of ``docs`` in order, from ``workers`` processes (1: in this process).
 
     At most ``2 * workers + 1`` chunks are in flight: the next chunk is read only when a result is
     taken, so memory does not grow with the corpus (``Pool.imap`` would read its whole input ahead).
     """
-    get_tokenizer()  # built before forking, so every worker inherits it
+    load_tokenizer(tokenizer)  # built before forking, so every worker inherits it
+    encode = encode_documents if tokenizer is None else functools.partial(encode_documents, tokenizer=tokenizer)
     if workers <= 1:
-        yield from map(encode_documents, _chunks(docs))
+        yield from map(encode, _chunks(docs))
         return
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -111,7 +118,7 @@ def tokenize_stream(docs: Iterable[str], workers: int) -> Iterator[tuple[np.ndar
             f.result()
         pending: deque = deque()
         for chunk in _chunks(docs):
-            pending.append(pool.submit(encode_documents, chunk))
+            pending.append(pool.submit(encode, chunk))
             if len(pending) > 2 * workers:
                 yield pending.popleft().result()
         while pending:

@@ -54,7 +54,8 @@ def check_data_matches_model(manifest: dict[str, Any], vocab_size: int, data_dir
     if tok != TOKENIZER_ID or vocab != vocab_size:
         raise UserError(
             f"--data {data_dir}: prepared with tokenizer {tok!r} (vocab_size {vocab}), but the model uses "
-            f"{TOKENIZER_ID!r} with vocab_size {vocab_size}; prepare the data with `gpt2kit prepare`"
+            f"{TOKENIZER_ID!r} with vocab_size {vocab_size}; prepare the data with `gpt2kit prepare --tokenizer gpt2`"
+            + (" (training on a trained vocabulary is not wired into train yet)" if tok != TOKENIZER_ID else "")
         )
 
 

@@ -1,4 +1,4 @@
-"""The GPT-2 BPE tokenizer, built offline from the ranks file shipped inside the package.
+"""The tokenizer class and the GPT-2 BPE tokenizer, built offline from the ranks file shipped inside the package.
 
 The ranks file (``assets/gpt2.tiktoken``) is OpenAI's ``r50k_base``/``gpt2`` encoding; its sha256 is
 verified on load, so a corrupt or substituted file is refused rather than silently tokenizing wrong.
@@ -21,41 +21,62 @@ VOCAB_SIZE = 50257
 TOKENIZER_ID = "gpt2"  # recorded in manifests and checkpoints; another id means another vocabulary
 
 
-def _load_ranks(data: bytes, source: str) -> dict[bytes, int]:
+def parse_ranks(data: bytes, source: str, expected_sha256: str, hint: str) -> dict[bytes, int]:
+    """The token -> rank table of a tiktoken ranks file (base64 token, rank per line), after checking its sha256."""
     import base64
+    import binascii
 
     digest = hashlib.sha256(data).hexdigest()
-    if digest != GPT2_RANKS_SHA256:
-        raise UserError(
-            f"{source}: GPT-2 BPE ranks file has sha256 {digest}, expected {GPT2_RANKS_SHA256}; "
-            "reinstall gpt2kit to restore it"
-        )
+    if digest != expected_sha256:
+        raise UserError(f"{source}: BPE ranks file has sha256 {digest}, expected {expected_sha256}; {hint}")
     ranks: dict[bytes, int] = {}
-    for line in data.splitlines():
-        if line:
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
+    try:
+        for line in data.splitlines():
+            if line:
+                token, rank = line.split()
+                ranks[base64.b64decode(token, validate=True)] = int(rank)
+    except (ValueError, binascii.Error):
+        raise UserError(f"{source}: not a tiktoken ranks file (base64 token and rank per line); {hint}") from None
+    if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
+        raise UserError(f"{source}: ranks are not 0..N-1 over every single byte; {hint}")
     return ranks
 
 
 class Tokenizer:
-    """GPT-2 BPE: ``encode`` (no special tokens), ``decode``, ``encode_batch`` and ``eot``."""
+    """Byte-level BPE with GPT-2's pre-tokenization: ``encode`` (no special tokens), ``decode``, ``encode_batch``,
+    ``eot`` and ``vocab_size``; ``name`` is the id recorded in manifests and checkpoints.
 
-    name = TOKENIZER_ID
+    The end-of-text token ``<|endoftext|>`` has the id after the last rank (50256 for GPT-2).
+    """
 
-    def __init__(self, ranks_bytes: bytes, source: str = "gpt2.tiktoken") -> None:
+    def __init__(self, ranks_bytes: bytes, source: str = "gpt2.tiktoken", *, name: str = TOKENIZER_ID,
+                 sha256: str = GPT2_RANKS_SHA256, path: str | None = None,
+                 hint: str = "reinstall gpt2kit to restore it") -> None:
         import tiktoken
 
-        self.ranks: dict[bytes, int] = _load_ranks(ranks_bytes, source)
+        self.ranks: dict[bytes, int] = parse_ranks(ranks_bytes, source, sha256, hint)
+        self.name = name
+        self.sha256 = sha256
+        self.path = path
+        """The tokenizer directory (None for the packaged GPT-2 encoding)."""
+        self.eot: int = len(self.ranks)
         self._enc = tiktoken.Encoding(
-            name="gpt2",
+            name=name,
             pat_str=GPT2_PAT_STR,
             mergeable_ranks=self.ranks,
-            special_tokens={EOT_TOKEN: EOT_ID},
+            special_tokens={EOT_TOKEN: self.eot},
         )
-        self.eot: int = EOT_ID
         self.vocab_size: int = self._enc.n_vocab
-        assert self.vocab_size == VOCAB_SIZE, self.vocab_size
+        if name == TOKENIZER_ID:
+            assert self.vocab_size == VOCAB_SIZE and self.eot == EOT_ID, self.vocab_size
+
+    def __repr__(self) -> str:
+        return f"Tokenizer({self.name!r}, vocab_size={self.vocab_size})"
+
+    def record(self) -> dict:
+        """What manifests and checkpoints record of this tokenizer (the path is only a hint)."""
+        return {"tokenizer": self.name, "tokenizer_sha256": self.sha256, "vocab_size": self.vocab_size,
+                "eot": self.eot}
 
     @property
     def encoding(self):
@@ -101,13 +122,17 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 @functools.lru_cache(maxsize=1)
 def byte_level_vocab() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """The GPT-2 vocabulary as byte-level BPE strings: (token of each id, merges in rank order as ``"a b"``).
+    """The GPT-2 vocabulary as byte-level BPE strings (see :func:`byte_level_vocab_of`)."""
+    return byte_level_vocab_of(get_tokenizer().ranks)
+
+
+def byte_level_vocab_of(ranks: dict[bytes, int]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A vocabulary as byte-level BPE strings: (token of each id, merges in rank order as ``"a b"``).
 
     The strings spell bytes through :func:`_bytes_to_unicode`, as Hugging Face's vocab.json/merges.txt and
     GGUF files do. Merges are recovered from the ranks: token r is the merge of the two parts that byte-pair
-    encoding with ranks below r leaves of its bytes.
+    encoding with ranks below r leaves of its bytes. The end-of-text token follows the last rank.
     """
-    ranks = get_tokenizer().ranks
     byte_char = _bytes_to_unicode()
 
     def to_str(b: bytes) -> str:
@@ -131,10 +156,10 @@ def byte_level_vocab() -> tuple[tuple[str, ...], tuple[str, ...]]:
         if len(parts) != 2:
             raise RuntimeError(f"cannot recover the merge for token rank {rank}")
         merges.append(f"{to_str(parts[0])} {to_str(parts[1])}")
-    tokens = [""] * VOCAB_SIZE
+    tokens = [""] * (len(ranks) + 1)
     for t, r in ranks.items():
         tokens[r] = to_str(t)
-    tokens[EOT_ID] = EOT_TOKEN
+    tokens[len(ranks)] = EOT_TOKEN
     return tuple(tokens), tuple(merges)
 
 

@@ -10,7 +10,9 @@ from gpt2kit.cli.common import HelpFormatter
 HELP = "train your own BPE vocabulary on a corpus; encode, decode, inspect and compare tokenizers"
 DESCRIPTION = """\
 Train a byte-level BPE tokenizer (GPT-2's pre-tokenization regex, so any UTF-8 text round-trips exactly) on
-the same sources `gpt2kit prepare` reads, and use it through the pipeline with `--tokenizer DIR`.
+the same sources `gpt2kit prepare` reads, and tokenize data with it: `gpt2kit prepare --tokenizer DIR`.
+Training, sampling and export in a trained vocabulary are not wired in yet (`gpt2kit train` refuses such data
+in one line).
 
   gpt2kit tokenizer train builtin:sotu --vocab-size 8192 --out tok/sotu8k
   gpt2kit tokenizer info tok/sotu8k

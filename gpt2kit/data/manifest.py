@@ -16,7 +16,16 @@ from typing import Any
 from gpt2kit.data.shards import HEADER_BYTES, TOKEN_DTYPE, verify_shard
 from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_write_text
-from gpt2kit.tokenizer import EOT_ID, GPT2_RANKS_SHA256, TOKENIZER_ID, VOCAB_SIZE
+from gpt2kit.tokenizer import (
+    EOT_ID,
+    GPT2_RANKS_SHA256,
+    MAX_VOCAB_SIZE,
+    TOKENIZER_ID,
+    VOCAB_SIZE,
+    get_tokenizer,
+    load_tokenizer,
+    tokenizer_id,
+)
 
 MANIFEST_NAME = "manifest.json"
 PROGRESS_NAME = "progress.json"  # the manifest of an unfinished run; readers never accept it
@@ -37,8 +46,6 @@ def tokenizer_record(tok: Any = None) -> dict[str, Any]:
 
 def _check_tokenizer_record(manifest: dict[str, Any], path: Path) -> None:
     """GPT-2's record exactly (a manifest without one is GPT-2's), or a consistent trained-tokenizer record."""
-    from gpt2kit.tokenizer import MAX_VOCAB_SIZE, tokenizer_id
-
     for key, want in tokenizer_record().items():
         manifest.setdefault(key, want)  # manifests written before tokenizers were recorded are GPT-2's
     if manifest["tokenizer"] == TOKENIZER_ID:
@@ -130,8 +137,6 @@ def read_manifest(data_dir: str | os.PathLike) -> dict[str, Any]:
 
 def data_tokenizer(data_dir: str | os.PathLike, manifest: dict[str, Any]) -> Any:
     """The tokenizer a data directory was prepared with: GPT-2, or the copy in ``DATA/tokenizer/``."""
-    from gpt2kit.tokenizer import get_tokenizer, load_tokenizer
-
     if manifest["tokenizer"] == TOKENIZER_ID:
         return get_tokenizer()
     tok = load_tokenizer(Path(data_dir) / TOKENIZER_SUBDIR)

@@ -26,8 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from gpt2kit.errors import UserError
-from gpt2kit.io import atomic_write_text, publish_dir
-from gpt2kit.tokenizer.core import EOT_TOKEN, GPT2_PAT_STR, TOKENIZER_ID, Tokenizer, byte_level_vocab_of, get_tokenizer
+from gpt2kit.io import atomic_write_bytes, atomic_write_text, publish_dir
+from gpt2kit.tokenizer.core import (
+    EOT_TOKEN,
+    GPT2_PAT_STR,
+    TOKENIZER_ID,
+    Tokenizer,
+    _bytes_to_unicode,
+    byte_level_vocab_of,
+    get_tokenizer,
+)
+from gpt2kit.version import __version__
 
 META_NAME = "gpt2kit_tokenizer.json"
 RANKS_NAME = "tokenizer.tiktoken"
@@ -89,8 +98,6 @@ def train_ranks(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2
 
 
 def _byte_chars() -> dict[int, str]:
-    from gpt2kit.tokenizer.core import _bytes_to_unicode
-
     return _bytes_to_unicode()
 
 
@@ -128,8 +135,6 @@ def _hf_config() -> str:
 def save_tokenizer_dir(ranks: dict[bytes, int], out_dir: str | os.PathLike, *, training: dict[str, Any],
                        sources: list[Any], overwrite: bool = False) -> Tokenizer:
     """Write a tokenizer directory for ``ranks`` atomically (whole or not at all); returns its tokenizer."""
-    from gpt2kit.version import __version__
-
     out_dir = Path(out_dir)
     if out_dir.exists():
         if not overwrite:
@@ -148,8 +153,6 @@ def save_tokenizer_dir(ranks: dict[bytes, int], out_dir: str | os.PathLike, *, t
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        from gpt2kit.io import atomic_write_bytes
-
         atomic_write_bytes(tmp / RANKS_NAME, data)
         atomic_write_text(tmp / HF_NAME, hf_tokenizer_json(ranks))
         atomic_write_text(tmp / HF_CONFIG_NAME, _hf_config())
@@ -222,7 +225,6 @@ def copy_tokenizer_dir(tok: Tokenizer, dest: str | os.PathLike) -> None:
     """Copy a trained tokenizer's files into ``dest`` (a data or run directory's ``tokenizer/``), atomically each."""
     if tok.path is None:
         return
-    from gpt2kit.io import atomic_write_bytes
 
     dest = Path(dest)
     for name in FILES:

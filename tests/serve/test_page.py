@@ -23,6 +23,8 @@ from selenium.webdriver.common.by import By  # noqa: E402  (after the skip: sele
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from .conftest import BLOCK_SIZE  # noqa: E402
+
 KEY = "s3cret-key"
 WAIT_S = 30
 
@@ -79,6 +81,10 @@ def test_chat_page_streams_stops_and_asks_for_the_key(browser, make_server, chec
     d.find_element(By.ID, "key").send_keys(KEY, Keys.ENTER)
     _wait(d, lambda: d.find_element(By.ID, "model").text == "sft", "the model name")
     assert not d.find_element(By.ID, "key-form").is_displayed()
+    # the default reply length fits the model's context (128 did not fit the 128-token demo model)
+    box_max = d.find_element(By.ID, "max-tokens")
+    assert int(box_max.get_attribute("max")) == BLOCK_SIZE - 1
+    assert int(box_max.get_attribute("value")) <= BLOCK_SIZE // 2
 
     # Shift+Enter is a new line, Enter sends; a long reply streams in and Stop ends it
     box = d.find_element(By.ID, "input")

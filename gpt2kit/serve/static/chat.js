@@ -55,7 +55,15 @@
     if (!resp.ok) return showStatus(await errorText(resp));
     $("key-form").hidden = true;
     showStatus("");
-    $("model").textContent = (await resp.json()).data[0].id + (chat ? "" : " (base model: completion)");
+    const model = (await resp.json()).data[0];
+    $("model").textContent = model.id + (chat ? "" : " (base model: completion)");
+    // a reply longer than half the model's context leaves too little room for the conversation (the default 128
+    // does not fit a 128-token model at all)
+    const box = $("max-tokens");
+    if (model.max_model_len) {
+      box.max = model.max_model_len - 1;
+      box.value = Math.min(Number(box.value), Math.max(1, Math.floor(model.max_model_len / 2)));
+    }
   }
 
   // the JSON objects of a server-sent event stream, up to "data: [DONE]"

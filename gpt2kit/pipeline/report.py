@@ -138,9 +138,7 @@ def _figures(stages: dict[str, Any]) -> list[str]:
     sft = stages.get("sft", {})
     if sft.get("best_val_loss") is not None:
         rows.append(("held-out instruction loss (response tokens)", "", _num(sft["best_val_loss"])))
-    for task in sorted(set(pre) | set(tuned) - {"val"}):
-        if task == "val":
-            continue
+    for task in sorted((set(pre) | set(tuned)) - {"val"}):
         for metric in ("acc", "acc_norm"):
             if metric in pre.get(task, {}) or metric in tuned.get(task, {}):
                 n = (pre.get(task) or tuned.get(task)).get("n")

@@ -1,7 +1,10 @@
 """The gpt2kit checkpoint file format: writing one atomically, reading one safely and checking what it is.
 
 A checkpoint is a dict with at least ``format_version``, ``kind``, ``tokenizer``, ``model_config`` and
-``model`` (weights by parameter name, the tied ``lm_head.weight`` left out). The trainer adds optimizer,
+``model`` (weights by parameter name, the tied ``lm_head.weight`` left out). ``tokenizer`` is ``gpt2`` or a
+trained tokenizer's id, whose directory files ride along under ``tokenizer_files``
+(:meth:`gpt2kit.tokenizer.Tokenizer.checkpoint_record`; read back by
+:func:`gpt2kit.tokenizer.checkpoint_tokenizer`). The trainer adds optimizer,
 step, loader and RNG state, resolved config and metrics; a fine-tune adds ``finetune``
 (:mod:`gpt2kit.checkpoint.finetune`). It is stored either as one ``torch.save`` file (``*.pt``) or as a sharded
 directory (``*.dcp``: the tensors through ``torch.distributed.checkpoint``, :mod:`gpt2kit.checkpoint.sharded`,
@@ -35,7 +38,8 @@ def _stamped(payload: dict[str, Any], required: tuple[str, ...]) -> dict[str, An
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Write a checkpoint dict atomically; ``format_version``, ``kind`` and ``tokenizer`` are filled in."""
+    """Write a checkpoint dict atomically; ``format_version`` and ``kind`` are filled in, and ``tokenizer``
+    (``gpt2``) unless the payload carries its own record."""
     payload = _stamped(payload, ("model_config", "model"))
     atomic_write_with(path, lambda tmp: torch.save(payload, tmp))
 
@@ -73,8 +77,9 @@ def check_format(path: str | Path, ckpt: Any) -> dict[str, Any]:
             "upgrade gpt2kit"
         )
     tok = ckpt.get("tokenizer", TOKENIZER_ID)
-    if tok != TOKENIZER_ID:
-        raise UserError(f"{path}: checkpoint uses tokenizer {tok!r}; gpt2kit supports only {TOKENIZER_ID!r}")
+    if not isinstance(tok, str) or (tok != TOKENIZER_ID and not isinstance(ckpt.get("tokenizer_files"), dict)):
+        raise UserError(f"{path}: checkpoint records tokenizer {tok!r} without its files; it was not written by "
+                        "gpt2kit or is damaged, use another checkpoint")
     return ckpt
 
 

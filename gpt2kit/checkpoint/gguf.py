@@ -1,4 +1,4 @@
-"""GGUF files for llama.cpp, Ollama and LM Studio: a GPT's weights with GPT-2's architecture keys and tokenizer.
+"""GGUF files for llama.cpp, Ollama and LM Studio: a GPT's weights with GPT-2's architecture keys and its tokenizer.
 
 Written with the ``gguf`` package (the format's own library, ``pip install 'gpt2kit[gguf]'``) the way llama.cpp's
 ``convert_hf_to_gguf.py`` writes a Hugging Face GPT-2, so that llama.cpp's ``gpt2`` loader reads it:
@@ -27,7 +27,7 @@ import torch
 from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_path
 from gpt2kit.model.gpt import GPT
-from gpt2kit.tokenizer import EOT_ID, VOCAB_SIZE, byte_level_vocab
+from gpt2kit.tokenizer import Tokenizer, byte_level_vocab, byte_level_vocab_of, get_tokenizer
 
 OUTTYPES = {
     "f32": (gguf.LlamaFileType.ALL_F32, gguf.GGMLQuantizationType.F32),
@@ -89,19 +89,24 @@ def _encoded(name: str, data: np.ndarray, qtype: gguf.GGMLQuantizationType
     return np.ascontiguousarray(data, dtype=np.float16), gguf.GGMLQuantizationType.F16
 
 
-def write_gguf(model: GPT, out: str | Path, outtype: str = "f32", name: str = "gpt2kit") -> Path:
-    """Write ``model`` as a GGUF file at ``out`` (atomically: a failure leaves ``out`` as it was); returns the path."""
+def write_gguf(model: GPT, out: str | Path, outtype: str = "f32", name: str = "gpt2kit",
+               tokenizer: Tokenizer | None = None) -> Path:
+    """Write ``model`` as a GGUF file at ``out`` (atomically: a failure leaves ``out`` as it was); returns the path.
+
+    The file's vocabulary is ``tokenizer``'s (GPT-2's by default; a trained byte-level BPE is written the same
+    way, its merges recovered from its ranks), which must be the model's."""
     if outtype not in OUTTYPES:
         raise UserError(f"--outtype {outtype}: not offered; use one of {', '.join(OUTTYPES)}")
     cfg = model.config
-    if cfg.vocab_size != VOCAB_SIZE:
-        raise UserError(f"the model's vocab_size is {cfg.vocab_size}, not the GPT-2 tokenizer's {VOCAB_SIZE}; "
-                        "a GGUF file needs the vocabulary the model was trained with")
+    tok = tokenizer or get_tokenizer()
+    if cfg.vocab_size != tok.vocab_size:
+        raise UserError(f"the model's vocab_size is {cfg.vocab_size}, not its tokenizer {tok.name}'s "
+                        f"{tok.vocab_size}; a GGUF file needs the vocabulary the model was trained with")
     out = Path(out)
     if out.is_dir():
         raise UserError(f"--out {out}: is a directory; name the file to write, such as {out / 'model.gguf'}")
     file_type, qtype = OUTTYPES[outtype]
-    tokens, merges = byte_level_vocab()
+    tokens, merges = byte_level_vocab() if tok.files is None else byte_level_vocab_of(tok.ranks)
     with atomic_path(out) as tmp:
         w = gguf.GGUFWriter(tmp, arch="gpt2")
         w.add_type(gguf.GGUFType.MODEL)
@@ -117,11 +122,11 @@ def write_gguf(model: GPT, out: str | Path, outtype: str = "f32", name: str = "g
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("gpt-2")
         w.add_token_list(list(tokens))
-        w.add_token_types([gguf.TokenType.CONTROL if i == EOT_ID else gguf.TokenType.NORMAL
+        w.add_token_types([gguf.TokenType.CONTROL if i == tok.eot else gguf.TokenType.NORMAL
                            for i in range(len(tokens))])
         w.add_token_merges(list(merges))
-        w.add_bos_token_id(EOT_ID)
-        w.add_eos_token_id(EOT_ID)
+        w.add_bos_token_id(tok.eot)
+        w.add_eos_token_id(tok.eot)
         w.add_add_bos_token(False)  # GPT-2 reads the prompt as it is, with no start token put in front
         for tensor_name, data in gguf_tensors(model):
             data, dtype = _encoded(tensor_name, data, qtype)

@@ -18,20 +18,24 @@ from gpt2kit.errors import UserError, first_line, torch_load_error
 from gpt2kit.io import atomic_write_text, atomic_write_with
 from gpt2kit.model.config import GPT2_VOCAB_SIZE, GPTConfig
 from gpt2kit.model.hf_keys import state_dict_from_hf, state_dict_to_hf
-from gpt2kit.tokenizer import EOT_ID, hf_tokenizer_files
+from gpt2kit.tokenizer import EOT_ID, Tokenizer, hf_tokenizer_files, load_tokenizer, write_tokenizer_files
+from gpt2kit.tokenizer.bpe import META_NAME as TOKENIZER_META
 
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
-def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig:
-    """A GPTConfig from a Hugging Face GPT-2 ``config.json`` dict; other architectures are refused."""
+def config_from_hf(hf: dict[str, Any], source: str = "config.json", vocab_size: int = GPT2_VOCAB_SIZE) -> GPTConfig:
+    """A GPTConfig from a Hugging Face GPT-2 ``config.json`` dict; other architectures are refused, and so is a
+    vocabulary other than ``vocab_size`` (GPT-2's, or the trained tokenizer's a gpt2kit export carries)."""
     model_type = hf.get("model_type")
     if model_type != "gpt2":
         raise UserError(f"{source}: model_type is {model_type!r}; gpt2kit loads only GPT-2 ('gpt2') models")
     vocab = hf.get("vocab_size")
-    if vocab != GPT2_VOCAB_SIZE:
+    if vocab != vocab_size:
+        whose = "GPT-2's" if vocab_size == GPT2_VOCAB_SIZE else f"its {TOKENIZER_META} tokenizer's"
         raise UserError(
-            f"{source}: vocab_size is {vocab}, not GPT-2's {GPT2_VOCAB_SIZE}; gpt2kit uses the GPT-2 tokenizer"
+            f"{source}: vocab_size is {vocab}, not {whose} {vocab_size}; gpt2kit reads GPT-2's vocabulary, or a "
+            f"trained one whose {TOKENIZER_META} (written by `gpt2kit export`) sits beside config.json"
         )
     try:
         # weights loaded for inference or a new run start without dropout; training sets its own
@@ -40,8 +44,8 @@ def config_from_hf(hf: dict[str, Any], source: str = "config.json") -> GPTConfig
         raise UserError(f"{source}: not a GPT-2 config gpt2kit can load ({e})") from None
 
 
-def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
-    """A Hugging Face ``config.json`` dict for ``transformers.GPT2LMHeadModel``."""
+def config_to_hf(cfg: GPTConfig, eot: int = EOT_ID) -> dict[str, Any]:
+    """A Hugging Face ``config.json`` dict for ``transformers.GPT2LMHeadModel`` (``eot``: the end-of-text id)."""
     return {
         "architectures": ["GPT2LMHeadModel"],
         "model_type": "gpt2",
@@ -60,8 +64,8 @@ def config_to_hf(cfg: GPTConfig) -> dict[str, Any]:
         "initializer_range": 0.02,
         "scale_attn_weights": True,
         "use_cache": True,
-        "bos_token_id": EOT_ID,
-        "eos_token_id": EOT_ID,
+        "bos_token_id": eot,
+        "eos_token_id": eot,
         "tie_word_embeddings": True,
         "torch_dtype": "float32",
     }
@@ -102,7 +106,8 @@ def read_hf_config(directory: Path) -> GPTConfig:
         hf = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{path}: cannot read config ({e})") from None
-    return config_from_hf(hf, str(path))
+    trained = (directory / TOKENIZER_META).is_file()
+    return config_from_hf(hf, str(path), load_tokenizer(directory).vocab_size if trained else GPT2_VOCAB_SIZE)
 
 
 def read_hf_dir(directory: Path) -> tuple[dict[str, torch.Tensor], GPTConfig]:
@@ -111,11 +116,14 @@ def read_hf_dir(directory: Path) -> tuple[dict[str, torch.Tensor], GPTConfig]:
     return state_dict_from_hf(read_hf_state_dict(directory), cfg, str(directory)), cfg
 
 
-def write_hf_dir(sd: dict[str, torch.Tensor], cfg: GPTConfig, out_dir: Path, with_tokenizer: bool = True) -> None:
+def write_hf_dir(sd: dict[str, torch.Tensor], cfg: GPTConfig, out_dir: Path, with_tokenizer: bool = True,
+                 tokenizer: Tokenizer | None = None) -> None:
     """Write ``config.json`` and ``model.safetensors`` loadable by ``GPT2LMHeadModel.from_pretrained``.
 
-    With ``with_tokenizer`` the GPT-2 tokenizer files (``vocab.json``, ``merges.txt``) are written
-    too, so ``transformers.pipeline("text-generation", model=out_dir)`` works on its own.
+    With ``with_tokenizer`` the tokenizer files are written too, so ``AutoTokenizer.from_pretrained(out_dir)``
+    and ``transformers.pipeline("text-generation", model=out_dir)`` work on their own: GPT-2's ``vocab.json``
+    and ``merges.txt``, or a trained ``tokenizer``'s whole directory (``tokenizer.json`` for transformers, and
+    gpt2kit's own files, so gpt2kit reads the export back with the same tokenizer).
 
     Files are written to temporary names and renamed, so an interrupted export leaves no half file.
     """
@@ -124,9 +132,12 @@ def write_hf_dir(sd: dict[str, torch.Tensor], cfg: GPTConfig, out_dir: Path, wit
     tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state_dict_to_hf(sd, cfg).items()}
     atomic_write_with(out_dir / "model.safetensors",
                       lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    atomic_write_text(out_dir / "config.json", json.dumps(config_to_hf(cfg), indent=2) + "\n")
-    gen = {"bos_token_id": EOT_ID, "eos_token_id": EOT_ID}
+    eot = EOT_ID if tokenizer is None else tokenizer.eot
+    atomic_write_text(out_dir / "config.json", json.dumps(config_to_hf(cfg, eot), indent=2) + "\n")
+    gen = {"bos_token_id": eot, "eos_token_id": eot}
     atomic_write_text(out_dir / "generation_config.json", json.dumps(gen, indent=2) + "\n")
-    if with_tokenizer:
+    if with_tokenizer and tokenizer is not None and tokenizer.files is not None:
+        write_tokenizer_files(tokenizer, out_dir)
+    elif with_tokenizer:
         for name, text in hf_tokenizer_files().items():
             atomic_write_text(out_dir / name, text)

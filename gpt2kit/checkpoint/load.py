@@ -27,6 +27,8 @@ from gpt2kit.io import publish_dir
 from gpt2kit.model.config import GPTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.hf_keys import state_dict_from_hf
+from gpt2kit.tokenizer import Tokenizer, checkpoint_tokenizer, get_tokenizer, load_tokenizer
+from gpt2kit.tokenizer.bpe import META_NAME as TOKENIZER_META
 
 
 @dataclass
@@ -41,6 +43,8 @@ class LoadedModel:
     """``gpt2kit``, ``huggingface`` or ``openai``."""
     checkpoint: dict[str, Any] = field(default_factory=dict)
     """The whole checkpoint dict (gpt2kit format), minus the model weights; empty for HF weights."""
+    tokenizer: Tokenizer = field(default_factory=get_tokenizer)
+    """The model's tokenizer: GPT-2's, or the trained one its checkpoint (or export directory) carries."""
 
 
 def load_hf_model(directory: Path) -> GPT:
@@ -79,17 +83,29 @@ def load_model(
         where, kind = download_hub_model(str(where)), "huggingface"
     if kind == "huggingface":
         model, ckpt, fmt = load_hf_model(Path(where)), {}, "huggingface"
+        # a gpt2kit export of a model with a trained vocabulary carries the tokenizer's directory files
+        tok = load_tokenizer(where) if (Path(where) / TOKENIZER_META).is_file() else get_tokenizer()
     elif kind == "openai":
-        model, ckpt, fmt = load_openai_model(Path(where)), {}, "openai"
+        model, ckpt, fmt, tok = load_openai_model(Path(where)), {}, "openai", get_tokenizer()
     else:
         # a fine-tune comes with its LoRA adapters merged into plain weights; a classifier is refused
         full = language_model_checkpoint(read_checkpoint(where), str(where))
+        tok = checkpoint_tokenizer(full, where)
         model = model_from_checkpoint(full, str(where))
         ckpt = {k: v for k, v in full.items() if k != "model"}
         fmt = "gpt2kit"
+    check_model_tokenizer(model.config, tok, str(where))
     model.to(device=device, dtype=dtype)
     model.eval()
-    return LoadedModel(model=model, config=model.config, source=str(where), format=fmt, checkpoint=ckpt)
+    return LoadedModel(model=model, config=model.config, source=str(where), format=fmt, checkpoint=ckpt,
+                       tokenizer=tok)
+
+
+def check_model_tokenizer(cfg: GPTConfig, tok: Tokenizer, source: str) -> None:
+    """UserError unless a trained tokenizer's vocabulary is the model's (GPT-2's models keep theirs as they are)."""
+    if tok.files is not None and cfg.vocab_size != tok.vocab_size:
+        raise UserError(f"{source}: the model has vocab_size {cfg.vocab_size} but its tokenizer {tok.name} has "
+                        f"{tok.vocab_size}; the files do not belong together, use another checkpoint")
 
 
 def export_hf(spec: str | Path, out_dir: str | Path) -> LoadedModel:
@@ -111,7 +127,7 @@ def export_hf(spec: str | Path, out_dir: str | Path) -> LoadedModel:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        write_hf_dir(model_state_dict(loaded.model), loaded.config, tmp)
+        write_hf_dir(model_state_dict(loaded.model), loaded.config, tmp, tokenizer=loaded.tokenizer)
         swappable = not Path(out_dir).is_symlink() and not Path.cwd().resolve().is_relative_to(target)
         _publish_export(tmp, target, swappable)
     finally:

@@ -62,7 +62,8 @@ def _gguf(args: argparse.Namespace, out: Path) -> int:
 
     outtype = args.outtype or "f32"
     loaded = load_model(args.checkpoint)
-    write_gguf(loaded.model, out, outtype, name=Path(str(args.checkpoint).rstrip("/")).stem or "gpt2kit")
+    write_gguf(loaded.model, out, outtype, name=Path(str(args.checkpoint).rstrip("/")).stem or "gpt2kit",
+               tokenizer=loaded.tokenizer)
     print(f"wrote {out} ({outtype}, {out.stat().st_size / 1e6:.1f} MB, "
           f"{loaded.model.num_params():,} parameters, from {loaded.source})")
     return 0

@@ -53,7 +53,7 @@ from gpt2kit.data.split_plan import SplitPlanner
 from gpt2kit.data.tokenize import default_workers, tokenize_stream
 from gpt2kit.errors import UserError
 from gpt2kit.io import dir_lock
-from gpt2kit.tokenizer import copy_tokenizer_dir, load_tokenizer
+from gpt2kit.tokenizer import load_tokenizer, write_tokenizer_files
 from gpt2kit.version import __version__
 
 DEFAULT_SHARD_TOKENS = 100_000_000  # as build-nanogpt's FineWeb shards
@@ -445,7 +445,7 @@ def _write(cfg: PrepareConfig, srcs: list[Source], header: dict[str, Any], state
     manifest = {**header, "documents": totals["documents"], "tokens": totals["tokens"], "split": planner.record(totals),
                 **state}
     if header.get("tokenizer_path"):
-        copy_tokenizer_dir(load_tokenizer(header["tokenizer_path"]), cfg.out_dir / TOKENIZER_SUBDIR)
+        write_tokenizer_files(load_tokenizer(header["tokenizer_path"]), cfg.out_dir / TOKENIZER_SUBDIR)
     write_manifest(cfg.out_dir / MANIFEST_NAME, manifest)
     (cfg.out_dir / PROGRESS_NAME).unlink(missing_ok=True)
     elapsed = time.perf_counter() - t0

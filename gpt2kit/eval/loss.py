@@ -12,7 +12,6 @@ the tokenizer, so models with different vocabularies compare on it.
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -25,15 +24,13 @@ from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
 from gpt2kit.eval.scoring import safe_exp
 from gpt2kit.io import iter_jsonl
-from gpt2kit.tokenizer import EOT_ID, get_tokenizer
+from gpt2kit.tokenizer import EOT_ID, Tokenizer, get_tokenizer
 
 
-@functools.lru_cache(maxsize=1)
-def token_byte_lengths() -> torch.Tensor:
-    """UTF-8 byte length of every GPT-2 token (V,) int64; ``<|endoftext|>`` counts 0 bytes."""
-    enc = get_tokenizer().encoding
-    lengths = [len(enc.decode_single_token_bytes(i)) for i in range(EOT_ID)] + [0]
-    return torch.tensor(lengths, dtype=torch.long)
+def token_byte_lengths(tokenizer: Tokenizer | None = None) -> torch.Tensor:
+    """UTF-8 byte length of every token of ``tokenizer`` (GPT-2's by default), (V,) int64; ``<|endoftext|>``
+    counts 0 bytes."""
+    return torch.tensor((tokenizer or get_tokenizer()).token_byte_lengths(), dtype=torch.long)
 
 
 @torch.no_grad()
@@ -44,13 +41,15 @@ def mean_loss(
     device: torch.device | str,
     autocast_dtype: torch.dtype | None = None,
     count_bytes: bool = False,
+    tokenizer: Tokenizer | None = None,
     progress: bool = False,
     total: int | None = None,
 ) -> dict:
     """Mean next-token loss over all target tokens of ``batches`` (targets == -100 ignored).
 
     Returns ``{"loss", "perplexity", "tokens", "nll_sum"}``, plus ``"bytes"`` and ``"bits_per_byte"``
-    with ``count_bytes``. ``model`` is called as ``model(inputs, targets) -> (logits, mean loss)``, so a
+    with ``count_bytes`` (the bytes of ``tokenizer``'s tokens, GPT-2's by default). ``model`` is called
+    as ``model(inputs, targets) -> (logits, mean loss)``, so a
     compiled or DDP-wrapped GPT works. In a distributed run each rank passes its own batches and the
     caller combines the ranks with :func:`all_reduce_loss`.
     """
@@ -59,7 +58,7 @@ def mean_loss(
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)  # on device: no sync per batch
     tokens = 0
     n_bytes = 0
-    lengths = token_byte_lengths() if count_bytes else None
+    lengths = token_byte_lengths(tokenizer) if count_bytes else None
     it = batches
     if progress:
         from tqdm import tqdm
@@ -138,14 +137,15 @@ def sliding_windows(
 
 
 def batch_windows(
-    windows: Iterable[tuple[list[int], list[int]]], batch_size: int
+    windows: Iterable[tuple[list[int], list[int]]], batch_size: int, pad: int = EOT_ID
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Group windows into right-padded (inputs, targets) int64 batches (B, T); padding targets are -100."""
+    """Group windows into right-padded (inputs, targets) int64 batches (B, T); padding inputs are ``pad`` (the
+    tokenizer's end-of-text id), padding targets -100."""
     chunk: list[tuple[list[int], list[int]]] = []
 
     def emit() -> tuple[torch.Tensor, torch.Tensor]:
         T = max(len(inp) for inp, _ in chunk)
-        x = torch.full((len(chunk), T), EOT_ID, dtype=torch.long)  # (B, T)
+        x = torch.full((len(chunk), T), pad, dtype=torch.long)  # (B, T)
         y = torch.full((len(chunk), T), -100, dtype=torch.long)  # (B, T)
         for b, (inp, tgt) in enumerate(chunk):
             x[b, : len(inp)] = torch.tensor(inp)
@@ -162,12 +162,12 @@ def batch_windows(
 
 
 def document_windows(
-    documents: Iterable[list[int]], block_size: int, stride: int
+    documents: Iterable[list[int]], block_size: int, stride: int, eot: int = EOT_ID
 ) -> Iterator[tuple[list[int], list[int]]]:
-    """Sliding windows over each document's tokens, each document prefixed with ``<|endoftext|>``."""
+    """Sliding windows over each document's tokens, each document prefixed with ``<|endoftext|>`` (id ``eot``)."""
     for doc in documents:
         if doc:
-            yield from sliding_windows([EOT_ID] + list(doc), block_size, stride)
+            yield from sliding_windows([eot] + list(doc), block_size, stride)
 
 
 def read_documents(path: str | os.PathLike, *, text_field: str | None = None, limit: int | None = None) -> list[str]:

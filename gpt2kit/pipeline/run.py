@@ -300,7 +300,8 @@ def _export(exports: tuple[str, ...], run: Path, env: DistEnv, say) -> dict[str,
             say(f"wrote {out / 'hf'} (transformers.GPT2LMHeadModel.from_pretrained reads it)")
         if "gguf" in exports:
             out.mkdir(parents=True, exist_ok=True)
-            write_gguf(load_model(run / "sft").model, out / "model.gguf", "f16", name=run.resolve().name)
+            tuned = load_model(run / "sft")
+            write_gguf(tuned.model, out / "model.gguf", "f16", name=run.resolve().name, tokenizer=tuned.tokenizer)
             written["gguf"] = str(out / "model.gguf")
             say(f"wrote {out / 'model.gguf'} (f16; llama.cpp, Ollama, LM Studio)")
     barrier(env)

@@ -9,13 +9,15 @@ from gpt2kit.tokenizer.bpe import (
     MAX_VOCAB_SIZE,
     MIN_VOCAB_SIZE,
     check_vocab_size,
+    checkpoint_tokenizer,
     compression,
-    copy_tokenizer_dir,
     load_tokenizer,
     read_tokenizer_dir,
     save_tokenizer_dir,
+    tokenizer_from_files,
     tokenizer_id,
     train_ranks,
+    write_tokenizer_files,
 )
 from gpt2kit.tokenizer.core import (
     EOT_ID,
@@ -36,6 +38,7 @@ from gpt2kit.tokenizer.core import (
 __all__ = [
     "EOT_ID", "EOT_TOKEN", "GPT2_PAT_STR", "GPT2_RANKS_SHA256", "MAX_VOCAB_SIZE", "MIN_VOCAB_SIZE", "TOKENIZER_ID",
     "VOCAB_SIZE", "Tokenizer", "_bytes_to_unicode", "byte_level_vocab", "byte_level_vocab_of", "check_vocab_size",
-    "compression", "copy_tokenizer_dir", "get_tokenizer", "hf_tokenizer_files", "load_tokenizer", "parse_ranks",
-    "read_tokenizer_dir", "save_tokenizer_dir", "tokenizer_id", "train_ranks",
+    "checkpoint_tokenizer", "compression", "get_tokenizer", "hf_tokenizer_files", "load_tokenizer", "parse_ranks",
+    "read_tokenizer_dir", "save_tokenizer_dir", "tokenizer_from_files", "tokenizer_id", "train_ranks",
+    "write_tokenizer_files",
 ]

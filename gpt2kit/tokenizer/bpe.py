@@ -180,38 +180,59 @@ def read_metadata(directory: str | os.PathLike) -> dict[str, Any]:
     path = directory / META_NAME
     if not path.is_file():
         raise _bad(directory, f"no {META_NAME}, not a gpt2kit tokenizer directory")
+    return _parse_metadata(path.read_bytes(), path, _bad)
+
+
+def _parse_metadata(data: bytes, path: Path, bad: Any) -> dict[str, Any]:
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(data.decode("utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise _bad(path, f"not valid JSON ({e})") from None
+        raise bad(path, f"not valid JSON ({e})") from None
     if not isinstance(meta, dict) or meta.get("kind") != TOKENIZER_KIND:
-        raise _bad(path, f"not a gpt2kit tokenizer file (no \"kind\": \"{TOKENIZER_KIND}\")")
+        raise bad(path, f"not a gpt2kit tokenizer file (no \"kind\": \"{TOKENIZER_KIND}\")")
     version = meta.get("format_version")
     if not isinstance(version, int) or version > TOKENIZER_FORMAT_VERSION:
         raise UserError(f"{path}: format_version {version!r} is newer than this gpt2kit reads "
                         f"({TOKENIZER_FORMAT_VERSION}); upgrade gpt2kit")
     sha = meta.get("ranks_sha256")
     if not isinstance(sha, str) or meta.get("id") != tokenizer_id(sha) or not isinstance(meta.get("vocab_size"), int):
-        raise _bad(path, "id, ranks_sha256 and vocab_size are missing or disagree")
+        raise bad(path, "id, ranks_sha256 and vocab_size are missing or disagree")
     return meta
+
+
+def tokenizer_from_files(files: dict[str, bytes], where: Path, *, path: str | None = None,
+                         bad: Any = None) -> Tokenizer:
+    """The trained tokenizer whose directory files are ``files`` (name -> bytes), the ranks checked against the
+    metadata's sha256; ``where`` names them in errors, ``bad(where, what)`` makes the UserError."""
+    bad = bad or _bad
+    if META_NAME not in files:
+        raise bad(where, f"no {META_NAME}, not a gpt2kit tokenizer")
+    meta = _parse_metadata(files[META_NAME], where / META_NAME, bad)
+    if RANKS_NAME not in files:
+        raise bad(where / RANKS_NAME, "the ranks file is missing")
+    tok = Tokenizer(files[RANKS_NAME], str(where / RANKS_NAME), name=meta["id"], sha256=meta["ranks_sha256"],
+                    path=path, hint="the tokenizer was altered or is corrupt; copy or train it again", files=files)
+    if tok.vocab_size != meta["vocab_size"] or tok.eot != meta.get("eot_id"):
+        raise bad(where, f"{META_NAME} records vocab_size {meta['vocab_size']} and eot_id {meta.get('eot_id')}, "
+                         f"the ranks give {tok.vocab_size} and {tok.eot}")
+    return tok
 
 
 @functools.lru_cache(maxsize=8)
 def read_tokenizer_dir(directory: str) -> Tokenizer:
     """The tokenizer of a directory written by :func:`save_tokenizer_dir`, its ranks checked against the sha256."""
     path = Path(directory)
-    meta = read_metadata(path)
-    ranks_path = path / RANKS_NAME
-    try:
-        data = ranks_path.read_bytes()
-    except OSError as e:
-        raise _bad(ranks_path, f"cannot read the ranks file ({e.strerror})") from None
-    tok = Tokenizer(data, str(ranks_path), name=meta["id"], sha256=meta["ranks_sha256"], path=str(path),
-                    hint="the tokenizer directory was altered or is corrupt; copy or train it again")
-    if tok.vocab_size != meta["vocab_size"] or tok.eot != meta.get("eot_id"):
-        raise _bad(path, f"{META_NAME} records vocab_size {meta['vocab_size']} and eot_id {meta.get('eot_id')}, "
-                         f"the ranks give {tok.vocab_size} and {tok.eot}")
-    return tok
+    read_metadata(path)  # a missing or foreign directory gets its own line
+    files = {}
+    for name in FILES:
+        try:
+            files[name] = (path / name).read_bytes()
+        except FileNotFoundError:
+            if name in (META_NAME, RANKS_NAME):
+                raise _bad(path / name, "missing") from None
+        except OSError as e:
+            raise _bad(path / name, f"cannot be read ({e.strerror})") from None
+    return tokenizer_from_files(files, path, path=str(path))
 
 
 def load_tokenizer(spec: str | os.PathLike | None = None) -> Tokenizer:
@@ -221,17 +242,37 @@ def load_tokenizer(spec: str | os.PathLike | None = None) -> Tokenizer:
     return read_tokenizer_dir(str(Path(spec).expanduser().resolve()))
 
 
-def copy_tokenizer_dir(tok: Tokenizer, dest: str | os.PathLike) -> None:
-    """Copy a trained tokenizer's files into ``dest`` (a data or run directory's ``tokenizer/``), atomically each."""
-    if tok.path is None:
+def write_tokenizer_files(tok: Tokenizer, dest: str | os.PathLike) -> None:
+    """Write a trained tokenizer's directory files into ``dest`` (a data directory's ``tokenizer/``, a Hugging Face
+    export), each atomically; nothing for GPT-2's."""
+    if tok.files is None:
         return
-
     dest = Path(dest)
-    for name in FILES:
-        src = Path(tok.path) / name
-        if src.is_file():
-            atomic_write_bytes(dest / name, src.read_bytes())
-    read_tokenizer_dir(str(dest.resolve()))  # the copy is whole and unaltered
+    for name, data in sorted(tok.files.items()):
+        atomic_write_bytes(dest / name, data)
+    read_tokenizer_dir.cache_clear()
+    if read_tokenizer_dir(str(dest.resolve())).name != tok.name:  # the copy is whole and unaltered
+        raise RuntimeError(f"{dest}: the tokenizer written is not {tok.name}")
+
+
+def checkpoint_tokenizer(ckpt: dict[str, Any], source: str | os.PathLike) -> Tokenizer:
+    """The tokenizer a gpt2kit checkpoint dict records: GPT-2's (also for checkpoints older than trained
+    tokenizers), or the trained one from the files it carries; UserError when they are missing or altered."""
+    name = ckpt.get("tokenizer", TOKENIZER_ID)
+    if name == TOKENIZER_ID:
+        return get_tokenizer()
+    files = ckpt.get("tokenizer_files")
+
+    def bad(where: Any, what: str) -> UserError:
+        return UserError(f"{source}: the checkpoint's tokenizer {name!r} is unusable ({what}); the checkpoint is "
+                         "damaged or was altered, use another checkpoint")
+
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise bad(source, "its tokenizer_files are missing")
+    tok = tokenizer_from_files({k: v.encode("utf-8") for k, v in files.items()}, Path(str(source)), bad=bad)
+    if tok.name != name:
+        raise bad(source, f"the files are tokenizer {tok.name}")
+    return tok
 
 
 def compression(tokenizers: list[Tokenizer], text: str) -> list[dict[str, Any]]:

@@ -51,14 +51,17 @@ class Tokenizer:
 
     def __init__(self, ranks_bytes: bytes, source: str = "gpt2.tiktoken", *, name: str = TOKENIZER_ID,
                  sha256: str = GPT2_RANKS_SHA256, path: str | None = None,
-                 hint: str = "reinstall gpt2kit to restore it") -> None:
+                 hint: str = "reinstall gpt2kit to restore it", files: dict[str, bytes] | None = None) -> None:
         import tiktoken
 
         self.ranks: dict[bytes, int] = parse_ranks(ranks_bytes, source, sha256, hint)
         self.name = name
         self.sha256 = sha256
         self.path = path
-        """The tokenizer directory (None for the packaged GPT-2 encoding)."""
+        """The tokenizer directory it was read from (None for GPT-2's encoding and one read from a checkpoint)."""
+        self.files: dict[str, bytes] | None = files
+        """A trained tokenizer's directory files by name (None for GPT-2's): checkpoints and exports carry them."""
+        self._byte_lengths: list[int] | None = None
         self.eot: int = len(self.ranks)
         self._enc = tiktoken.Encoding(
             name=name,
@@ -77,6 +80,21 @@ class Tokenizer:
         """What manifests and checkpoints record of this tokenizer (the path is only a hint)."""
         return {"tokenizer": self.name, "tokenizer_sha256": self.sha256, "vocab_size": self.vocab_size,
                 "eot": self.eot}
+
+    def checkpoint_record(self) -> dict:
+        """What a checkpoint stores of this tokenizer: its id, and a trained one's files (as text), so the
+        checkpoint alone says how to encode its model's input (see :func:`gpt2kit.tokenizer.checkpoint_tokenizer`)."""
+        record: dict = {"tokenizer": self.name}
+        if self.files is not None:
+            record["tokenizer_files"] = {k: v.decode("utf-8") for k, v in sorted(self.files.items())}
+        return record
+
+    def token_byte_lengths(self) -> list[int]:
+        """UTF-8 byte length of every token id (bits per byte counts them); ``<|endoftext|>`` counts 0."""
+        if self._byte_lengths is None:
+            one = self._enc.decode_single_token_bytes
+            self._byte_lengths = [len(one(i)) for i in range(self.eot)] + [0]
+        return self._byte_lengths
 
     @property
     def encoding(self):

@@ -25,6 +25,7 @@ from gpt2kit.checkpoint import (
     model_state_dict,
 )
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
+from gpt2kit.data.manifest import data_tokenizer
 from gpt2kit.device import autocast, autocast_dtype_for, compile_supported
 from gpt2kit.distributed import DistEnv, distributed, gather_objects
 from gpt2kit.errors import UserError
@@ -37,9 +38,9 @@ from gpt2kit.io import dir_lock
 from gpt2kit.model import GPT, GPTConfig
 from gpt2kit.model.config import SHAPE_KEYS
 from gpt2kit.settings import flag_name, replace_flat
-from gpt2kit.tokenizer import TOKENIZER_ID, get_tokenizer
+from gpt2kit.tokenizer import TOKENIZER_ID, Tokenizer, get_tokenizer, write_tokenizer_files
 from gpt2kit.train.autobatch import auto_batch_size
-from gpt2kit.train.config import MODEL_FLAGS, TrainConfig
+from gpt2kit.train.config import MODEL_FLAGS, PADDED_VOCAB_SIZE, TrainConfig
 from gpt2kit.train.fused_head_loss import FusedLossGPT
 from gpt2kit.train.loop import train
 from gpt2kit.train.metrics import gpt_flops_per_token
@@ -47,16 +48,40 @@ from gpt2kit.train.presets import get_preset
 from gpt2kit.train.resolve import apply_overrides, resolve_run
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
 
+TOKENIZER_SUBDIR = "tokenizer"
+"""A run directory's copy of a trained tokenizer (``RUN/tokenizer/``), for ``prepare --tokenizer RUN/tokenizer``."""
 
-def check_data_matches_model(manifest: dict[str, Any], vocab_size: int, data_dir: str | Path) -> None:
-    """Refuse data whose tokenizer or vocabulary is not the model's."""
+
+def check_data_matches_model(manifest: dict[str, Any], vocab_size: int, data_dir: str | Path,
+                             model_tokenizer: str = TOKENIZER_ID, model_source: str = "the model",
+                             tokenizer_hint: str = "gpt2") -> None:
+    """Refuse data whose tokenizer or vocabulary is not the model's (``model_tokenizer``, ``vocab_size``).
+
+    ``model_source`` names where the model comes from (--init-from X, the checkpoint resumed) and
+    ``tokenizer_hint`` the ``prepare --tokenizer`` value that would make matching data."""
     tok, vocab = manifest.get("tokenizer"), manifest.get("vocab_size")
-    if tok != TOKENIZER_ID or vocab != vocab_size:
+    if tok != model_tokenizer or vocab != vocab_size:
         raise UserError(
-            f"--data {data_dir}: prepared with tokenizer {tok!r} (vocab_size {vocab}), but the model uses "
-            f"{TOKENIZER_ID!r} with vocab_size {vocab_size}; prepare the data with `gpt2kit prepare --tokenizer gpt2`"
-            + (" (training on a trained vocabulary is not wired into train yet)" if tok != TOKENIZER_ID else "")
+            f"--data {data_dir}: prepared with tokenizer {tok!r} (vocab_size {vocab}), but {model_source} uses "
+            f"{model_tokenizer!r} with vocab_size {vocab_size}; prepare the data with "
+            f"`gpt2kit prepare SOURCE --tokenizer {tokenizer_hint} --out DIR`"
         )
+
+
+def padded_vocab(vocab_size: int) -> int:
+    """Embedding rows for a vocabulary of ``vocab_size``: rounded up to a multiple of 64 (50257 -> 50304)."""
+    return -(-vocab_size // 64) * 64
+
+
+def model_for_data(cfg: TrainConfig, manifest: dict[str, Any]) -> TrainConfig:
+    """A new run's config with the model's vocabulary the data's (a trained tokenizer's size, padded as GPT-2's
+    is); an explicit --padded-vocab-size that holds it is kept."""
+    vocab = manifest["vocab_size"]
+    if cfg.model.vocab_size == vocab:
+        return cfg
+    padded = cfg.model.padded_vocab_size
+    keep = padded is not None and padded >= vocab and padded != PADDED_VOCAB_SIZE
+    return replace_flat(cfg, vocab_size=vocab, padded_vocab_size=padded if keep else padded_vocab(vocab))
 
 
 def resolve_train_config(preset: str | None, overrides: dict[str, Any], log: Callable[[str], None] = print,
@@ -155,16 +180,18 @@ def _val_batches(cfg: TrainConfig, env: DistEnv) -> list[tuple[torch.Tensor, tor
 
 
 def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: list | None,
-                   choice: list[ChoiceItem] | None = None) -> Callable[[EvalContext], dict[str, float]]:
-    """Validation loss (every evaluation); HellaSwag and the ``--eval-task`` questions ``choice`` (every
-    ``hellaswag_every`` steps and at the end)."""
+                   choice: list[ChoiceItem] | None = None,
+                   tokenizer: Tokenizer | None = None) -> Callable[[EvalContext], dict[str, float]]:
+    """Validation loss and bits per byte (of ``tokenizer``'s tokens; every evaluation); HellaSwag and the
+    ``--eval-task`` questions ``choice`` (every ``hellaswag_every`` steps and at the end)."""
 
     def evaluate(ctx: EvalContext) -> dict[str, float]:
         out: dict[str, float] = {}
         if val is not None:
-            stats = all_reduce_loss(mean_loss(ctx.model, val, device=ctx.device, autocast_dtype=ctx.autocast_dtype),
-                                    ctx.device)
+            stats = all_reduce_loss(mean_loss(ctx.model, val, device=ctx.device, autocast_dtype=ctx.autocast_dtype,
+                                              count_bytes=True, tokenizer=tokenizer), ctx.device)
             out["val_loss"] = stats["loss"]
+            out["val_bpb"] = stats["bits_per_byte"]
         every = cfg.evals.hellaswag_every
         due = ctx.step == cfg.last_step or (every > 0 and ctx.step % every == 0)
         if hellaswag and due:
@@ -187,11 +214,11 @@ def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: 
     return evaluate
 
 
-def make_sampler(cfg: TrainConfig) -> Callable[[EvalContext], list[str]]:
-    """A few seeded samples from ``sample_prompt`` (top-k 50, temperature 1)."""
+def make_sampler(cfg: TrainConfig, tokenizer: Tokenizer | None = None) -> Callable[[EvalContext], list[str]]:
+    """A few seeded samples from ``sample_prompt`` (top-k 50, temperature 1), in ``tokenizer`` (GPT-2's)."""
 
     def sample(ctx: EvalContext) -> list[str]:
-        tok = get_tokenizer()
+        tok = tokenizer or get_tokenizer()
         ids = tok.encode(cfg.evals.sample_prompt) or [tok.eot]
         idx = torch.tensor([ids] * cfg.evals.samples, dtype=torch.long, device=ctx.device)  # (S, P)
         with autocast(ctx.device, ctx.autocast_dtype):
@@ -227,8 +254,11 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         if not cfg.pretrain.data:
             raise UserError("--data: required; a directory written by `gpt2kit prepare`")
         manifest = read_manifest(cfg.pretrain.data)
+        tok = data_tokenizer(cfg.pretrain.data, manifest)
+        if resume is None:
+            cfg = model_for_data(cfg, manifest)
+        check_tokenizers(cfg, manifest, resume)
         gcfg = cfg.model
-        check_data_matches_model(manifest, gcfg.vocab_size, cfg.pretrain.data)
         model = None
         if cfg.runtime.batch_size == "auto":  # the probe needs the model; the integer is what the run records
             model = initial_model(cfg, fresh=resume is None)
@@ -285,15 +315,17 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         task = TrainTask(
             model=model, model_config=gcfg.to_dict(), train_data=loader, grad_accum_steps=A,
             train_module=FusedLossGPT if fused else None,
-            evaluate=make_evaluator(cfg, env, val, examples, choice) if (val is not None or examples or choice)
+            evaluate=make_evaluator(cfg, env, val, examples, choice, tok) if (val is not None or examples or choice)
             else None,
-            sample=make_sampler(cfg) if cfg.evals.samples > 0 else None,
+            sample=make_sampler(cfg, tok) if cfg.evals.samples > 0 else None,
             flops_per_token=gpt_flops_per_token(model),
             extra_state={"data": {"dir": str(cfg.pretrain.data), "tokenizer": manifest["tokenizer"],
-                                  "vocab_size": manifest["vocab_size"]}},
+                                  "vocab_size": manifest["vocab_size"]}, **tok.checkpoint_record()},
             oom_hint=("lower --batch-size (gradient accumulation keeps --total-batch-tokens, the global batch) "
                       "or --block-size"),
         )
+        if env.is_main and tok.files is not None:  # prepare --tokenizer RUN/tokenizer makes more data for it
+            write_tokenizer_files(tok, Path(cfg.run.out) / TOKENIZER_SUBDIR)
         result = train(cfg, task, env, resume, log=log)
         if cfg.pretrain.export_hf and env.is_main and result.checkpoint is not None and not result.interrupted:
             export_hf(result.checkpoint, Path(cfg.run.out) / "hf-final")
@@ -303,6 +335,27 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
             say(f"wrote Hugging Face models to {Path(cfg.run.out) / 'hf-final'}"
                 + (f" and {Path(cfg.run.out) / 'hf-best'}" if best is not None else " (no val loss, so no hf-best)"))
         return result
+
+
+def check_tokenizers(cfg: TrainConfig, manifest: dict[str, Any], resume: ResumePoint | None) -> None:
+    """Refuse data in another vocabulary than the model's: the model of this config, of the checkpoint resumed
+    (its recorded tokenizer) or of the --init-from weights."""
+    data = cfg.pretrain.data
+    if resume is not None:
+        name = resume.checkpoint.get("tokenizer", TOKENIZER_ID)
+        check_data_matches_model(manifest, cfg.model.vocab_size, data, name, f"the checkpoint {resume.path}",
+                                 _hint(name, Path(cfg.run.out)))
+    elif cfg.pretrain.init_from:
+        init = load_model(cfg.pretrain.init_from).tokenizer
+        where = Path(cfg.pretrain.init_from)
+        check_data_matches_model(manifest, init.vocab_size, data, init.name, f"--init-from {cfg.pretrain.init_from}",
+                                 _hint(init.name, where if where.is_dir() else where.parent))
+    else:
+        check_data_matches_model(manifest, cfg.model.vocab_size, data, manifest["tokenizer"])
+
+
+def _hint(name: str, run_dir: Path) -> str:
+    return "gpt2" if name == TOKENIZER_ID else str(run_dir / TOKENIZER_SUBDIR)
 
 
 def summary_line(result: TrainResult, out: str) -> str:
@@ -317,6 +370,6 @@ def summary_line(result: TrainResult, out: str) -> str:
     return ("interrupted at " if result.interrupted else "done: ") + ", ".join(parts) + f" (run dir {out})"
 
 
-__all__ = ["check_data_matches_model", "export_hf", "init_model_config", "initial_model", "make_evaluator",
-           "make_sampler", "resolve_train_config",
+__all__ = ["check_data_matches_model", "check_tokenizers", "export_hf", "init_model_config", "initial_model",
+           "make_evaluator", "make_sampler", "model_for_data", "padded_vocab", "resolve_train_config",
            "run_pretraining", "summary_line"]

@@ -54,7 +54,7 @@ def test_a_payload_without_weights_or_config_is_a_programming_error(tmp_path, sm
 @pytest.mark.parametrize("change, message", [
     ({"format_version": FORMAT_VERSION + 1}, f"is newer than this gpt2kit reads ({FORMAT_VERSION}); upgrade gpt2kit"),
     ({"kind": "someone-else"}, f"not a gpt2kit checkpoint (no kind={CHECKPOINT_KIND!r})"),
-    ({"tokenizer": "llama"}, f"uses tokenizer 'llama'; gpt2kit supports only {TOKENIZER_ID!r}"),
+    ({"tokenizer": "llama"}, "records tokenizer 'llama' without its files"),
 ])
 def test_version_kind_and_tokenizer_are_checked(tmp_path, change, message):
     path = tmp_path / "x.pt"

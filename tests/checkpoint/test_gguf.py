@@ -143,7 +143,7 @@ def test_bias_free_model_gets_zero_biases(tmp_path):
 
 def test_other_vocabulary_refused(tmp_path):
     model = GPT(GPTConfig(block_size=8, vocab_size=64, n_layer=1, n_head=2, n_embd=8))
-    with pytest.raises(UserError, match="vocab_size is 64, not the GPT-2 tokenizer's 50257"):
+    with pytest.raises(UserError, match="vocab_size is 64, not its tokenizer gpt2's 50257"):
         write_gguf(model, tmp_path / "m.gguf")
     assert not list(tmp_path.iterdir())
 

@@ -81,7 +81,7 @@ def test_a_failed_export_leaves_the_directory_as_it_was(tmp_path, monkeypatch):
     export_hf(tmp_path / "m.pt", out)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
 
-    def disk_full(sd, cfg, directory):
+    def disk_full(sd, cfg, directory, tokenizer=None):
         (directory / "model.safetensors").write_bytes(b"half")
         raise OSError(28, "No space left on device")
 

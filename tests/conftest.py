@@ -62,3 +62,39 @@ def hf_tiny_dir(tmp_path):
     d = tmp_path / "hf_tiny"
     model.save_pretrained(d)
     return d
+
+
+TRAINED_VOCAB_TEXT = (
+    "Call me Ishmael. Some years ago, never mind how long precisely, having little money in my purse, and nothing "
+    "particular to interest me on shore, I thought I would sail about a little and see the watery part of the world.\n"
+    "User: What is 2 + 3?\nAssistant: 2 + 3 = 5.\n"
+    "Emoji 👋🏽 and the naïve café; नमस्ते दुनिया.\n"
+) * 20
+"""The text the ``trained_tokenizer`` fixture learns its vocabulary from."""
+
+
+@pytest.fixture(scope="session")
+def trained_tokenizer(tmp_path_factory):
+    """A byte-level BPE tokenizer with a 300-token vocabulary (``<|endoftext|>`` = 299), trained in well under a
+    second; returns its :class:`~gpt2kit.tokenizer.Tokenizer` (``.path`` is its directory)."""
+    from gpt2kit.data.tokenizer_train import train_tokenizer
+
+    src = tmp_path_factory.mktemp("tok_src") / "corpus.txt"
+    src.write_text(TRAINED_VOCAB_TEXT, encoding="utf-8")
+    return train_tokenizer([str(src)], tmp_path_factory.mktemp("tok") / "t300", vocab_size=300, progress=False)
+
+
+@pytest.fixture
+def trained_vocab_checkpoint(tmp_path, trained_tokenizer):
+    """A tiny GPT (2 layers, 32 wide, 64-token context) over ``trained_tokenizer``'s vocabulary, saved as a
+    gpt2kit checkpoint carrying that tokenizer: ``tmp_path / "trained_vocab.pt"``."""
+    from gpt2kit import GPT, GPTConfig
+    from gpt2kit.checkpoint import model_state_dict, save_checkpoint
+
+    torch.manual_seed(0)
+    cfg = GPTConfig(block_size=64, vocab_size=trained_tokenizer.vocab_size, padded_vocab_size=320, n_layer=2,
+                    n_head=2, n_embd=32)
+    path = tmp_path / "trained_vocab.pt"
+    save_checkpoint(path, {"model_config": cfg.to_dict(), "model": model_state_dict(GPT(cfg)),
+                           **trained_tokenizer.checkpoint_record()})
+    return path

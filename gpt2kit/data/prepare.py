@@ -62,15 +62,13 @@ _SHARD_RE = re.compile(r"^(train|val)_\d{6}\.bin$")
 
 
 @dataclass
-class PrepareConfig:
+class PrepareConfig(SourceOptions):
     """Everything ``prepare`` needs; validated on creation (ValueError naming the flag)."""
 
     sources: list[str] = field(metadata={"flag": {"positional": True, "nargs": "+", "metavar": "SOURCE"}})
     """What to tokenize: files, directories, globs, hf:DATASET or builtin:NAME."""
     out_dir: Path = field(metadata={"flag": {"name": "--out", "required": True, "metavar": "DIR"}})
     """Output directory for the shards and manifest.json."""
-    text_field: str = field(default="text", metadata={"flag": {"metavar": "NAME"}})
-    """JSON field / Parquet or dataset column that holds the text."""
     val_fraction: float | None = field(default=None, metadata={"flag": {"metavar": "F"}})
     """Share of tokens for the val split (default: 1%, up to 10% for small corpora; 0: no val split)."""
     val_tokens: int | None = field(default=None, metadata={"flag": {"metavar": "N"}})
@@ -81,18 +79,13 @@ class PrepareConfig:
     """Tokens per shard."""
     workers: int = field(default_factory=default_workers)
     """Tokenizer processes (default: all CPU cores; 1 = in this process)."""
-    hf_config: str | None = field(default=None, metadata={"flag": {"metavar": "NAME"}})
-    """Hugging Face dataset config, e.g. sample-10BT."""
-    hf_split: str = field(default="train", metadata={"flag": {"metavar": "SPLIT"}})
-    """Hugging Face split to stream."""
-    hf_data_files: list[str] | None = field(default=None, metadata={"flag": {"nargs": "+", "metavar": "PATH"}})
-    """Hugging Face data_files (e.g. with hf:json or hf:parquet for local or remote files)."""
     overwrite: bool = False
     """Replace output in --out that was prepared from another source, tokenizer or settings."""
     progress: bool = True
     """Show a progress bar and messages on stderr (--no-progress: none)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.out_dir = Path(self.out_dir)
         self.sources = [str(s) for s in self.sources]
         if self.val_fraction is not None and self.val_tokens is not None:
@@ -105,13 +98,6 @@ class PrepareConfig:
             raise ValueError(f"--shard-tokens must be in [1, {MAX_SHARD_TOKENS}], got {self.shard_tokens}")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
-        if not self.text_field:
-            raise ValueError("--text-field must not be empty")
-
-    @property
-    def source_options(self) -> SourceOptions:
-        """How the sources read records."""
-        return SourceOptions(self.text_field, self.hf_config, self.hf_split, self.hf_data_files)
 
     def settings(self) -> dict[str, Any]:
         """The settings that shape the output (recorded in the manifest; a change needs --overwrite)."""

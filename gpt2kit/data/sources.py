@@ -40,18 +40,31 @@ TEXT_EXTS = {".txt", ".text", ".md", ".rst"}
 _PROGRESS_EVERY = 256  # documents between progress updates inside a file
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SourceOptions:
-    """How records are turned into documents, shared by all sources of one run."""
+    """How records are turned into documents, shared by all sources of one run.
 
-    text_field: str = "text"
-    """The field (JSON) or column (Parquet, Hugging Face) holding a document's text."""
-    hf_config: str | None = None
-    """Hugging Face dataset config (subset), e.g. ``sample-10BT`` for FineWeb-Edu."""
-    hf_split: str = "train"
+    The settings of every command that reads sources (``prepare``, ``tokenizer train``) start from this class,
+    so its fields are their flags."""
+
+    text_field: str = field(default="text", metadata={"flag": {"metavar": "NAME"}})
+    """JSON field / Parquet or dataset column that holds the text."""
+    hf_config: str | None = field(default=None, metadata={"flag": {"metavar": "NAME"}})
+    """Hugging Face dataset config, e.g. sample-10BT."""
+    hf_split: str = field(default="train", metadata={"flag": {"metavar": "SPLIT"}})
     """Hugging Face split to stream."""
-    hf_data_files: list[str] | None = None
-    """Hugging Face ``data_files`` (e.g. local files for ``hf:json`` or ``hf:parquet``)."""
+    hf_data_files: list[str] | None = field(default=None, metadata={"flag": {"nargs": "+", "metavar": "PATH"}})
+    """Hugging Face data_files (e.g. with hf:json or hf:parquet for local or remote files)."""
+
+    def __post_init__(self) -> None:
+        if not self.text_field:
+            raise ValueError("--text-field must not be empty")
+
+    @property
+    def source_options(self) -> SourceOptions:
+        """Just these settings (what the sources and the tokenizer workers are handed)."""
+        return SourceOptions(text_field=self.text_field, hf_config=self.hf_config, hf_split=self.hf_split,
+                             hf_data_files=self.hf_data_files)
 
 
 @dataclass

@@ -20,7 +20,7 @@ from gpt2kit.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, Tokenizer, save_to
 
 
 @dataclass
-class TokenizerTrainConfig:
+class TokenizerTrainConfig(SourceOptions):
     """Everything ``tokenizer train`` needs; validated on creation (ValueError naming the flag)."""
 
     sources: list[str] = field(metadata={"flag": {"positional": True, "nargs": "+", "metavar": "SOURCE"}})
@@ -33,20 +33,13 @@ class TokenizerTrainConfig:
     """Train on at most the first N characters of the corpus (default: all of it)."""
     min_frequency: int = field(default=2, metadata={"flag": {"metavar": "N"}})
     """A pair must occur this often to be merged."""
-    text_field: str = field(default="text", metadata={"flag": {"metavar": "NAME"}})
-    """JSON field / Parquet or dataset column that holds the text."""
-    hf_config: str | None = field(default=None, metadata={"flag": {"metavar": "NAME"}})
-    """Hugging Face dataset config, e.g. sample-10BT."""
-    hf_split: str = field(default="train", metadata={"flag": {"metavar": "SPLIT"}})
-    """Hugging Face split to stream."""
-    hf_data_files: list[str] | None = field(default=None, metadata={"flag": {"nargs": "+", "metavar": "PATH"}})
-    """Hugging Face data_files (e.g. with hf:json or hf:parquet)."""
     overwrite: bool = False
     """Replace an existing tokenizer directory at --out."""
     progress: bool = True
     """Show a progress bar and messages on stderr (--no-progress: none)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self.out_dir = Path(self.out_dir)
         self.sources = [str(s) for s in self.sources]
         if not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:
@@ -56,13 +49,6 @@ class TokenizerTrainConfig:
             raise ValueError(f"--max-chars must be >= 1, got {self.max_chars}")
         if self.min_frequency < 1:
             raise ValueError(f"--min-frequency must be >= 1, got {self.min_frequency}")
-        if not self.text_field:
-            raise ValueError("--text-field must not be empty")
-
-    @property
-    def source_options(self) -> SourceOptions:
-        """How the sources read records."""
-        return SourceOptions(self.text_field, self.hf_config, self.hf_split, self.hf_data_files)
 
 
 def train_tokenizer(sources: str | list[str], out_dir: str | Path, **options: Any) -> Tokenizer:

@@ -1,6 +1,7 @@
 """What a fine-tuning checkpoint adds to the common format, and how it becomes plain weights.
 
-A fine-tune run writes ordinary trainer checkpoints (:mod:`gpt2kit.train.loop`) with one extra key,
+A fine-tune run writes ordinary trainer checkpoints (:mod:`gpt2kit.train.loop`), carrying the base model's
+tokenizer (``tokenizer``, and a trained one's ``tokenizer_files``) like every checkpoint, with one extra key,
 ``finetune``, a plain-data record::
 
     {"version": 1, "task": "classify" | "sft", "base": "<--checkpoint it started from>",

@@ -89,14 +89,14 @@ def run(args: argparse.Namespace) -> int:
         # before loading the weights: a mistyped path should not wait for them (a directory is not a file either)
         raise UserError(f"--file {args.file}: file not found")
     device = resolve_device(args.device)
-    model, record, source = load_classifier(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
+    model, record, source, tok = load_classifier(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
     vocab = list(record["labels"])
     texts, labels = _read_texts(args, record)
-    ids, truncated = encode_texts(texts, int(record.get("max_length") or model.config.block_size))
+    ids, truncated = encode_texts(texts, int(record.get("max_length") or model.config.block_size), tokenizer=tok)
     if truncated:
         print(f"note: {truncated} texts are longer than the classifier's max length {record.get('max_length')} tokens; "
               "their first tokens were used", file=sys.stderr)
-    logits = predict_logits(model, ids, batch_size=args.batch_size, device=device,
+    logits = predict_logits(model, ids, batch_size=args.batch_size, device=device, pad_id=tok.eot,
                             progress=len(ids) > 4 * args.batch_size)  # (N, K)
     probs = torch.softmax(logits.float(), dim=-1)  # (N, K)
     pred = probs.argmax(dim=-1)  # (N,)

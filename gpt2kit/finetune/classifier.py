@@ -22,7 +22,7 @@ from gpt2kit.errors import UserError
 from gpt2kit.finetune.batching import pad_right
 from gpt2kit.model.config import GPTConfig
 from gpt2kit.model.gpt import GPT
-from gpt2kit.tokenizer import EOT_ID
+from gpt2kit.tokenizer import EOT_ID, Tokenizer, checkpoint_tokenizer
 
 
 def last_token_index(mask: torch.Tensor) -> torch.Tensor:
@@ -112,7 +112,8 @@ def trainable_summary(model: nn.Module) -> str:
 @torch.no_grad()
 def predict_logits(model: GPTClassifier, token_lists: list[list[int]], batch_size: int = 32,
                    device: torch.device | str = "cpu", pad_id: int = EOT_ID, progress: bool = False) -> torch.Tensor:
-    """Label logits (N, K) for already-tokenized texts, in order (batched, right-padded)."""
+    """Label logits (N, K) for already-tokenized texts, in order (batched, right-padded with ``pad_id``: the
+    classifier's tokenizer's ``eot``)."""
     from tqdm import tqdm
 
     was_training = model.training
@@ -129,12 +130,13 @@ def predict_logits(model: GPTClassifier, token_lists: list[list[int]], batch_siz
     return torch.cat(out) if out else torch.empty(0, model.num_labels)
 
 
-def load_classifier(spec: str | Path, device: torch.device | str = "cpu",
-                    dtype: torch.dtype | None = None) -> tuple[GPTClassifier, dict[str, Any], str]:
+def load_classifier(spec: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+                    ) -> tuple[GPTClassifier, dict[str, Any], str, Tokenizer]:
     """A trained classifier from a ``gpt2kit finetune classify`` run directory or checkpoint file.
 
     Returns (model in eval mode with any LoRA adapters merged, the checkpoint's ``finetune`` record,
-    the file read). Goes through the one checkpoint reader (:mod:`gpt2kit.checkpoint`).
+    the file read, the tokenizer its texts are encoded with: the base model's, which the checkpoint carries).
+    Goes through the one checkpoint reader (:mod:`gpt2kit.checkpoint`).
     """
     kind, where = resolve_checkpoint(spec)
     if kind != "gpt2kit":
@@ -149,8 +151,13 @@ def load_classifier(spec: str | Path, device: torch.device | str = "cpu",
         cfg = GPTConfig.from_dict(ckpt["model_config"])
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{where}: checkpoint has no valid model_config ({e})") from None
+    tok = checkpoint_tokenizer(ckpt, where)
+    if tok.vocab_size > cfg.vocab_size:
+        raise UserError(f"{where}: the model's vocabulary has {cfg.vocab_size} tokens but the checkpoint records "
+                        f"tokenizer {tok.name} with {tok.vocab_size}; it was written before fine-tunes carried their "
+                        "tokenizer, fine-tune the classifier again")
     model = GPTClassifier(GPT(cfg), len(record["labels"]))
     load_state_dict_checked(model, plain_state_dict(ckpt, str(where), keep_head=True), str(where))
     model.to(device=device, dtype=dtype)
     model.eval()
-    return model, record, str(where)
+    return model, record, str(where), tok

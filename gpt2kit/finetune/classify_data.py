@@ -91,7 +91,8 @@ def load_classification(
     """Read, check and tokenize a classification file against the label vocabulary ``vocab``.
 
     Errors (naming ``FILE:LINE``): a label not in ``vocab``, an empty text, a missing column. Over-long
-    texts follow ``overlong`` (see the module docstring).
+    texts follow ``overlong`` (see the module docstring). ``tokenizer`` is the model's own (GPT-2's when None;
+    a model over a trained vocabulary needs its tokenizer passed).
     """
     check_overlong(overlong)
     check_max_length(max_length)
@@ -133,7 +134,8 @@ def load_classification(
 
 
 def encode_texts(texts: Sequence[str], max_length: int, tokenizer: Any = None) -> tuple[list[list[int]], int]:
-    """Token ids of texts to classify, each cut to its first ``max_length`` tokens; (ids, number truncated)."""
+    """Token ids of texts to classify in the classifier's ``tokenizer`` (GPT-2's when None), each cut to its first
+    ``max_length`` tokens; (ids, number truncated)."""
     for i, t in enumerate(texts):
         if not t.strip():
             raise UserError(f"text {i + 1} is empty; give every text to classify some content")

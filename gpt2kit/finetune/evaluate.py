@@ -28,7 +28,8 @@ from gpt2kit.tokenizer import EOT_ID
 def evaluate_classifier(model: torch.nn.Module, data: ClassificationData, *, batch_size: int,
                         device: torch.device | str, autocast_dtype: torch.dtype | None = None,
                         rank: int = 0, world_size: int = 1, pad_id: int = EOT_ID) -> dict:
-    """``{"loss", "accuracy", "macro_f1", "count", "confusion"}`` of a classifier over all of ``data``."""
+    """``{"loss", "accuracy", "macro_f1", "count", "confusion"}`` of a classifier over all of ``data``
+    (``pad_id``: the model's tokenizer's ``eot``)."""
     K = len(data.vocab)
     confusion = torch.zeros(K, K, dtype=torch.int64)
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
@@ -53,7 +54,8 @@ def evaluate_classifier(model: torch.nn.Module, data: ClassificationData, *, bat
 def evaluate_sft(model: torch.nn.Module, examples: Sequence[SFTExample], *, batch_size: int,
                  device: torch.device | str, autocast_dtype: torch.dtype | None = None,
                  rank: int = 0, world_size: int = 1, pad_id: int = EOT_ID) -> dict:
-    """``{"loss", "tokens", "nll_sum"}``: mean cross-entropy over every response token of ``examples``."""
+    """``{"loss", "tokens", "nll_sum"}``: mean cross-entropy over every response token of ``examples``
+    (``pad_id``: the model's tokenizer's ``eot``)."""
     nll_sum = torch.zeros((), dtype=torch.float64, device=device)
     tokens = 0
     for chunk in sharded_batches(range(len(examples)), batch_size, rank, world_size, model=model):

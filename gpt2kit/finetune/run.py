@@ -6,6 +6,11 @@ top), and hand everything to :func:`gpt2kit.train.loop.train`, which owns the op
 progress bar, ``metrics.jsonl``, checkpoints, best-by-val-loss and ``--resume``. The fine-tune's
 metadata (task, labels or prompt template, LoRA settings) rides in every checkpoint under ``finetune``
 (see :mod:`gpt2kit.checkpoint.finetune`). At the end rank 0 writes ``RUN/results.json``.
+
+Every text is encoded with the base model's own tokenizer (``load_model(--checkpoint).tokenizer``: GPT-2's, or
+the trained vocabulary its checkpoint carries; a resumed run the one its checkpoint records), and every
+fine-tune checkpoint carries that tokenizer, so ``gpt2kit classify``, ``sample`` and a fine-tune of the
+fine-tune encode as the model was trained.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from gpt2kit.model.config import GPTConfig
 from gpt2kit.model.gpt import GPT
 from gpt2kit.model.lora import apply_lora
 from gpt2kit.prompts import get_template
-from gpt2kit.tokenizer import EOT_ID, get_tokenizer
+from gpt2kit.tokenizer import Tokenizer, checkpoint_tokenizer
 from gpt2kit.train.config import LoopConfig
 from gpt2kit.train.loop import train
 from gpt2kit.train.optim import decay_param_groups
@@ -91,14 +96,23 @@ def resolve_finetune_config(cls: type, overrides: dict[str, Any], log: Callable[
                        check_point=check_point)
 
 
-def _base_model(cfg: FinetuneConfig, resume: ResumePoint | None) -> GPT:
-    """The backbone: the weights of --checkpoint, or (resuming) an empty model the loop fills from the checkpoint."""
+def _base_model(cfg: FinetuneConfig, resume: ResumePoint | None) -> tuple[GPT, Tokenizer]:
+    """The backbone and its tokenizer: the weights and tokenizer of --checkpoint, or (resuming) an empty model
+    the loop fills from the checkpoint and the tokenizer that checkpoint records."""
     if resume is not None:
-        return GPT(GPTConfig.from_dict(resume.checkpoint["model_config"]))
-
-    model = load_model(cfg.finetune.checkpoint).model
-    model.train()
-    return model
+        model = GPT(GPTConfig.from_dict(resume.checkpoint["model_config"]))
+        tok = checkpoint_tokenizer(resume.checkpoint, resume.path)
+        where = f"--resume {resume.path}"
+    else:
+        loaded = load_model(cfg.finetune.checkpoint)
+        model, tok, where = loaded.model, loaded.tokenizer, f"--checkpoint {cfg.finetune.checkpoint}"
+        model.train()
+    if tok.vocab_size > model.config.vocab_size:
+        # e.g. a fine-tune written before checkpoints carried a trained tokenizer: GPT-2's ids would crash the model
+        raise UserError(f"{where}: the model's vocabulary has {model.config.vocab_size} tokens but its checkpoint "
+                        f"records tokenizer {tok.name} with {tok.vocab_size}; fine-tune from a checkpoint that "
+                        "carries the model's own tokenizer")
+    return model, tok
 
 
 def _max_length(cfg: FinetuneConfig, model: GPT) -> int:
@@ -192,7 +206,7 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
     """Fine-tune a classifier as ``cfg`` says; returns what was written to ``RUN/results.json`` (rank 0)."""
     with distributed(cfg.runtime.device, env, cfg.dist.dist_timeout) as env:
         say = (log or print) if env.is_main else (lambda msg: None)
-        backbone = _base_model(cfg, resume)
+        backbone, tok = _base_model(cfg, resume)
         max_len = _max_length(cfg, backbone)
         if cfg.classify.labels:
             vocab = [s.strip() for s in cfg.classify.labels.split(",") if s.strip()]
@@ -203,7 +217,7 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
         else:
             vocab = label_vocabulary(cfg.finetune.train, cfg.classify.label_column)
         kw = dict(max_length=max_len, text_column=cfg.classify.text_column, label_column=cfg.classify.label_column,
-                  overlong=cfg.finetune.overlong)
+                  overlong=cfg.finetune.overlong, tokenizer=tok)
         train_data = load_classification(cfg.finetune.train, vocab, **kw)
         val_data = load_classification(cfg.finetune.val, vocab, **kw) if cfg.finetune.val else None
         test_data = load_classification(cfg.classify.test, vocab, **kw) if cfg.classify.test else None
@@ -232,7 +246,7 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
             + (f" | LoRA r={lora.rank} alpha={lora.alpha:g} on {', '.join(lora.targets)}" if lora else ""))
         loop, spe = _schedule(cfg, len(train_data), env, say)
         source = EpochBatches(len(train_data), cfg.runtime.batch_size,
-                              lambda items: classification_batch(train_data, items, EOT_ID), seed=cfg.run.seed,
+                              lambda items: classification_batch(train_data, items, tok.eot), seed=cfg.run.seed,
                               fingerprint=train_data.fingerprint(), grad_accum_steps=cfg.finetune.accum_steps,
                               rank=env.rank,
                               world_size=env.world_size)
@@ -240,14 +254,15 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
         def evaluate(ctx: EvalContext) -> dict[str, float]:
             # the plain module: batches vary in length, which would make a compiled model recompile
             res = evaluate_classifier(ctx.raw_model, val_data, batch_size=cfg.runtime.batch_size, device=ctx.device,
-                                      autocast_dtype=ctx.autocast_dtype, rank=env.rank, world_size=env.world_size)
+                                      autocast_dtype=ctx.autocast_dtype, rank=env.rank, world_size=env.world_size,
+                                      pad_id=tok.eot)
             return {"val_loss": res["loss"], "val_accuracy": res["accuracy"], "val_macro_f1": res["macro_f1"]}
 
         task = TrainTask(
             model=model, model_config=backbone.config.to_dict(), train_data=source,
             grad_accum_steps=cfg.finetune.accum_steps,
             loss_fn=classify_loss, evaluate=evaluate, param_groups=decay_param_groups, batch_tokens=real_tokens,
-            flops_per_token=None, extra_state={RECORD_KEY: record}, settings=cfg.to_dict(),
+            flops_per_token=None, extra_state={RECORD_KEY: record, **tok.checkpoint_record()}, settings=cfg.to_dict(),
             oom_hint="lower --batch-size (raise --accum-steps to keep the batch) or --max-length",
         )
         result = train(loop, task, env, resume, log=log)
@@ -256,8 +271,9 @@ def run_classify(cfg: ClassifyConfig, resume: ResumePoint | None = None, env: Di
         if result.checkpoint is not None and not result.interrupted:
             # score with the checkpoint `gpt2kit classify --checkpoint RUN` uses: the best by val loss
             # (every rank loads it and scores its share; the sums are all-reduced)
-            best, _, path = load_classifier(cfg.run.out, device=env.device)
-            kw = dict(batch_size=cfg.runtime.batch_size, device=env.device, rank=env.rank, world_size=env.world_size)
+            best, _, path, _ = load_classifier(cfg.run.out, device=env.device)
+            kw = dict(batch_size=cfg.runtime.batch_size, device=env.device, rank=env.rank, world_size=env.world_size,
+                      pad_id=tok.eot)
             final_val = evaluate_classifier(best, val_data, **kw)
             test = evaluate_classifier(best, test_data, **kw) if test_data is not None else None
         if not env.is_main:
@@ -301,12 +317,12 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
 
     with distributed(cfg.runtime.device, env, cfg.dist.dist_timeout) as env:
         say = (log or print) if env.is_main else (lambda msg: None)
-        model = _base_model(cfg, resume)
+        model, tok = _base_model(cfg, resume)
         max_len = _max_length(cfg, model)
         template = get_template(cfg.sft.template)
-        train_data = load_sft(cfg.finetune.train, template, max_length=max_len, overlong=cfg.finetune.overlong)
-        val_data = (load_sft(cfg.finetune.val, template, max_length=max_len, overlong=cfg.finetune.overlong)
-                    if cfg.finetune.val else None)
+        kw = dict(max_length=max_len, overlong=cfg.finetune.overlong, tokenizer=tok)
+        train_data = load_sft(cfg.finetune.train, template, **kw)
+        val_data = load_sft(cfg.finetune.val, template, **kw) if cfg.finetune.val else None
         for path, d in ((cfg.finetune.train, train_data), (cfg.finetune.val, val_data)):
             if d is not None:
                 _note_lengths(say, path, len(d), d.truncated, d.dropped, max_len)
@@ -328,13 +344,13 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
         if cfg.sft.pack:
             order = np.random.default_rng([cfg.run.seed, 7]).permutation(len(examples))  # mix lengths before packing
             rows = pack_examples([len(e.ids) for e in examples], max_len, order.tolist())
-            collate = lambda items: packed_batch([[examples[i] for i in rows[r]] for r in items], EOT_ID)  # noqa: E731
+            collate = lambda items: packed_batch([[examples[i] for i in rows[r]] for r in items], tok.eot)  # noqa: E731
             n_items = len(rows)
             fingerprint += f"+pack{max_len}"
             say(f"packed {len(examples)} examples into {n_items} rows of <= {max_len} tokens "
                 f"({sum(len(e.ids) for e in examples) / (n_items * max_len):.1%} full)")
         else:
-            collate = lambda items: sft_batch([examples[i] for i in items], EOT_ID)  # noqa: E731
+            collate = lambda items: sft_batch([examples[i] for i in items], tok.eot)  # noqa: E731
             n_items = len(examples)
         trained = sum(e.num_trained() for e in examples)
         say(f"sft template {template.name!r} | {len(examples)} examples, {trained:,} response tokens | "
@@ -343,7 +359,6 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
         loop, spe = _schedule(cfg, n_items, env, say)
         source = EpochBatches(n_items, cfg.runtime.batch_size, collate, seed=cfg.run.seed, fingerprint=fingerprint,
                               grad_accum_steps=cfg.finetune.accum_steps, rank=env.rank, world_size=env.world_size)
-        tok = get_tokenizer()
         prompts = []
         for ex in val_data.examples[:cfg.sft.samples]:
             first = ex.trainable.index(True) if True in ex.trainable else len(ex.ids)
@@ -351,7 +366,8 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
 
         def evaluate(ctx: EvalContext) -> dict[str, float]:
             res = evaluate_sft(ctx.raw_model, val_data.examples, batch_size=cfg.runtime.batch_size, device=ctx.device,
-                               autocast_dtype=ctx.autocast_dtype, rank=env.rank, world_size=env.world_size)
+                               autocast_dtype=ctx.autocast_dtype, rank=env.rank, world_size=env.world_size,
+                               pad_id=tok.eot)
             return {"val_loss": res["loss"]}
 
         def sample(ctx: EvalContext) -> list[str]:
@@ -359,8 +375,8 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
             for ids in prompts:
                 idx = torch.tensor([ids], dtype=torch.long, device=ctx.device)  # (1, P)
                 with autocast(ctx.device, ctx.autocast_dtype):
-                    out = generate(ctx.raw_model, idx, cfg.sft.sample_tokens, temperature=0.0, eos_id=EOT_ID)
-                reply = [t for t in out[0, len(ids):].tolist() if t != EOT_ID]
+                    out = generate(ctx.raw_model, idx, cfg.sft.sample_tokens, temperature=0.0, eos_id=tok.eot)
+                reply = [t for t in out[0, len(ids):].tolist() if t != tok.eot]
                 texts.append(tok.decode(reply))
             return texts
 
@@ -369,7 +385,7 @@ def run_sft(cfg: SFTConfig, resume: ResumePoint | None = None, env: DistEnv | No
             grad_accum_steps=cfg.finetune.accum_steps,
             loss_fn=sft_loss, evaluate=evaluate, sample=sample if prompts else None,
             param_groups=decay_param_groups, batch_tokens=real_tokens, flops_per_token=None,
-            extra_state={RECORD_KEY: record}, settings=cfg.to_dict(),
+            extra_state={RECORD_KEY: record, **tok.checkpoint_record()}, settings=cfg.to_dict(),
             oom_hint="lower --batch-size (raise --accum-steps to keep the batch) or --max-length",
         )
         result = train(loop, task, env, resume, log=log)

@@ -77,7 +77,8 @@ def encode_pieces(pieces: list[tuple[str, bool]], tokenizer: Any) -> SFTExample:
 
 def load_sft(path: str | Path, template: PromptTemplate, *, max_length: int, overlong: Overlong = "truncate",
              tokenizer: Any = None) -> SFTData:
-    """Read, check and tokenize an Alpaca or chat file (records of both kinds may mix)."""
+    """Read, check and tokenize an Alpaca or chat file (records of both kinds may mix) with ``tokenizer``, the
+    model's own (GPT-2's when None; a model over a trained vocabulary needs its tokenizer passed)."""
     check_overlong(overlong)
     check_max_length(max_length, 2)
     tok = tokenizer or get_tokenizer()

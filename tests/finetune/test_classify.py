@@ -84,9 +84,9 @@ def test_classifier_learns_the_keyword_task(trained, capsys):
     assert all(0.0 <= e["val_accuracy"] <= 1.0 for e in results["epochs"])
     records = [json.loads(line) for line in (trained / "metrics.jsonl").read_text().splitlines()]
     assert sum("val_accuracy" in r for r in records) == 4 and records[-1]["step"] == results["steps"]
-    model, record, path = load_classifier(trained)
+    model, record, path, tok = load_classifier(trained)
     assert record["task"] == "classify" and record["labels"] == ["neg", "pos"] and record["lora"] is None
-    assert path == results["checkpoint"]
+    assert path == results["checkpoint"] and tok.name == "gpt2"  # a GPT-2 base's classifier keeps GPT-2's
 
 
 def test_classify_command_predicts_and_scores_a_labeled_file(trained, ft_dir, capsys, tmp_path):
@@ -157,7 +157,7 @@ def test_lora_classifier_trains_adapters_and_head_only(ft_dir, tmp_path):
     for k, v in base.items():
         assert torch.equal(ckpt["model"][k], v), k  # the backbone is untouched: only adapters and head moved
     assert not torch.equal(ckpt["model"]["score.weight"], torch.zeros_like(ckpt["model"]["score.weight"]))
-    model, _, _ = load_classifier(out)
+    model, _, _, _ = load_classifier(out)
     assert not any(k.endswith("lora_A") for k in model.state_dict())  # merged on load
     assert results["steps"] == 6
 

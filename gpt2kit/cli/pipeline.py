@@ -56,7 +56,7 @@ def stage_flags(name: str, text: str) -> dict:
     from gpt2kit.train.config import TrainConfig
 
     cls, command, fixed = {
-        "prepare": (PrepareConfig, "gpt2kit prepare", ("sources", "out_dir")),
+        "prepare": (PrepareConfig, "gpt2kit prepare", ("sources", "out_dir", "tokenizer")),
         "pretrain": (TrainConfig, "gpt2kit train", ("out", "data", "resume")),
         "sft": (SFTConfig, "gpt2kit finetune sft", ("out", "checkpoint", "train", "resume")),
     }[name]

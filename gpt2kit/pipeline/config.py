@@ -35,6 +35,12 @@ class PipelineConfig:
     GPT-2 124M reproduction); auto: node under torchrun with several ranks, gpu with CUDA, else cpu."""
     device: str = "auto"
     """cpu, cuda, mps or auto, for every stage."""
+    tokenizer: str = "auto"
+    """train (a byte-level BPE vocabulary of --vocab-size tokens learned from SOURCE into RUN/tokenizer, as
+    `gpt2kit tokenizer train` does), gpt2 (GPT-2's 50,257 tokens), a directory written by `gpt2kit tokenizer train`,
+    or auto: the size's (see the sizes above)."""
+    vocab_size: int | None = None
+    """Tokens of the vocabulary --tokenizer train learns, <|endoftext|> included (default: the size's)."""
     preset: str | None = None
     """Pretraining preset (gpt2kit train --preset; default: the size's)."""
     pretrain_steps: int | None = None
@@ -71,6 +77,16 @@ class PipelineConfig:
         if not self.out:
             raise ValueError("--out: required; the pipeline's run directory")
         check_choices(self)
+        if not self.tokenizer:
+            raise ValueError("--tokenizer: give train, gpt2, auto or a tokenizer directory")
+        if self.vocab_size is not None:
+            from gpt2kit.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
+
+            if not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:
+                raise ValueError(f"--vocab-size must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}], got {self.vocab_size}")
+            if self.tokenizer not in ("train", "auto"):
+                raise ValueError(f"--vocab-size: applies to --tokenizer train; --tokenizer {self.tokenizer} has its "
+                                 "own vocabulary")
         for name in ("pretrain_steps", "sft_epochs", "sft_steps", "eval_limit"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -125,6 +141,9 @@ class PipelineSize:
     name: str
     preset: str
     """gpt2kit train --preset."""
+    tokenizer: str
+    """``train`` (a vocabulary of ``vocab_size`` tokens learned from the source) or ``gpt2``."""
+    vocab_size: int
     pretrain: dict[str, Any]
     """Flat TrainConfig overrides on top of the preset."""
     sft: dict[str, Any]
@@ -138,7 +157,7 @@ class PipelineSize:
 def cpu() -> PipelineSize:
     """A laptop CPU: the demo-cpu model (4 layers, 96 wide) pretrained 1,600 steps, then tuned on the shipped set."""
     return PipelineSize(
-        name="cpu", preset="demo-cpu", pretrain={},
+        name="cpu", preset="demo-cpu", tokenizer="gpt2", vocab_size=4096, pretrain={},
         sft={"template": "chat", "epochs": 3, "lr": 1e-3, "batch_size": 8, "weight_decay": 0.0,
              "evals_per_epoch": 1, "samples": 1, "sample_tokens": 32},
         launch="gpt2kit pipeline SOURCE --out RUN",
@@ -149,7 +168,8 @@ def cpu() -> PipelineSize:
 def gpu() -> PipelineSize:
     """One GPU: GPT-2 124M (the gpt2 preset's recipe) on 2.5B tokens, then tuned two epochs."""
     return PipelineSize(
-        name="gpu", preset="gpt2", pretrain={"schedule_steps": 4_768, "warmup_steps": 300},
+        name="gpu", preset="gpt2", tokenizer="gpt2", vocab_size=32_768,
+        pretrain={"schedule_steps": 4_768, "warmup_steps": 300},
         sft={"template": "chat", "epochs": 2, "lr": 5e-5, "batch_size": 16},
         launch="gpt2kit pipeline SOURCE --size gpu --out RUN",
         expect="a few hours on one H100/A100 (not measured: no GPU has been lent to this project)",
@@ -159,7 +179,7 @@ def gpu() -> PipelineSize:
 def node() -> PipelineSize:
     """Eight GPUs under torchrun: the GPT-2 124M reproduction (10B tokens, 19,073 steps), then tuned."""
     return PipelineSize(
-        name="node", preset="gpt2", pretrain={},
+        name="node", preset="gpt2", tokenizer="gpt2", vocab_size=32_768, pretrain={},
         sft={"template": "chat", "epochs": 2, "lr": 5e-5, "batch_size": 16},
         launch="torchrun --standalone --nproc_per_node=8 -m gpt2kit pipeline SOURCE --size node --out RUN",
         expect="about 2-3 hours on 8 H100s, as llm.c and nanoGPT report for this recipe (not measured here)",

@@ -55,6 +55,11 @@ def write_report(run: Path, cfg: PipelineConfig, size: PipelineSize, record: dic
              f"- command: `{cfg.command()}`",
              f"- size: **{size.name}** ({size.expect}); launched as `{size.launch}`",
              f"- data: {', '.join(cfg.sources)}"]
+    tok = stages.get("tokenizer", {})
+    if tok.get("tokenizer"):
+        lines.insert(len(lines) - 1, f"- tokenizer: `{tok['tokenizer']}`, {tok['vocab_size']:,} tokens"
+                     + (f" in `{tok['dir']}` (trained on {tok.get('trained_on')})" if tok.get("dir") else
+                        " (GPT-2's)"))  # before the data line, which counts its tokens
     prep = stages.get("prepare", {})
     if prep.get("tokens"):
         lines[-1] += " -> " + ", ".join(f"{v:,} {k} tokens" for k, v in prep["tokens"].items())

@@ -1,9 +1,11 @@
-"""``gpt2kit pipeline``: prepare -> pretrain -> instruction tuning -> evaluation -> export -> report.
+"""``gpt2kit pipeline``: tokenizer -> prepare -> pretrain -> instruction tuning -> evaluation -> export -> report.
 
-Each stage is the library function of its own command (:func:`~gpt2kit.data.prepare.prepare`,
+Each stage is the library function of its own command (:func:`~gpt2kit.data.tokenizer_train.train_tokenizer`,
+:func:`~gpt2kit.data.prepare.prepare`,
 :func:`~gpt2kit.train.pretrain.run_pretraining`, :func:`~gpt2kit.finetune.run.run_sft`,
 :func:`~gpt2kit.eval.run.run_eval`, :func:`~gpt2kit.checkpoint.export_hf`, :func:`~gpt2kit.checkpoint.gguf.write_gguf`)
-in a sub-directory of the run: ``RUN/data``, ``RUN/pretrain``, ``RUN/sft``, ``RUN/export``, and ``RUN/report.md``.
+in a sub-directory of the run: ``RUN/tokenizer`` (a trained vocabulary), ``RUN/data``, ``RUN/pretrain``,
+``RUN/sft``, ``RUN/export``, and ``RUN/report.md``.
 ``RUN/pipeline.json`` records each finished stage; running the same command again skips those and continues the
 one that stopped (training stages from their latest checkpoint, as ``--resume auto`` does).
 
@@ -14,6 +16,7 @@ the report while the others wait.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import shutil
 import time
 from collections.abc import Callable
@@ -29,6 +32,8 @@ from gpt2kit.checkpoint.run_dir import PIPELINE_FILE
 from gpt2kit.data.manifest import read_manifest
 from gpt2kit.data.prepare import prepare
 from gpt2kit.data.shards import open_shard
+from gpt2kit.data.sources import SourceOptions
+from gpt2kit.data.tokenizer_train import train_tokenizer
 from gpt2kit.device import is_gpu
 from gpt2kit.distributed import DistEnv, barrier, broadcast_object, distributed
 from gpt2kit.errors import UserError
@@ -42,7 +47,14 @@ from gpt2kit.pipeline.report import write_report
 from gpt2kit.pipeline.state import STAGES, PipelineState
 from gpt2kit.prompts import chat_prompt_ids, template_from_checkpoint
 from gpt2kit.settings import from_flat
-from gpt2kit.tokenizer import EOT_TOKEN, get_tokenizer
+from gpt2kit.tokenizer import (
+    EOT_TOKEN,
+    TOKENIZER_ID,
+    VOCAB_SIZE,
+    get_tokenizer,
+    load_tokenizer,
+    write_tokenizer_files,
+)
 from gpt2kit.train.presets import get_preset
 from gpt2kit.train.pretrain import resolve_train_config, run_pretraining
 
@@ -50,6 +62,10 @@ CHAT_QUESTIONS = ("Hello! Who are you?", "What is 2 + 3?", "Name three colors.")
 """What the report asks the tuned model."""
 LOSS_BATCHES = 100
 """Validation batches (of 8 sequences) scored in the evaluation stage: the whole split of a small corpus."""
+TOKENIZER_DIR = "tokenizer"
+"""Where a pipeline keeps its trained vocabulary (``prepare --tokenizer RUN/tokenizer`` makes more data for it)."""
+SOURCE_SETTINGS = tuple(f.name for f in dataclasses.fields(SourceOptions))
+"""The --prepare-args settings that say how the sources are read, which tokenizer training reads them with too."""
 REDO_ON_CHANGE = {"eval": "eval", "eval_limit": "eval", "samples": "eval", "export": "export"}
 """Settings that may change between runs of one pipeline, and the first stage a change redoes."""
 
@@ -123,7 +139,8 @@ def run_pipeline(cfg: PipelineConfig, state: PipelineState | None, flags: StageF
         exports = cfg.export_formats()
         say(_plan_line(cfg, size, env, state, exports))
         stages: dict[str, Callable[[], dict[str, Any] | None]] = {
-            "prepare": lambda: _prepare(cfg, flags, run, env, say),
+            "tokenizer": lambda: _tokenizer(cfg, size, flags, run, env, say),
+            "prepare": lambda: _prepare(cfg, state, flags, run, env, say),
             "pretrain": lambda: _pretrain(cfg, size, flags, run, env, say),
             "sft": lambda: _sft(cfg, size, flags, run, env, say),
             "eval": lambda: _evaluate(cfg, run, env, say),
@@ -166,10 +183,37 @@ def run_pipeline(cfg: PipelineConfig, state: PipelineState | None, flags: StageF
 # ------------------------------------------------------------------------------------------------ stages
 
 
-def _prepare(cfg: PipelineConfig, flags: StageFlags, run: Path, env: DistEnv, say) -> dict[str, Any]:
+def _tokenizer(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: Path, env: DistEnv,
+               say) -> dict[str, Any]:
+    """GPT-2's vocabulary, or a trained one in ``RUN/tokenizer``: learned from the sources, or copied from the
+    directory ``--tokenizer`` names."""
+    choice = size.tokenizer if cfg.tokenizer == "auto" else cfg.tokenizer
+    info: dict[str, Any] = {"tokenizer": TOKENIZER_ID, "vocab_size": VOCAB_SIZE}
+    if env.is_main and choice != TOKENIZER_ID:
+        out = run / TOKENIZER_DIR
+        if choice == "train":
+            reading = {k: v for k, v in flags.prepare.items() if k in SOURCE_SETTINGS}  # --text-field and friends
+            tok = train_tokenizer(cfg.sources, out, vocab_size=cfg.vocab_size or size.vocab_size, overwrite=True,
+                                  **reading)
+        else:
+            tok = load_tokenizer(choice)
+            write_tokenizer_files(tok, out)
+        info = {"tokenizer": tok.name, "vocab_size": tok.vocab_size, "dir": str(out),
+                "trained_on": "SOURCE" if choice == "train" else choice}
+    barrier(env)
+    if env.is_main:
+        say(f"tokenizer: {info['tokenizer']} ({info['vocab_size']:,} tokens)"
+            + (f" in {info['dir']}" if "dir" in info else ", GPT-2's"))
+    return info
+
+
+def _prepare(cfg: PipelineConfig, state: PipelineState, flags: StageFlags, run: Path, env: DistEnv,
+             say) -> dict[str, Any]:
     data = run / "data"
     if env.is_main:
-        manifest = prepare(cfg.sources, data, **flags.prepare)
+        trained = state.info("tokenizer").get("tokenizer", TOKENIZER_ID) != TOKENIZER_ID
+        tokenizer = str(run / TOKENIZER_DIR) if trained else TOKENIZER_ID
+        manifest = prepare(cfg.sources, data, tokenizer=tokenizer, **flags.prepare)
         splits = {k: v.get("tokens", 0) for k, v in manifest["splits"].items()}
     barrier(env)
     if not env.is_main:
@@ -325,7 +369,10 @@ def _plan_line(cfg: PipelineConfig, size: PipelineSize, env: DistEnv, state: Pip
                exports: tuple[str, ...]) -> str:
     done = [s for s in STAGES if state.done(s)]
     steps = f"{cfg.pretrain_steps} steps" if cfg.pretrain_steps else "the preset's steps"
-    return (f"pipeline: size {size.name} ({size.expect}) on {env.world_size} x {env.device.type} | pretrain "
+    choice = size.tokenizer if cfg.tokenizer == "auto" else cfg.tokenizer
+    vocab = {"gpt2": "GPT-2's vocabulary", "train": f"a {cfg.vocab_size or size.vocab_size:,}-token vocabulary "
+             "trained on SOURCE"}.get(choice, f"the tokenizer {choice}")
+    return (f"pipeline: size {size.name} ({size.expect}) on {env.world_size} x {env.device.type} | {vocab} | pretrain "
             f"--preset {cfg.preset or size.preset}, {steps} | sft on {cfg.sft or BUILTIN_SFT}"
             f"{f', {cfg.sft_epochs} epochs' if cfg.sft_epochs else ''} | eval: validation loss"
             f"{''.join(', ' + t for t in cfg.eval_data())} | export {'+'.join(exports)} | run dir {cfg.out}"
@@ -345,7 +392,7 @@ def _jsonable(value: Any) -> Any:
 
 def _remove_run(run: Path, log: Callable[[str], None]) -> None:
     """--fresh: remove what an earlier pipeline wrote to ``run`` (only the pipeline's own names)."""
-    names = ("data", "pretrain", "sft", "export", "report", "report.md", PIPELINE_FILE)
+    names = (TOKENIZER_DIR, "data", "pretrain", "sft", "export", "report", "report.md", PIPELINE_FILE)
     removed = []
     for name in names:
         target = run / name

@@ -16,7 +16,7 @@ from gpt2kit.checkpoint.run_dir import PIPELINE_FILE
 from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_write_text
 
-STAGES = ("prepare", "pretrain", "sft", "eval", "export", "report")
+STAGES = ("tokenizer", "prepare", "pretrain", "sft", "eval", "export", "report")
 """The stages, in order."""
 KIND = "gpt2kit-pipeline"
 VERSION = 1
@@ -48,6 +48,11 @@ class PipelineState:
             raise UserError(f"{path}: not a gpt2kit pipeline record; use another --out, or --fresh to start over")
         if record.get("format_version", 0) > VERSION:
             raise UserError(f"{path}: written by a newer gpt2kit (format {record['format_version']}); upgrade gpt2kit")
+        if isinstance(record.get("config"), dict) and "tokenizer" not in record["config"]:
+            # a pipeline started before the tokenizer stage existed prepared its data with GPT-2's vocabulary
+            record["config"]["tokenizer"] = "gpt2"
+            if record["stages"].get("prepare", {}).get("status") == "done":
+                record["stages"].setdefault("tokenizer", {"status": "done", "seconds": 0.0, "tokenizer": "gpt2"})
         return cls(run_dir, record)
 
     @property

@@ -21,6 +21,10 @@ def test_bad_settings_name_the_flag():
         PipelineConfig(sources=["a.txt"], out="r", pretrain_steps=0)
     with pytest.raises(ValueError, match="--sft-args: No closing quotation"):
         PipelineConfig(sources=["a.txt"], out="r", sft_args="--lr '1")
+    with pytest.raises(ValueError, match=r"--vocab-size must be in \[257, 65535\], got 100"):
+        PipelineConfig(sources=["a.txt"], out="r", tokenizer="train", vocab_size=100)
+    with pytest.raises(ValueError, match="--vocab-size: applies to --tokenizer train; --tokenizer gpt2 has its own"):
+        PipelineConfig(sources=["a.txt"], out="r", tokenizer="gpt2", vocab_size=4096)
 
 
 def test_auto_size_and_exports():
@@ -44,6 +48,7 @@ def test_every_size_names_real_presets_and_settings():
         assert set(size.pretrain) <= set(setting_names(TrainConfig)), size.name
         assert set(size.sft) <= set(setting_names(SFTConfig)), size.name
         SFTConfig.from_dict({"out": "r", **size.sft})
+        assert size.tokenizer in ("train", "gpt2") and 257 <= size.vocab_size <= 65_535
 
 
 def test_command_line_gives_the_settings_back():
@@ -68,7 +73,16 @@ def test_state_records_stages_atomically(tmp_path):
     assert again.redo_from("prepare") == ["prepare", "pretrain"]
     assert not PipelineState.read(tmp_path).done("prepare")
     assert not list(tmp_path.glob(".*tmp*"))
-    assert STAGES[0] == "prepare" and STAGES[-1] == "report"
+    assert STAGES[:2] == ("tokenizer", "prepare") and STAGES[-1] == "report"
+
+
+def test_a_pipeline_from_before_the_tokenizer_stage_keeps_gpt2s_vocabulary(tmp_path):
+    state = PipelineState.new(tmp_path, {"out": str(tmp_path), "sources": ["x.txt"]}, "cpu")
+    state.begin("prepare")
+    state.finish("prepare", 1.0)
+    again = PipelineState.read(tmp_path)
+    assert again.config["tokenizer"] == "gpt2"
+    assert again.done("tokenizer") and again.info("tokenizer")["tokenizer"] == "gpt2"
 
 
 def test_state_refuses_other_files(tmp_path):
@@ -136,6 +150,8 @@ def test_stage_flags_parse_with_the_stage_commands_flags():
         stage_flags("pretrain", "--n-leyer 3")
     with pytest.raises(UserError, match=r"--sft-args: .*RUN sets --out, --checkpoint, --train, --resume itself"):
         stage_flags("sft", "--train x.jsonl")
+    with pytest.raises(UserError, match=r"--prepare-args: .*RUN sets --sources, --out-dir, --tokenizer itself"):
+        stage_flags("prepare", "--tokenizer tok")
 
 
 def test_report_text_is_inert_markdown():

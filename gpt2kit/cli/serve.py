@@ -125,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stopped)
     config = uvicorn.Config(create_app(served), log_level=args.log_level, timeout_graceful_shutdown=None)
     host, port = sock.getsockname()[:2]
-    chat = "chat and completions" if template is not None else "completions only (no chat template: a base model)"
+    chat = "chat and completions" if template is not None else "completions only, no chat template: a base model"
     tok = served.tokenizer
     if tok.name != TOKENIZER_ID:  # a vocabulary of its own: GPT-2 token ids mean nothing to it
         chat += f"; tokenizer {tok.name}, {tok.vocab_size} tokens"

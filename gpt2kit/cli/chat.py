@@ -45,13 +45,11 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.distributed import resolve_device
     from gpt2kit.generation import generate
     from gpt2kit.prompts import StreamDecoder, template_from_checkpoint, trim_conversation
-    from gpt2kit.tokenizer import get_tokenizer
 
     check_sampling_arguments(args)
-    tok = get_tokenizer()
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
-    model = loaded.model
+    model, tok = loaded.model, loaded.tokenizer  # the vocabulary the model was trained on, GPT-2's or its own
     apply_quantize(args, model, "chat")
     block_size = model.config.block_size
     if args.max_new_tokens is None:

@@ -41,11 +41,15 @@ def loaded_description(spec: str, loaded) -> str:
     from pathlib import Path
 
     from gpt2kit.checkpoint import best_checkpoint, is_sharded
+    from gpt2kit.tokenizer import TOKENIZER_ID
 
     if loaded.format != "gpt2kit":
         return f"loaded {loaded.source} (Hugging Face weights for --checkpoint {spec})"
     step = loaded.checkpoint.get("step")
     at = f"step {step}" if step is not None else "no step recorded"
+    tok = loaded.tokenizer
+    if tok.name != TOKENIZER_ID:  # the checkpoint's own vocabulary, not GPT-2's
+        at += f"; tokenizer {tok.name}, {tok.vocab_size} tokens"
     if Path(spec).is_dir() and not is_sharded(spec):
         best = best_checkpoint(spec)
         if best is not None and best.resolve() == Path(loaded.source).resolve():

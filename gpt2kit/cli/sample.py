@@ -47,7 +47,6 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.distributed import resolve_device
     from gpt2kit.generation import generate
     from gpt2kit.prompts import StreamDecoder
-    from gpt2kit.tokenizer import get_tokenizer
 
     check_sampling_arguments(args)
     if args.prompt is not None and args.prompt == "":
@@ -58,10 +57,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--input: goes with --instruction")
     if args.instruction is not None and not args.instruction.strip():
         raise UserError("--instruction is empty; give the task to perform")
-    tok = get_tokenizer()
     device = resolve_device(args.device)
     loaded = load_model(args.checkpoint, device=device, dtype=resolve_dtype(args.dtype))
-    model = loaded.model
+    model, tok = loaded.model, loaded.tokenizer  # the vocabulary the model was trained on, GPT-2's or its own
     # stdout is the text itself; which weights made it goes to stderr
     print(f"sample: {loaded_description(args.checkpoint, loaded)}", file=sys.stderr)
     apply_quantize(args, model, "sample")

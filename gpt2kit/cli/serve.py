@@ -95,9 +95,8 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import load_model
     from gpt2kit.cli.common import apply_quantize, resolve_dtype
     from gpt2kit.distributed import resolve_device
-    from gpt2kit.prompts import template_from_checkpoint
     from gpt2kit.serve.engine import Engine, on_passing_thread
-    from gpt2kit.tokenizer import get_tokenizer
+    from gpt2kit.tokenizer import TOKENIZER_ID
 
     if args.api_key is not None and not args.api_key.strip():
         raise UserError("--api-key is empty; give a key, or leave the flag out for an open server")
@@ -110,10 +109,9 @@ def run(args: argparse.Namespace) -> int:
         return loaded, Engine(loaded.model, max_batch=args.max_batch, max_queue=args.max_queue)
 
     loaded, engine = on_passing_thread(build)  # the engine thread stays the only one with torch workers
-    template = template_from_checkpoint(loaded.checkpoint, loaded.source)
-    served = ServedModel(name=args.model_name or _model_name(args.checkpoint), engine=engine,
-                         tokenizer=get_tokenizer(), template=template, api_key=args.api_key,
-                         max_body_bytes=int(args.max_body_mb * 2**20))
+    served = ServedModel.of(loaded, engine, args.model_name or _model_name(args.checkpoint), api_key=args.api_key,
+                            max_body_bytes=int(args.max_body_mb * 2**20))
+    template = served.template
 
     class Server(uvicorn.Server):
         def handle_exit(self, sig: int, frame) -> None:
@@ -127,7 +125,10 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stopped)
     config = uvicorn.Config(create_app(served), log_level=args.log_level, timeout_graceful_shutdown=None)
     host, port = sock.getsockname()[:2]
-    chat = "chat and completions" if template is not None else "completions only (no chat template: a base model)"
+    chat = "chat and completions" if template is not None else "completions only, no chat template: a base model"
+    tok = served.tokenizer
+    if tok.name != TOKENIZER_ID:  # a vocabulary of its own: GPT-2 token ids mean nothing to it
+        chat += f"; tokenizer {tok.name}, {tok.vocab_size} tokens"
     print(f"serving {served.name} ({chat}) at http://{host}:{port}/v1 "
           f"(max batch {args.max_batch}, max queue {args.max_queue}{', API key required' if args.api_key else ''}); "
           f"chat page: http://{host}:{port}/",

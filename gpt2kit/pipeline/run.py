@@ -48,10 +48,9 @@ from gpt2kit.pipeline.state import STAGES, PipelineState
 from gpt2kit.prompts import chat_prompt_ids, template_from_checkpoint
 from gpt2kit.settings import from_flat
 from gpt2kit.tokenizer import (
-    EOT_TOKEN,
     TOKENIZER_ID,
     VOCAB_SIZE,
-    get_tokenizer,
+    Tokenizer,
     load_tokenizer,
     write_tokenizer_files,
 )
@@ -289,10 +288,10 @@ def _evaluate(cfg: PipelineConfig, run: Path, env: DistEnv, say) -> dict[str, An
 
 def _samples_and_answers(cfg: PipelineConfig, run: Path, env: DistEnv) -> dict[str, Any]:
     """Samples of the pretrained model from the starts of validation windows; the tuned model's chat answers."""
-    tok = get_tokenizer()
     device = env.device
-    base = load_model(run / "pretrain", device=device).model
-    prompts = _sample_prompts(run / "data", cfg.samples)
+    pretrained = load_model(run / "pretrain", device=device)
+    base, tok = pretrained.model, pretrained.tokenizer  # the data's vocabulary, which pretraining followed
+    prompts = _sample_prompts(run / "data", cfg.samples, tok)
     samples = []
     for i, prompt in enumerate(prompts):
         idx = torch.tensor([tok.encode(prompt)], dtype=torch.long, device=device)
@@ -300,6 +299,7 @@ def _samples_and_answers(cfg: PipelineConfig, run: Path, env: DistEnv) -> dict[s
         text = tok.decode([t for t in out[0, idx.size(1):].tolist() if t != tok.eot])
         samples.append({"prompt": prompt, "text": text})
     loaded = load_model(run / "sft", device=device)
+    tok = loaded.tokenizer
     template = template_from_checkpoint(loaded.checkpoint, loaded.source)
     answers = []
     for question in CHAT_QUESTIONS[:cfg.samples]:
@@ -311,19 +311,19 @@ def _samples_and_answers(cfg: PipelineConfig, run: Path, env: DistEnv) -> dict[s
     return {"samples": samples, "answers": answers}
 
 
-def _sample_prompts(data: Path, n: int) -> list[str]:
+def _sample_prompts(data: Path, n: int, tok: Tokenizer) -> list[str]:
     """The first words of ``n`` documents of the validation split (of the training split without one); where it
     has fewer documents, the first words of sentences spread over it."""
     manifest = read_manifest(data)
     split = "val" if manifest["splits"].get("val", {}).get("tokens", 0) > 0 else "train"
     entry = manifest["splits"][split]["shards"][0]
     tokens = open_shard(data / entry["file"], entry["tokens"])[:200_000].tolist()
-    tok = get_tokenizer()
     doc_starts = [i + 1 for i, t in enumerate(tokens) if t == tok.eot]
     spread = [len(tokens) * i // (n + 1) for i in range(1, n + 1)]
     prompts: list[str] = []
     for s in [0, *doc_starts, *spread]:
-        text = tok.decode(tokens[s:s + 48]).split(EOT_TOKEN)[0]
+        window = tokens[s:s + 48]
+        text = tok.decode(window[:window.index(tok.eot)] if tok.eot in window else window)
         if s not in doc_starts and s != 0 and ". " in text:
             text = text.split(". ", 1)[1]  # from the start of a sentence
         words = text.split()

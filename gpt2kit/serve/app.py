@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gpt2kit.errors import UserError
-from gpt2kit.prompts import PromptTemplate, StreamDecoder, chat_prompt_ids
+from gpt2kit.prompts import PromptTemplate, StreamDecoder, chat_prompt_ids, template_from_checkpoint
 from gpt2kit.serve.engine import Draining, Engine, QueueFull, SamplingParams
 from gpt2kit.serve.page import add_page
 from gpt2kit.serve.params import (
@@ -60,6 +60,13 @@ class ServedModel:
     api_key: str | None = None
     max_body_bytes: int = MAX_BODY_BYTES
     """Request bodies larger than this get 413."""
+
+    @classmethod
+    def of(cls, loaded: Any, engine: Engine, name: str, **kw: Any) -> ServedModel:
+        """What serving a :class:`~gpt2kit.checkpoint.LoadedModel` serves: the tokenizer its checkpoint carries
+        (GPT-2's, or the vocabulary it was trained on) and its stored chat template; ``kw``: the other fields."""
+        return cls(name=name, engine=engine, tokenizer=loaded.tokenizer,
+                   template=template_from_checkpoint(loaded.checkpoint, loaded.source), **kw)
 
 
 # ------------------------------------------------------------------------------------------ generation
@@ -268,7 +275,9 @@ def create_app(served: ServedModel) -> FastAPI:
     @app.get("/v1/models", dependencies=v1)
     async def models() -> dict[str, Any]:
         return {"object": "list", "data": [{"id": served.name, "object": "model", "created": 0,
-                                            "owned_by": "gpt2kit", "max_model_len": block_size}]}
+                                            "owned_by": "gpt2kit", "max_model_len": block_size,
+                                            "tokenizer": served.tokenizer.name,
+                                            "vocab_size": served.tokenizer.vocab_size}]}
 
     @app.post("/v1/completions", dependencies=v1,
               openapi_extra=completion_body_schema(served.name, served.tokenizer.vocab_size))

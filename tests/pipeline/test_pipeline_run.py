@@ -57,8 +57,8 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     hs = _hellaswag(tmp_path / "hs.jsonl")
     assert main(_argv(text, sft, run, "--eval", f"hellaswag={hs}", "--export", "hf,gguf")) == 0
     out = capsys.readouterr().out
-    for i, stage in enumerate(("prepare", "pretrain", "sft", "eval", "export", "report"), 1):
-        assert f"[{i}/6] {stage}" in out
+    for i, stage in enumerate(("tokenizer", "prepare", "pretrain", "sft", "eval", "export", "report"), 1):
+        assert f"[{i}/7] {stage}" in out
     record = json.loads((run / "pipeline.json").read_text())
     assert record["final"] == "sft" and record["size"] == "cpu"
     assert all(record["stages"][s]["status"] == "done" for s in record["stages"])
@@ -83,11 +83,38 @@ def test_pipeline_end_to_end(tmp_path, capsys):
     # again: nothing is redone
     assert main(_argv(text, sft, run, "--eval", f"hellaswag={hs}", "--export", "hf,gguf")) == 0
     out = capsys.readouterr().out
-    assert out.count("done earlier") == 6 and "[2/6] pretrain: done earlier" in out
+    assert out.count("done earlier") == 7 and "[3/7] pretrain: done earlier" in out
     # another --export redoes the export and the report only
     assert main(_argv(text, sft, run, "--eval", f"hellaswag={hs}", "--export", "hf")) == 0
     out = capsys.readouterr().out
-    assert "export, report will run again" in out and "[4/6] eval: done earlier" in out and "[5/6] export\n" in out
+    assert "export, report will run again" in out and "[5/7] eval: done earlier" in out and "[6/7] export\n" in out
+
+
+def test_pipeline_with_a_trained_vocabulary(tmp_path, capsys):
+    transformers = pytest.importorskip("transformers")
+    text, sft = _texts(tmp_path)
+    run = tmp_path / "run"
+    hs = _hellaswag(tmp_path / "hs.jsonl")
+    assert main(_argv(text, sft, run, "--tokenizer", "train", "--vocab-size", "300", "--eval", f"hellaswag={hs}",
+                      "--export", "hf,gguf")) == 0
+    out = capsys.readouterr().out
+    record = json.loads((run / "pipeline.json").read_text())
+    tok_info = record["stages"]["tokenizer"]
+    assert tok_info["vocab_size"] <= 300 and tok_info["tokenizer"].startswith("bpe-")
+    assert f"tokenizer: {tok_info['tokenizer']}" in out and "vocabulary trained on SOURCE" in out
+    assert json.loads((run / "data" / "manifest.json").read_text())["tokenizer"] == tok_info["tokenizer"]
+    assert record["stages"]["pretrain"]["model"]["vocab_size"] == tok_info["vocab_size"]
+    assert record["stages"]["eval"]["figures"]["tuned"]["val"]["bits_per_byte"] > 0
+    assert record["stages"]["eval"]["figures"]["pretrained"]["hellaswag"]["n"] == 6
+    assert f"- tokenizer: `{tok_info['tokenizer']}`" in (run / "report.md").read_text()
+
+    from gpt2kit.checkpoint import load_model
+
+    loaded = load_model(run)  # the tuned model carries the pipeline's tokenizer
+    assert loaded.tokenizer.name == tok_info["tokenizer"]
+    hf_tok = transformers.AutoTokenizer.from_pretrained(run / "export" / "hf")
+    assert hf_tok("What is 3 + 1?")["input_ids"] == loaded.tokenizer.encode("What is 3 + 1?")
+    assert main(["sample", "--checkpoint", str(run), "--instruction", "What is 3 + 1?", "--max-new-tokens", "4"]) == 0
 
 
 def test_killed_pipeline_resumes_in_the_stage_it_stopped(tmp_path):
@@ -108,7 +135,7 @@ def test_killed_pipeline_resumes_in_the_stage_it_stopped(tmp_path):
 
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "[1/6] prepare: done earlier" in done.stdout
+    assert "[2/7] prepare: done earlier" in done.stdout
     assert "resum" in done.stdout.lower()
     state = json.loads((run / "pipeline.json").read_text())
     assert state["stages"]["pretrain"]["attempts"] == 2 and state["stages"]["pretrain"]["step"] == 8
@@ -125,7 +152,7 @@ def test_two_gloo_ranks_run_the_pipeline(tmp_path):
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "size node" in done.stdout and "on 2 x cpu" in done.stdout  # the node size, with the demo's preset
-    assert done.stdout.count("[3/6] sft") == 1  # rank 0 speaks for both
+    assert done.stdout.count("[4/7] sft") == 1  # rank 0 speaks for both
     state = json.loads((run / "pipeline.json").read_text())
     assert all(s["status"] == "done" for s in state["stages"].values()) and state["final"] == "sft"
     assert (run / "report.md").exists() and (run / "export" / "hf" / "model.safetensors").exists()

@@ -168,7 +168,8 @@ def _data_path(resolve, opts: EvalOptions, show: bool, world_size: int) -> Path:
 
 def _model_info(opts: EvalOptions, loaded: LoadedModel, params: int) -> dict[str, Any]:
     return {"checkpoint": opts.checkpoint, "source": loaded.source, "format": loaded.format,
-            "step": loaded.checkpoint.get("step"), "params": params, "config": loaded.config.to_dict()}
+            "step": loaded.checkpoint.get("step"), "params": params, "config": loaded.config.to_dict(),
+            "tokenizer": loaded.tokenizer.name}
 
 
 def _score_choice_task(name: str, opts: EvalOptions, model, tok: Tokenizer, device, rank: int, world_size: int,

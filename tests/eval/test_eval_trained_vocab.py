@@ -63,6 +63,7 @@ def test_loss_bpb_of_a_text_is_nats_over_ln2_over_utf8_bytes(tmp_path, capsys, t
     assert rec["loss"] == pytest.approx(nats_per_token, rel=1e-5)
     want = nats_per_token * len(ids) / math.log(2) / n_bytes
     assert rec["bpb"] == rec["bits_per_byte"] == pytest.approx(want, rel=1e-5)
+    assert rec["model"]["tokenizer"] == tok.name
 
 
 def test_loss_on_a_long_jsonl_pads_with_the_models_eot(tmp_path, capsys, trained_vocab_checkpoint,

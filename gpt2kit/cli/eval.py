@@ -58,7 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "loss", formatter_class=_FMT, help="mean next-token loss, perplexity and bits per byte",
         description=(
             "Mean next-token loss, perplexity = exp(loss), and bits per byte = total nats / ln 2 / UTF-8 bytes "
-            "scored (comparable across tokenizers). --data is a prepared data directory (scored in consecutive "
+            "scored (comparable across tokenizers; `bpb` and `bits_per_byte` in --json). Text is encoded with the "
+            "model's own tokenizer (a trained vocabulary travels in its checkpoint). --data is a prepared data "
+            "directory in that same tokenizer (scored in consecutive "
             "windows of block_size tokens, as the trainer's validation loss), or a text file (one document) or "
             "JSONL file (one document per line, field --text-field). Files are scored with a sliding window as in "
             "Hugging Face's perplexity guide: windows of block_size tokens start every --stride tokens and each "
@@ -180,7 +182,7 @@ def run(args: argparse.Namespace) -> int:
     from gpt2kit.checkpoint import resolve_checkpoint
     from gpt2kit.cli.common import resolve_dtype
     from gpt2kit.eval.results import format_suite_table, format_table, to_json
-    from gpt2kit.eval.run import METRICS, EvalOptions, run_eval
+    from gpt2kit.eval.run import ALIASES, METRICS, EvalOptions, run_eval
 
     opts = EvalOptions(
         task=args.task, checkpoint=args.checkpoint, device=args.device, dtype=resolve_dtype(args.dtype),
@@ -207,7 +209,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.task == "suite":
         print(format_suite_table(record), flush=True)
     else:
-        print(format_table(record, METRICS[args.task]), flush=True)
+        print(format_table(record, [k for k in METRICS[args.task] if k not in ALIASES]), flush=True)
     per_task = record["tasks"] if args.task == "suite" else {args.task: record}
     for task, r in per_task.items():
         if r.get("truncated"):

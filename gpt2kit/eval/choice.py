@@ -25,13 +25,15 @@ from gpt2kit.distributed import all_reduce_sum
 from gpt2kit.errors import UserError
 from gpt2kit.eval.questions import ChoiceItem
 from gpt2kit.eval.scoring import fit_row, model_block_size, scored_items
+from gpt2kit.tokenizer import EOT_ID
 
 RULES = ("acc", "acc_per_token", "acc_per_char", "acc_per_byte")
 """The ways of picking a choice, in the order :func:`score_choices` reports them."""
 
 
-def fit_items(items: Sequence[ChoiceItem], block_size: int) -> tuple[list[ChoiceItem], int]:
-    """``items`` with every row fitted to ``block_size`` (see :func:`fit_row`), and how many were truncated.
+def fit_items(items: Sequence[ChoiceItem], block_size: int, eot: int = EOT_ID) -> tuple[list[ChoiceItem], int]:
+    """``items`` with every row fitted to ``block_size`` (see :func:`fit_row`; an empty context becomes
+    ``[eot]``), and how many were truncated.
 
     A choice whose continuation alone is longer than the context is a UserError naming the question.
     """
@@ -41,7 +43,7 @@ def fit_items(items: Sequence[ChoiceItem], block_size: int) -> tuple[list[Choice
         for ctx, cont in item.rows:
             if not cont:
                 raise UserError(f"{item.where}: a choice encodes to no tokens; every choice needs some text")
-            row = fit_row(ctx, cont, block_size)
+            row = fit_row(ctx, cont, block_size, eot)
             if row is None:
                 raise UserError(
                     f"{item.where}: a choice is {len(cont)} tokens, longer than the model's context "
@@ -65,19 +67,21 @@ def score_choices(
     world_size: int = 1,
     progress: bool = False,
     desc: str = "choice",
+    eot: int = EOT_ID,
 ) -> dict:
     """Accuracy of ``model`` on ``items`` under every rule of :data:`RULES` (fractions), plus ``n`` (questions)
     and ``truncated`` (questions with a left-truncated row).
 
     ``batch_size`` questions (all their choices) share a forward pass. With ``world_size > 1`` this rank
     scores its share and, when torch.distributed is initialised, the counts are summed over ranks so every
-    rank returns the global figures.
+    rank returns the global figures. ``eot`` is the end-of-text id of the tokenizer the items were encoded
+    with (it pads rows and stands for an empty context).
     """
-    items, truncated = fit_items(items, model_block_size(model))
+    items, truncated = fit_items(items, model_block_size(model), eot)
     hits = [0] * len(RULES)
     scored = scored_items(model, items, lambda it: list(it.rows), batch_size=batch_size, rank=rank,
                           world_size=world_size, device=device, autocast_dtype=autocast_dtype, desc=desc,
-                          progress=progress)
+                          progress=progress, pad=eot)
     for item, nll, tokens, _ in scored:  # nll: (k,) summed loss of each of the k choices
         divisors = (torch.ones_like(nll), tokens.double(), torch.tensor(item.chars, dtype=torch.float64),
                     torch.tensor(item.nbytes, dtype=torch.float64))

@@ -10,7 +10,8 @@ Requests are scored as the harness's ``hf`` model scores them: the context's tra
 continuation, the pair is encoded whole and split where the context's encoding ends, the last
 ``block_size + 1`` tokens are kept; rolling log-likelihoods use the harness's disjoint windows of
 ``block_size`` tokens after ``<|endoftext|>``; generation is greedy unless the task asks to sample, cut at
-the task's stop strings. Requests are batched longest first to keep padding small.
+the task's stop strings. Requests are batched longest first to keep padding small. Text is encoded in the
+model's own tokenizer (``load_model(...).tokenizer``: a trained vocabulary, or GPT-2's).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from gpt2kit.errors import UserError
 from gpt2kit.eval.questions import encode_pair
 from gpt2kit.eval.scoring import Row, fit_row, score_rows
 from gpt2kit.generation import generate
-from gpt2kit.tokenizer import EOT_ID, EOT_TOKEN, get_tokenizer
+from gpt2kit.tokenizer import EOT_TOKEN
 
 MODEL_NAME = "gpt2kit"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -53,18 +54,19 @@ class GPT2KitLM(LM):
         # "auto" (the harness's batch-size search) is served by the fixed default
         self.batch_size = int(batch_size) if str(batch_size or "").isdigit() else 8
         self.max_gen_toks = int(max_gen_toks)
-        self.tok = get_tokenizer()
+        self.tok = self.loaded.tokenizer  # the model's own vocabulary (a trained one, or GPT-2's)
+        self.eot = self.tok.eot
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """(log-likelihood, is greedy) of each request's continuation after its context."""
-        return self._score([encode_pair(*r.args) for r in requests], disable_tqdm)
+        return self._score([encode_pair(*r.args, tokenizer=self.tok) for r in requests], disable_tqdm)
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """The log-likelihood of each whole string, in disjoint windows of ``block_size`` tokens."""
         windows, owner = [], []
         for i, r in enumerate(requests):
             tokens = self.tok.encode(r.args[0])
-            for w in get_rolling_token_windows(tokens, prefix_token=EOT_ID, max_seq_len=self.block_size,
+            for w in get_rolling_token_windows(tokens, prefix_token=self.eot, max_seq_len=self.block_size,
                                                context_len=1):
                 windows.append(make_disjoint_window(w))
                 owner.append(i)
@@ -92,27 +94,27 @@ class GPT2KitLM(LM):
         if max_new >= self.block_size:
             raise UserError(f"max_gen_toks {max_new} must be less than the model's context ({self.block_size})")
         temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample") else 0.0
-        prompts = [(self.tok.encode(c) or [EOT_ID])[-(self.block_size - max_new):] for c, _ in args]
+        prompts = [(self.tok.encode(c) or [self.eot])[-(self.block_size - max_new):] for c, _ in args]
         T = max(len(p) for p in prompts)
-        idx = torch.full((len(prompts), T), EOT_ID, dtype=torch.long)  # (B, T) left-padded
+        idx = torch.full((len(prompts), T), self.eot, dtype=torch.long)  # (B, T) left-padded
         mask = torch.zeros((len(prompts), T), dtype=torch.long)
         for b, p in enumerate(prompts):
             idx[b, T - len(p):] = torch.tensor(p)
             mask[b, T - len(p):] = 1
         with torch.no_grad():
             full = generate(self.model, idx.to(self.device), max_new, temperature=temperature,
-                            top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"), eos_id=EOT_ID,
+                            top_k=kwargs.get("top_k"), top_p=kwargs.get("top_p"), eos_id=self.eot,
                             attention_mask=mask.to(self.device))
         for row in full[:, T:].tolist():
-            if EOT_ID in row:
-                row = row[:row.index(EOT_ID)]
+            if self.eot in row:
+                row = row[:row.index(self.eot)]
             texts.append(postprocess_generated_text(self.tok.decode(row), until, None))
         return texts
 
     def _score(self, pairs: Sequence[Row], disable_tqdm: bool) -> list[tuple[float, bool]]:
         rows = []
         for ctx, cont in pairs:
-            row = fit_row(ctx, cont, self.block_size) if cont else None
+            row = fit_row(ctx, cont, self.block_size, self.eot) if cont else None
             if row is None:
                 raise UserError(f"a continuation of {len(cont)} tokens does not fit the model's context "
                                 f"({self.block_size} tokens)" if cont else "a request has an empty continuation")
@@ -120,7 +122,7 @@ class GPT2KitLM(LM):
         out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
         order = sorted(range(len(rows)), key=lambda i: -(len(rows[i][0]) + len(rows[i][1])))
         for batch in tqdm(_chunks(order, self.batch_size), disable=disable_tqdm, desc="loglikelihood"):
-            nll, _, greedy = score_rows(self.model, [rows[i] for i in batch], device=self.device)
+            nll, _, greedy = score_rows(self.model, [rows[i] for i in batch], device=self.device, pad=self.eot)
             for i, n, g in zip(batch, nll.tolist(), greedy.tolist()):
                 out[i] = (-n, bool(g))
         return out

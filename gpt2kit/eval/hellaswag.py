@@ -25,7 +25,7 @@ from gpt2kit.errors import UserError
 from gpt2kit.eval.choice import ChoiceItem, score_choices
 from gpt2kit.eval.download import cache_root, resolve_data_file
 from gpt2kit.io import iter_jsonl
-from gpt2kit.tokenizer import get_tokenizer
+from gpt2kit.tokenizer import Tokenizer, get_tokenizer
 
 HELLASWAG_URL = "https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl"
 HELLASWAG_FILE = "hellaswag_val.jsonl"
@@ -96,12 +96,13 @@ def hellaswag_path(data: str | os.PathLike | None, cache_dir: str | os.PathLike 
                              what="HellaSwag validation data", cache_dir=cache_dir, flag=flag)
 
 
-def hellaswag_items(examples: Sequence[HellaSwagExample]) -> list[ChoiceItem]:
-    """The examples as multiple-choice questions: ``ctx`` then ``" " + ending``, each encoded on its own."""
-    tok = get_tokenizer()
+def hellaswag_items(examples: Sequence[HellaSwagExample], tokenizer: Tokenizer | None = None) -> list[ChoiceItem]:
+    """The examples as multiple-choice questions: ``ctx`` then ``" " + ending``, each encoded on its own in
+    ``tokenizer`` (the model's; GPT-2's by default); an empty ``ctx`` is ``[eot]``."""
+    tok = tokenizer or get_tokenizer()
     items = []
     for ex in examples:
-        ctx = tok.encode(ex.ctx)
+        ctx = tok.encode(ex.ctx) or [tok.eot]
         rows = tuple((ctx, tok.encode(" " + e)) for e in ex.endings)
         items.append(ChoiceItem(rows, ex.label, tuple(len(e) for e in ex.endings),
                                 tuple(len(e.encode("utf-8")) for e in ex.endings), where=f"HellaSwag line {ex.line}"))
@@ -114,11 +115,15 @@ def hellaswag_metrics(scores: dict) -> dict:
             "n": scores["n"]}
 
 
-def score_hellaswag(model: torch.nn.Module, examples: Sequence[HellaSwagExample], **options: Any) -> dict:
+def score_hellaswag(model: torch.nn.Module, examples: Sequence[HellaSwagExample], *,
+                    tokenizer: Tokenizer | None = None, **options: Any) -> dict:
     """Accuracy of ``model`` on ``examples``: ``{"acc", "acc_norm", "acc_norm_bytes", "n"}`` (fractions).
 
-    ``options`` are :func:`~gpt2kit.eval.choice.score_choices`'s (``device``, ``batch_size``, ``autocast_dtype``,
-    ``rank``, ``world_size``, ``progress``): ``batch_size`` examples (all their endings) share a forward pass, and
-    with ``world_size > 1`` each rank scores its share and every rank returns the global figures.
+    The text is encoded in ``tokenizer``, the model's (GPT-2's by default). ``options`` are
+    :func:`~gpt2kit.eval.choice.score_choices`'s (``device``, ``batch_size``, ``autocast_dtype``, ``rank``,
+    ``world_size``, ``progress``): ``batch_size`` examples (all their endings) share a forward pass, and with
+    ``world_size > 1`` each rank scores its share and every rank returns the global figures.
     """
-    return hellaswag_metrics(score_choices(model, hellaswag_items(examples), desc="hellaswag", **options))
+    tok = tokenizer or get_tokenizer()
+    return hellaswag_metrics(score_choices(model, hellaswag_items(examples, tok), desc="hellaswag", eot=tok.eot,
+                                           **options))

@@ -2,11 +2,12 @@
 
 Each line of the JSONL file has a ``text``; its last word is what follows the last space. The model
 reads the text before that space and must reproduce the word (with its leading space) token by
-token: ``acc`` counts the examples where greedy decoding reproduces every token of the word (argmax
-at every position of the word, given the context and the word's earlier tokens — exactly what greedy
-generation yields while it is still right). ``perplexity`` is ``exp`` of the mean negative
-log-likelihood of the whole last word per example (lm-evaluation-harness's ``lambada_openai``
-perplexity); ``token_perplexity`` divides by tokens instead.
+token, in the model's own tokenizer: the target is a word, not a token (under a small trained vocabulary
+it is often several tokens, all of them scored). ``acc`` counts the examples where greedy decoding
+reproduces every token of the word (argmax at every position of the word, given the context and the
+word's earlier tokens — exactly what greedy generation yields while it is still right). ``perplexity``
+is ``exp`` of the mean negative log-likelihood of the whole last word per example
+(lm-evaluation-harness's ``lambada_openai`` perplexity); ``token_perplexity`` divides by tokens instead.
 
 OpenAI's LAMBADA test file (the one GPT-2 was evaluated on) is downloaded from its official location
 when no ``--data`` is given. Batched and sharded across ranks like HellaSwag.
@@ -26,7 +27,7 @@ from gpt2kit.errors import UserError
 from gpt2kit.eval.download import cache_root, resolve_data_file
 from gpt2kit.eval.scoring import fit_row, model_block_size, safe_exp, scored_items
 from gpt2kit.io import iter_jsonl
-from gpt2kit.tokenizer import get_tokenizer
+from gpt2kit.tokenizer import Tokenizer, get_tokenizer
 
 LAMBADA_URL = "https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl"
 LAMBADA_FILE = "lambada_test.jsonl"
@@ -72,9 +73,9 @@ def lambada_path(data: str | os.PathLike | None, cache_dir: str | os.PathLike | 
                              cache_dir=cache_dir)
 
 
-def _row(ex: LambadaExample, block_size: int) -> tuple[list[int], list[int]]:
-    tok = get_tokenizer()
-    row = fit_row(tok.encode(ex.context), tok.encode(" " + ex.word), block_size)
+def lambada_row(ex: LambadaExample, tokenizer: Tokenizer, block_size: int) -> tuple[list[int], list[int]]:
+    """(context tokens, tokens of ``" " + word``) of a passage in ``tokenizer``, the context left-truncated to fit."""
+    row = fit_row(tokenizer.encode(ex.context), tokenizer.encode(" " + ex.word), block_size, tokenizer.eot)
     if row is None:
         raise UserError(f"LAMBADA passage at line {ex.line}: the last word does not fit block_size {block_size}")
     return row
@@ -91,17 +92,20 @@ def score_lambada(
     rank: int = 0,
     world_size: int = 1,
     progress: bool = False,
+    tokenizer: Tokenizer | None = None,
 ) -> dict:
     """``{"acc", "perplexity", "token_perplexity", "n", "tokens"}`` of ``model`` on ``examples``.
 
-    ``batch_size`` passages share a forward pass; with ``world_size > 1`` and torch.distributed
+    The passages are encoded in ``tokenizer``, the model's (GPT-2's by default); ``tokens`` counts the last
+    words' tokens. ``batch_size`` passages share a forward pass; with ``world_size > 1`` and torch.distributed
     initialised, ranks score disjoint passages and every rank returns the global figures.
     """
     block_size = model_block_size(model)
+    tok = tokenizer or get_tokenizer()
     correct, nll_sum, tokens = 0, 0.0, 0
-    scored = scored_items(model, examples, lambda ex: [_row(ex, block_size)], batch_size=batch_size, rank=rank,
-                          world_size=world_size, device=device, autocast_dtype=autocast_dtype, desc="lambada",
-                          progress=progress)
+    scored = scored_items(model, examples, lambda ex: [lambada_row(ex, tok, block_size)], batch_size=batch_size,
+                          rank=rank, world_size=world_size, device=device, autocast_dtype=autocast_dtype,
+                          desc="lambada", progress=progress, pad=tok.eot)
     for _, nll, n_tok, greedy in scored:  # each (1,): the passage's one row
         correct += int(greedy.sum())
         nll_sum += float(nll.sum())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpt2kit.tokenizer import EOT_ID, get_tokenizer
+from gpt2kit.tokenizer import Tokenizer, get_tokenizer
 
 Row = tuple[list[int], list[int]]
 """(context tokens, continuation tokens): one scored sequence."""
@@ -28,16 +28,17 @@ class ChoiceItem:
     """Where the question came from (``file:line``), for messages."""
 
 
-def encode_pair(context: str, continuation: str) -> Row:
-    """Tokens of a (context, continuation) pair as lm-evaluation-harness makes them.
+def encode_pair(context: str, continuation: str, tokenizer: Tokenizer | None = None) -> Row:
+    """Tokens of a (context, continuation) pair as lm-evaluation-harness makes them, in ``tokenizer`` (the
+    model's; GPT-2's by default).
 
     Trailing whitespace of the context moves to the continuation; the whole text is encoded and split where
     the context's own encoding ends, so a BPE merge across the boundary counts for the continuation. An
-    empty context becomes ``[EOT]``.
+    empty context becomes ``[eot]``.
     """
-    tok = get_tokenizer()
+    tok = tokenizer or get_tokenizer()
     if not context:
-        return [EOT_ID], tok.encode(continuation)
+        return [tok.eot], tok.encode(continuation)
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation

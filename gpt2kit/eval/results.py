@@ -1,6 +1,6 @@
 """Evaluation records: one JSON object per run (printed with ``--json`` and saved beside the checkpoint).
 
-A record holds the task's metrics at the top level (``loss``/``perplexity``/``bits_per_byte``/``tokens``,
+A record holds the task's metrics at the top level (``loss``/``perplexity``/``bpb`` = ``bits_per_byte``/``tokens``,
 ``acc``/``acc_norm``/``acc_norm_bytes``/``n``, or ``acc``/``perplexity``/``n``; a suite: ``score`` and
 ``tasks``) and, under ``model``,
 ``data`` and ``settings``, what produced them: the checkpoint, the data file and its sha256, and the

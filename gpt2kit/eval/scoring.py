@@ -33,18 +33,18 @@ def model_block_size(model: torch.nn.Module) -> int:
     return int(unwrap_model(model).config.block_size)
 
 
-def fit_row(context: list[int], continuation: list[int], block_size: int) -> Row | None:
+def fit_row(context: list[int], continuation: list[int], block_size: int, eot: int = EOT_ID) -> Row | None:
     """Left-truncate ``context`` so context + continuation fits ``block_size`` inputs.
 
     The model reads ``len(context) + len(continuation) - 1`` tokens (the last one is only a
-    target), so up to ``block_size + 1`` tokens fit. An empty context becomes ``[EOT]`` so that the
-    first continuation token has something to be predicted from. Returns ``None`` when the
-    continuation alone does not fit.
+    target), so up to ``block_size + 1`` tokens fit. An empty context becomes ``[eot]`` (the model's
+    tokenizer's end-of-text id) so that the first continuation token has something to be predicted from.
+    Returns ``None`` when the continuation alone does not fit.
     """
     if not continuation:
         raise ValueError("continuation must have at least one token")
     if not context:
-        context = [EOT_ID]
+        context = [eot]
     keep = block_size + 1 - len(continuation)
     if keep < 1:
         return None
@@ -58,17 +58,19 @@ def score_rows(
     *,
     device: torch.device | str,
     autocast_dtype: torch.dtype | None = None,
+    pad: int = EOT_ID,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Score each row's continuation in one forward pass.
 
-    Rows must already fit the model (see :func:`fit_row`). Returns, on the CPU,
+    Rows must already fit the model (see :func:`fit_row`); shorter rows are right-padded with ``pad`` (the
+    model's end-of-text id: any id of its vocabulary gives the same scores). Returns, on the CPU,
     ``nll`` (R,) float64 — the summed negative log-likelihood of the continuation tokens,
     ``tokens`` (R,) int64 — how many tokens were scored, and
     ``greedy`` (R,) bool — whether every continuation token is the model's argmax prediction.
     """
     R = len(rows)
     T = max(len(ctx) + len(cont) - 1 for ctx, cont in rows)
-    idx = torch.full((R, T), EOT_ID, dtype=torch.long)  # (R, T) right-padded inputs
+    idx = torch.full((R, T), pad, dtype=torch.long)  # (R, T) right-padded inputs
     tgt = torch.full((R, T), -100, dtype=torch.long)  # (R, T) targets, -100 where not scored
     for r, (ctx, cont) in enumerate(rows):
         seq = ctx + cont
@@ -125,17 +127,18 @@ def sharded_batches(items: Sequence[T], batch_size: int, rank: int, world_size: 
 
 def scored_items(model: torch.nn.Module, items: Sequence[T], rows_of: Callable[[T], list[Row]], *,
                  batch_size: int, rank: int, world_size: int, device: torch.device | str,
-                 autocast_dtype: torch.dtype | None = None, desc: str = "eval", progress: bool = False
-                 ) -> Iterator[tuple[T, torch.Tensor, torch.Tensor, torch.Tensor]]:
+                 autocast_dtype: torch.dtype | None = None, desc: str = "eval", progress: bool = False,
+                 pad: int = EOT_ID) -> Iterator[tuple[T, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """This rank's ``items`` scored ``batch_size`` at a time (all rows of an item in the same forward pass):
-    ``(item, nll, tokens, greedy)`` for each, the :func:`score_rows` results of its ``rows_of(item)`` rows.
+    ``(item, nll, tokens, greedy)`` for each, the :func:`score_rows` results of its ``rows_of(item)`` rows
+    (padded with ``pad``, the model's end-of-text id).
 
     The padding passes of :func:`sharded_batches` are run here (on the first item) and yield nothing.
     """
     for chunk in sharded_batches(items, batch_size, rank, world_size, model=model, desc=desc, progress=progress):
         if not chunk:  # a padding pass: the forward must run, its scores are discarded
             if items:
-                score_rows(model, rows_of(items[0]), device=device, autocast_dtype=autocast_dtype)
+                score_rows(model, rows_of(items[0]), device=device, autocast_dtype=autocast_dtype, pad=pad)
             continue
         rows: list[Row] = []
         spans = []
@@ -143,7 +146,7 @@ def scored_items(model: torch.nn.Module, items: Sequence[T], rows_of: Callable[[
             item_rows = rows_of(item)
             spans.append((len(rows), len(item_rows)))
             rows.extend(item_rows)
-        nll, tokens, greedy = score_rows(model, rows, device=device, autocast_dtype=autocast_dtype)
+        nll, tokens, greedy = score_rows(model, rows, device=device, autocast_dtype=autocast_dtype, pad=pad)
         for item, (start, k) in zip(chunk, spans):
             yield item, nll[start:start + k], tokens[start:start + k], greedy[start:start + k]
 

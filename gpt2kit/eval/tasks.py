@@ -24,6 +24,7 @@ from gpt2kit.errors import UserError
 from gpt2kit.eval.download import cache_root
 from gpt2kit.eval.questions import ChoiceItem, encode_pair
 from gpt2kit.io import atomic_write_text, iter_jsonl
+from gpt2kit.tokenizer import Tokenizer
 
 MMLU_LETTERS = ("A", "B", "C", "D")
 FEWSHOT_DELIMITER = "\n\n"
@@ -248,11 +249,13 @@ def _parse(task: ChoiceTask, where: str, row: Any, group: Callable[[dict], str] 
         raise UserError(f"{where}: {e}; {task.name} rows need {task.schema}") from None
 
 
-def choice_items(questions: Sequence[tuple[str, Question, str]]) -> list[ChoiceItem]:
-    """Tokenized questions for :func:`~gpt2kit.eval.choice.score_choices` (harness tokenization)."""
+def choice_items(questions: Sequence[tuple[str, Question, str]],
+                 tokenizer: Tokenizer | None = None) -> list[ChoiceItem]:
+    """Questions tokenized (harness tokenization) in ``tokenizer``, the model's (GPT-2's by default), for
+    :func:`~gpt2kit.eval.choice.score_choices`."""
     items = []
     for where, q, prefix in questions:
-        rows = tuple(encode_pair(prefix + ctx, cont) for ctx, cont in q.pairs())
+        rows = tuple(encode_pair(prefix + ctx, cont, tokenizer) for ctx, cont in q.pairs())
         items.append(ChoiceItem(rows, q.gold, tuple(len(c) for c in q.choices),
                                 tuple(len(c.encode("utf-8")) for c in q.choices), where=where))
     return items

@@ -149,6 +149,7 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
     params = [p for p in wrapped.parameters() if p.requires_grad]
     bar = _progress_bar(cfg, env, state.step)
     loss = grad_norm = val_loss = None
+    shown_val: dict[str, float] = {}  # the last validation figures, kept on the progress line
     interrupted = False
     with _StopSignals(say) as stop, _closing(bar, metrics):
         while state.step < cfg.last_step:
@@ -163,8 +164,6 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
                 optimizer.zero_grad(set_to_none=True)
             state.step += 1
             tok_s, mfu = speed.step_done(state, tokens * env.world_size, time.perf_counter() - t0)
-            bar.set_postfix_str(_postfix(loss, lr, grad_norm, tok_s, mfu, state.skipped_steps), refresh=False)
-            bar.update(1)
 
             stop_now = any_rank(stop.received is not None, env)
             eval_due, save_due = _due(cfg, state.step, stop_now)
@@ -172,6 +171,10 @@ def train(cfg: LoopConfig, task: TrainTask, env: DistEnv | None = None, resume: 
             results = evaluate(task, eval_ctx, state.step, checkpointer, say, metrics) if eval_due else {}
             new_best = _new_best_val_loss(results, state, may_save=save_due or cfg.ckpt.save_best)
             val_loss = _val_loss(results, val_loss)
+            shown_val = _val_figures(results) or shown_val  # after an evaluation, so the last line has the final ones
+            bar.set_postfix_str(_postfix(loss, lr, grad_norm, tok_s, mfu, state.skipped_steps, shown_val),
+                                refresh=False)
+            bar.update(1)
             if state.step % cfg.logging.log_every == 0 or state.step == cfg.last_step or results or stop_now:
                 metrics.log(_record(state, task, loss, lr, grad_norm, speed, results, scaler))
             if save_due or new_best is not None:
@@ -380,8 +383,18 @@ def _record(state: RunState, task: TrainTask, loss: float, lr: float, grad_norm:
     return record
 
 
-def _postfix(loss: float, lr: float, grad_norm: float, tok_s: float, mfu: float | None, skipped: int = 0) -> str:
-    return (f"loss {loss:.4f} lr {lr:.2e} gnorm {grad_norm:.2f} tok/s {_fmt_rate(tok_s)}"
+def _val_figures(results: dict[str, Any]) -> dict[str, float]:
+    """The finite validation loss and bits per byte in ``results``, for the progress line."""
+    return {k: float(results[k]) for k in ("val_loss", "val_bpb")
+            if isinstance(results.get(k), (int, float)) and math.isfinite(results[k])}
+
+
+def _postfix(loss: float, lr: float, grad_norm: float, tok_s: float, mfu: float | None, skipped: int = 0,
+             val: dict[str, float] | None = None) -> str:
+    """The progress bar's figures: this step's, and the last evaluation's validation loss and bits per byte."""
+    val = val or {}
+    shown = "".join(f" {name} {val[key]:.4f}" for key, name in (("val_loss", "val"), ("val_bpb", "bpb")) if key in val)
+    return (f"loss {loss:.4f}{shown} lr {lr:.2e} gnorm {grad_norm:.2f} tok/s {_fmt_rate(tok_s)}"
             + (f" MFU {mfu:.1%}" if mfu is not None else "") + (f" skipped {skipped}" if skipped else ""))
 
 

@@ -1,4 +1,5 @@
-"""Curves of a training run from its metrics.jsonl: loss, learning rate and HellaSwag, as PNG files.
+"""Curves of a training run from its metrics.jsonl: loss, learning rate, validation bits per byte, HellaSwag and
+any other recorded metric, as PNG files.
 
 matplotlib is optional (``gpt2kit[viz]``) and imported only when a plot is made.
 """
@@ -11,12 +12,34 @@ from gpt2kit.errors import UserError
 from gpt2kit.io import atomic_path
 from gpt2kit.train.metrics import read_metrics
 
+METRIC_FILES = {"val_bpb": "bpb.png"}
+"""Metrics drawn on their own whenever a run records them, and the file each goes to (other ``--metric`` keys go
+to ``KEY.png``)."""
 
-def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False) -> list[str]:
-    """Write ``loss.png``, ``lr.png`` and, when the run has HellaSwag scores, ``hellaswag.png``; returns their paths."""
+ALWAYS_DRAWN = {"loss": "loss.png", "val_loss": "loss.png", "lr": "lr.png", "hellaswag_acc": "hellaswag.png",
+                "hellaswag_acc_norm": "hellaswag.png"}
+"""The metrics the fixed figures show."""
+
+LABELS = {"val_bpb": "val bits per byte"}
+"""Axis names of the metrics that have a clearer one than their key."""
+
+
+def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False,
+             metrics: list[str] | tuple[str, ...] = ()) -> list[str]:
+    """Write ``loss.png``, ``lr.png``, ``bpb.png`` (validation bits per byte, when the run recorded ``val_bpb``),
+    ``hellaswag.png`` (when it has HellaSwag scores) and one ``KEY.png`` for each of ``metrics`` (metrics.jsonl
+    keys: ``val_bpb``, ``grad_norm``, ...); returns their paths."""
     records = read_metrics(run_dir)
     if not records:
         raise UserError(f"{Path(run_dir) / 'metrics.jsonl'}: empty; the run has not logged a step yet")
+    numeric = sorted({k for r in records for k, v in r.items()
+                      if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)})
+    for key in metrics:
+        if key in ALWAYS_DRAWN:
+            raise UserError(f"--metric {key}: already drawn in {ALWAYS_DRAWN[key]}")
+        if key not in numeric:
+            raise UserError(f"--metric {key}: {Path(run_dir) / 'metrics.jsonl'} records no {key!r}; it has "
+                            + ", ".join(numeric))
     try:
         import matplotlib
 
@@ -58,6 +81,10 @@ def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False) 
     ax.grid(alpha=0.3)
     paths.append(_save(fig, out / "lr.png"))
 
+    for key in dict.fromkeys([k for k in METRIC_FILES if k in numeric] + list(metrics)):  # each once
+        fig = _metric_figure(plt, key, *series(key), Path(run_dir))
+        paths.append(_save(fig, out / METRIC_FILES.get(key, f"{key}.png")))
+
     hsteps, acc_norm = series("hellaswag_acc_norm")
     if hsteps:
         fig, ax = plt.subplots(figsize=(8, 3.5))
@@ -73,6 +100,22 @@ def plot_run(run_dir: str, out_dir: str | None = None, log_scale: bool = False) 
         ax.legend()
         paths.append(_save(fig, out / "hellaswag.png"))
     return paths
+
+
+def _metric_figure(plt, key: str, steps: list[int], values: list[float], run_dir: Path):
+    """One metric per step; a validation metric (``val_*``, lower is better) marks its best value."""
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    ax.plot(steps, values, "o-" if key.startswith("val_") else "-", label=LABELS.get(key, key), markersize=3)
+    if key.startswith("val_") and values:
+        best = min(range(len(values)), key=values.__getitem__)
+        ax.annotate(f"best {values[best]:.3f}", (steps[best], values[best]), textcoords="offset points",
+                    xytext=(5, 8))
+    ax.set_xlabel("step")
+    ax.set_ylabel(LABELS.get(key, key))
+    ax.set_title(f"{LABELS.get(key, key)} — {run_dir.resolve().name}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
 
 
 def _save(fig, path: Path) -> str:

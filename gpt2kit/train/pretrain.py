@@ -183,7 +183,8 @@ def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: 
                    choice: list[ChoiceItem] | None = None,
                    tokenizer: Tokenizer | None = None) -> Callable[[EvalContext], dict[str, float]]:
     """Validation loss and bits per byte (of ``tokenizer``'s tokens; every evaluation); HellaSwag and the
-    ``--eval-task`` questions ``choice`` (every ``hellaswag_every`` steps and at the end)."""
+    ``--eval-task`` questions ``choice`` (every ``hellaswag_every`` steps and at the end), both in ``tokenizer``
+    (the data's; GPT-2's by default)."""
 
     def evaluate(ctx: EvalContext) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -198,14 +199,15 @@ def make_evaluator(cfg: TrainConfig, env: DistEnv, val: list | None, hellaswag: 
             # the plain module: HellaSwag rows vary in length, which would make a compiled model recompile
             res = score_hellaswag(ctx.raw_model, hellaswag, device=ctx.device,
                                   batch_size=max(1, cfg.runtime.batch_size // 4), autocast_dtype=ctx.autocast_dtype,
-                                  rank=ctx.env.rank, world_size=ctx.env.world_size)
+                                  rank=ctx.env.rank, world_size=ctx.env.world_size, tokenizer=tokenizer)
             out["hellaswag_acc"] = res["acc"]
             out["hellaswag_acc_norm"] = res["acc_norm"]
         if choice and due:
             task = get_task(cfg.evals.eval_task)
             res = score_choices(ctx.raw_model, choice, device=ctx.device,
                                 batch_size=max(1, cfg.runtime.batch_size // 4), autocast_dtype=ctx.autocast_dtype,
-                                rank=ctx.env.rank, world_size=ctx.env.world_size)
+                                rank=ctx.env.rank, world_size=ctx.env.world_size,
+                                eot=(tokenizer or get_tokenizer()).eot)
             out[f"{task.harness}_acc"] = res["acc"]
             if "acc_norm" in task.metrics:  # the harness's acc_norm: per character of the choice
                 out[f"{task.harness}_acc_norm"] = res["acc_per_char"]
@@ -298,7 +300,7 @@ def run_pretraining(cfg: TrainConfig, resume: ResumePoint | None = None, env: Di
         if cfg.evals.eval_task:
             task_def, spec = get_task(cfg.evals.eval_task), cfg.evals.eval_task_data
             rows = task_data(task_def, None if spec == "download" else spec)
-            choice = choice_items(load_questions(task_def, rows, limit=cfg.evals.eval_task_limit))
+            choice = choice_items(load_questions(task_def, rows, limit=cfg.evals.eval_task_limit), tok)
         model = model if model is not None else initial_model(cfg, fresh=resume is None)
         if cfg.pretrain.init_from and resume is None:
             say(f"init: weights from --init-from {cfg.pretrain.init_from} (step 0, new optimizer and schedule)")

@@ -113,6 +113,39 @@ def test_plot_draws_hellaswag_and_a_log_scale_loss(tmp_path, monkeypatch):
     assert drawn["loss.png"][0] == "linear" and "hellaswag.png" not in drawn and not (other / "hellaswag.png").exists()
 
 
+def test_plot_draws_val_bpb_and_any_metric_asked_for(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("matplotlib")
+    from matplotlib.figure import Figure
+
+    drawn = {}
+    real = Figure.savefig
+
+    def record(fig, path, *a, **kw):
+        name = re.sub(r"^\.(.+)\.tmp\.\d+$", r"\1", os.path.basename(str(path)))  # written atomically
+        drawn[name] = [(ln.get_label(), list(ln.get_ydata())) for ln in fig.axes[0].get_lines()]
+        return real(fig, path, *a, **kw)
+
+    monkeypatch.setattr(Figure, "savefig", record)
+    run = _metrics_run(tmp_path, hellaswag=False)
+    recs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for r in recs:
+        r["grad_norm"] = 1.0 / r["step"]
+        if "val_loss" in r:
+            r["val_bpb"] = r["val_loss"] / 3
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    assert main(["plot", str(run)]) == 0  # a run that recorded val_bpb gets bpb.png
+    assert drawn["bpb.png"] == [("val bits per byte", [r["val_bpb"] for r in recs if "val_bpb" in r])]
+    assert (run / "bpb.png").stat().st_size > 1000 and "grad_norm.png" not in drawn
+    assert main(["plot", str(run), "--metric", "val_bpb", "--metric", "grad_norm"]) == 0
+    assert drawn["grad_norm.png"] == [("grad_norm", [r["grad_norm"] for r in recs])]
+    assert f"wrote {run / 'grad_norm.png'}" in capsys.readouterr().out
+    # a key the run did not record, or one a fixed figure shows: one line each
+    for flag, message in (("mfu", "records no 'mfu'; it has grad_norm, loss, lr, val_bpb, val_loss"),
+                          ("lr", "--metric lr: already drawn in lr.png")):
+        assert main(["plot", str(run), "--metric", flag]) == 2
+        assert message in capsys.readouterr().err.strip().splitlines()[-1]
+
+
 def test_sample_says_which_checkpoint_it_loaded(tmp_path, capsys):
     from gpt2kit import GPT, GPTConfig
     from gpt2kit.checkpoint import save_checkpoint, step_checkpoint_path, write_best

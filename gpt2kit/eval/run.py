@@ -222,11 +222,12 @@ def _score_loss(opts: EvalOptions, loaded: LoadedModel, device, rank: int, world
             )
         manifest = read_manifest(data)
         check_data_tokenizer(data, data_tokenizer(data, manifest), opts.checkpoint, loaded)
+        # a split too small for one batch (a short story's) is scored as one smaller batch, as training does
         batches = eval_batches(data, opts.split, block_size=block_size, batch_size=opts.batch_size,
-                               max_batches=opts.limit, rank=rank, world_size=world_size)
+                               max_batches=opts.limit, rank=rank, world_size=world_size, fit_small=True)
         n_tokens = manifest["splits"].get(opts.split, {}).get("tokens", 0)
-        total = (n_tokens - 1) // block_size // opts.batch_size
-        total = min(total, opts.limit or total) // world_size
+        total = max(1, (n_tokens - 1) // block_size // opts.batch_size)
+        total = max(1, min(total, opts.limit or total) // world_size)
         stats = mean_loss(model, batches, device=device, count_bytes=True, tokenizer=tok, progress=show, total=total)
         record = {"path": str(data), "split": opts.split, "sha256": file_sha256(data / "manifest.json"),
                   "sha256_of": "manifest.json"}

@@ -25,7 +25,7 @@ from gpt2kit.checkpoint import (
     model_state_dict,
 )
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
-from gpt2kit.data.manifest import data_tokenizer
+from gpt2kit.data.manifest import MANIFEST_NAME, data_tokenizer
 from gpt2kit.device import autocast, autocast_dtype_for, compile_supported
 from gpt2kit.distributed import DistEnv, distributed, gather_objects
 from gpt2kit.errors import UserError
@@ -144,6 +144,9 @@ def _new_run_config(preset: str | None, overrides: dict[str, Any], given: dict[s
         notice = (f"--max-steps {max_steps}: the learning-rate schedule is {max_steps} steps long (give "
                   "--schedule-steps for a longer one to stop early in)")
     cfg = apply_overrides(base, overrides)
+    data = cfg.pretrain.data
+    if data and (Path(data) / MANIFEST_NAME).is_file():  # the saved config names the vocabulary the run trains
+        cfg = model_for_data(cfg, read_manifest(data))
     if notice:  # after the settings are valid: a bad flag gets its one error line alone
         log(notice)
     return cfg

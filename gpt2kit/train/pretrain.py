@@ -370,6 +370,9 @@ def summary_line(result: TrainResult, out: str) -> str:
         parts.append(f"train loss {result.loss:.4f}")
     if result.val_loss is not None:
         parts.append(f"val loss {result.val_loss:.4f}")
+        bpb = next((r["val_bpb"] for r in reversed(result.metrics) if r.get("val_bpb") is not None), None)
+        if bpb is not None:
+            parts.append(f"val bpb {bpb:.4f}")
     if result.checkpoint is not None:
         parts.append(f"checkpoint {result.checkpoint}")
     return ("interrupted at " if result.interrupted else "done: ") + ", ".join(parts) + f" (run dir {out})"

@@ -29,7 +29,7 @@ def test_three_step_run_then_plot_and_load(data_dir, tmp_path, capsys):
                *TINY_FLAGS, "--export-hf"])
     assert rc == 0
     out = capsys.readouterr().out
-    assert "done: step 3" in out and "val loss" in out
+    assert "done: step 3" in out and "val loss" in out and "val bpb" in out
     assert "MFU vs measured CPU float32 matmul peak" in out
     recs = _metrics(run)
     assert [r["step"] for r in recs] == [1, 2, 3]

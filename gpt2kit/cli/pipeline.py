@@ -9,13 +9,15 @@ from gpt2kit.cli.common import HelpFormatter
 HELP = "prepare, pretrain, instruction-tune, evaluate, export and report in one resumable command"
 DESCRIPTION = """\
 From your text to a model you can talk to: every stage is the library function of its own command.
-  1. prepare  SOURCE into RUN/data                              (gpt2kit prepare)
-  2. pretrain on it into RUN/pretrain                           (gpt2kit train --preset ...)
-  3. sft      instruction-tune into RUN/sft on --sft FILE, or on the small set shipped with gpt2kit
+  1. tokenizer  --tokenizer train: a --vocab-size BPE vocabulary learned from SOURCE into RUN/tokenizer
+                (gpt2kit tokenizer train); default gpt2: GPT-2's 50,257 tokens
+  2. prepare  SOURCE into RUN/data                              (gpt2kit prepare)
+  3. pretrain on it into RUN/pretrain                           (gpt2kit train --preset ...)
+  4. sft      instruction-tune into RUN/sft on --sft FILE, or on the small set shipped with gpt2kit
               (builtin:chat: it teaches the chat turn format, nothing more)   (gpt2kit finetune sft)
-  4. eval     validation loss and bits per byte of both models, --eval tasks, samples, chat answers
-  5. export   RUN/export/hf (transformers) and RUN/export/model.gguf (llama.cpp, Ollama)
-  6. report   RUN/report.md: settings, hardware, stage times, curves, figures, samples, how to talk to it
+  5. eval     validation loss and bits per byte of both models, --eval tasks, samples, chat answers
+  6. export   RUN/export/hf (transformers) and RUN/export/model.gguf (llama.cpp, Ollama)
+  7. report   RUN/report.md: settings, hardware, stage times, curves, figures, samples, how to talk to it
 
 Sizes (--size; each a preset of every stage, printed at the start):
   cpu   a laptop: demo-cpu (4 layers, 96 wide), about 15 minutes on 2 CPU cores (the default without a GPU)
@@ -29,6 +31,7 @@ sample, eval and export: the instruction-tuned model.
 
   gpt2kit pipeline the_verdict.txt --out runs/v
   gpt2kit pipeline builtin:sotu --out runs/sotu --pretrain-steps 400 --sft my_instructions.jsonl
+  gpt2kit pipeline moby-dick.txt --out runs/md --tokenizer train --vocab-size 8192
   gpt2kit pipeline data/*.txt --out runs/mine --pretrain-args "--n-layer 6 --n-embd 192" --sft-args "--lora-rank 8"
   gpt2kit chat --checkpoint runs/v
 """

@@ -33,7 +33,7 @@ class PipelineConfig:
     serve, sample, eval and export (the instruction-tuned model)."""
     size: Literal["auto", "cpu", "gpu", "node"] = "auto"
     """cpu (a laptop, about 15 minutes on 2 cores), gpu (one GPU, a few hours), node (8 GPUs under torchrun: the
-    GPT-2 124M reproduction); auto: node under torchrun with several ranks, gpu with CUDA, else cpu."""
+    GPT-2 124M reproduction); auto: node under torchrun with several GPU ranks, gpu with one GPU, else cpu."""
     device: str = "auto"
     """cpu, cuda, mps or auto, for every stage."""
     tokenizer: str = "auto"
@@ -156,7 +156,7 @@ class PipelineSize:
 def cpu() -> PipelineSize:
     """A laptop CPU: the demo-cpu model (4 layers, 96 wide) pretrained 1,600 steps, then tuned on the shipped set."""
     return PipelineSize(
-        name="cpu", preset="demo-cpu", tokenizer="gpt2", vocab_size=4096, pretrain={},
+        name="cpu", preset="demo-cpu", tokenizer="gpt2", vocab_size=8192, pretrain={},
         sft={"template": "chat", "epochs": 3, "lr": 1e-3, "batch_size": 8, "weight_decay": 0.0,
              "evals_per_epoch": 1, "samples": 1, "sample_tokens": 32},
         launch="gpt2kit pipeline SOURCE --out RUN",
@@ -189,9 +189,9 @@ SIZES: dict[str, Callable[[], PipelineSize]] = {"cpu": cpu, "gpu": gpu, "node": 
 
 
 def pick_size(requested: str, *, gpu: bool, world_size: int) -> str:
-    """``--size auto`` made concrete: node under torchrun with several ranks, gpu on a GPU, else cpu."""
+    """``--size auto`` made concrete: node under torchrun with several GPU ranks, gpu on one GPU, else cpu."""
     if requested != "auto":
         return requested
-    if world_size > 1:
-        return "node"
-    return "gpu" if gpu else "cpu"
+    if not gpu:  # CPU ranks under torchrun (gloo) train the CPU size, not GPT-2 124M's 524,288-token steps
+        return "cpu"
+    return "node" if world_size > 1 else "gpu"

@@ -31,6 +31,7 @@ def test_auto_size_and_exports():
     assert pick_size("auto", gpu=False, world_size=1) == "cpu"
     assert pick_size("auto", gpu=True, world_size=1) == "gpu"
     assert pick_size("auto", gpu=True, world_size=8) == "node"
+    assert pick_size("auto", gpu=False, world_size=2) == "cpu"  # gloo ranks on CPUs
     assert pick_size("cpu", gpu=True, world_size=8) == "cpu"
     assert PipelineConfig(sources=["a.txt"], out="r").export_formats() == ("hf", "gguf")
     assert PipelineConfig(sources=["a"], out="r", export=" gguf,").export_formats() == ("gguf",)

@@ -151,10 +151,10 @@ def test_two_gloo_ranks_run_the_pipeline(tmp_path):
     text, sft = _texts(tmp_path)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "gpt2kit",
-           *_argv(text, sft, run, "--export", "hf", "--device", "cpu", "--preset", "demo-cpu")]
+           *_argv(text, sft, run, "--export", "hf", "--device", "cpu")]
     done = subprocess.run(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "size node" in done.stdout and "on 2 x cpu" in done.stdout  # the node size, with the demo's preset
+    assert "size cpu" in done.stdout and "on 2 x cpu" in done.stdout  # CPU ranks: the cpu size, not node
     assert done.stdout.count("[4/7] sft") == 1  # rank 0 speaks for both
     state = json.loads((run / "pipeline.json").read_text())
     assert all(s["status"] == "done" for s in state["stages"].values()) and state["final"] == "sft"

@@ -11,6 +11,7 @@ arm ends its learning-rate decay when its time is up. Then ``gpt2kit eval loss``
 runs in its own process. A tokenizer is trained on the training file only.
 
     OMP_NUM_THREADS=1 python benchmarks/tokenizers.py                      # both corpora, the default arms
+    python benchmarks/tokenizers.py --encode-speed                         # only: run-time encoding, two libraries
     python benchmarks/tokenizers.py --corpora sotu --minutes 1 --arms gpt2 bpe-4096
     python benchmarks/tokenizers.py --parallel 2 --threads 1               # two arms at a time, one thread each
 
@@ -31,6 +32,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
+
+# this file is named like Hugging Face's `tokenizers` package: run as a script, its folder must not shadow it
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 CORPORA = ("sotu", "moby-dick")
 """The embedded corpus (State of the Union addresses) and one more public-domain text (Moby-Dick)."""
@@ -147,6 +151,31 @@ def _loss(stats: Any) -> float:
     return float(stats["loss"])
 
 
+def encode_speed(root: Path, vocab_size: int = 8192, repeats: int = 3) -> None:
+    """Run-time encoding speed of one trained vocabulary through tiktoken (what gpt2kit uses) and through Hugging
+    Face ``tokenizers`` (its tokenizer.json), one thread each, on the embedded corpus; best of ``repeats``."""
+    import tokenizers
+
+    from gpt2kit.data.builtin import builtin_text
+    from gpt2kit.data.tokenizer_train import train_tokenizer
+
+    text = builtin_text("sotu")
+    tok = train_tokenizer("builtin:sotu", root / "speed-tok", vocab_size=vocab_size, overwrite=True, progress=False)
+    hf = tokenizers.Tokenizer.from_file(str(root / "speed-tok" / "tokenizer.json"))
+    mb = len(text.encode("utf-8")) / 1e6
+    for name, encode in (("tiktoken", lambda: tok.encode(text)),
+                         ("tokenizers", lambda: hf.encode(text, add_special_tokens=False).ids)):
+        best = min(_timed(encode) for _ in range(repeats))
+        print(f"{name:<11} {mb / best:6.1f} MB/s  ({mb:.1f} MB of builtin:sotu, vocabulary {vocab_size:,}, one thread)")
+    assert tok.encode(text) == hf.encode(text, add_special_tokens=False).ids
+
+
+def _timed(fn: Any) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--corpora", nargs="+", default=list(CORPORA), choices=CORPORA)
@@ -157,7 +186,13 @@ def main() -> None:
                    help="threads of each arm's processes")
     p.add_argument("--work", type=Path, default=None, help="keep the runs here (default: a temporary directory)")
     p.add_argument("--json", type=Path, default=None, help="also write the rows to this file")
+    p.add_argument("--encode-speed", action="store_true", help="only measure run-time encoding (tiktoken, tokenizers)")
     args = p.parse_args()
+    if args.encode_speed:
+        os.environ.setdefault("RAYON_NUM_THREADS", "1")
+        with tempfile.TemporaryDirectory() as tmp:
+            encode_speed(Path(tmp))
+        return
     for arm in args.arms:
         parse_arm(arm)
     with tempfile.TemporaryDirectory(prefix="gpt2kit-tok-bench-") as tmp:

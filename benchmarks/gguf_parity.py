@@ -24,7 +24,6 @@ from gpt2kit import load_model
 from gpt2kit.checkpoint.gguf import write_gguf
 from gpt2kit.data.loader import eval_batches
 from gpt2kit.generation import generate
-from gpt2kit.tokenizer import get_tokenizer
 
 
 def llama_greedy(llm, prompt: list[int], n: int) -> list[int]:
@@ -54,19 +53,19 @@ def main() -> None:
     import llama_cpp
 
     torch.set_num_threads(args.threads)
-    model = load_model(args.checkpoint).model
+    loaded = load_model(args.checkpoint)
+    model, tok = loaded.model, loaded.tokenizer  # GPT-2's, or the trained vocabulary the checkpoint carries
     T = model.config.block_size
     windows = [x[0].tolist() for x, _ in eval_batches(Path(args.data), args.split, block_size=T, batch_size=1,
                                                       max_batches=args.windows)]
     with torch.inference_mode():
         ours = [model(torch.tensor([w]))[0][0].numpy() for w in windows]  # each (T, V)
-    tok = get_tokenizer()
     prompt = tok.encode(args.prompt)
     greedy_ours = generate(model, torch.tensor([prompt]), args.new_tokens, temperature=0)[0, len(prompt):].tolist()
     results = {"checkpoint": args.checkpoint, "windows": len(windows), "block_size": T, "outtypes": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for outtype in args.outtypes.split(","):
-            path = write_gguf(model, Path(tmp) / f"m-{outtype}.gguf", outtype)
+            path = write_gguf(model, Path(tmp) / f"m-{outtype}.gguf", outtype, tokenizer=tok)
             llm = llama_cpp.Llama(model_path=str(path), n_ctx=T, n_batch=T, logits_all=True,
                                   n_threads=args.threads, verbose=False)
             diffs, agree, scale = [], [], []

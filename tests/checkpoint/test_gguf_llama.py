@@ -68,3 +68,28 @@ def test_llama_cpp_tokenizes_as_gpt2kit(tmp_path):
         assert llm.token_eos() == llm.token_bos() == 50256
     finally:
         llm.close()
+
+
+def test_llama_cpp_reads_a_trained_vocabulary(tmp_path, trained_vocab_checkpoint):
+    from gpt2kit.checkpoint import load_model
+
+    loaded = load_model(trained_vocab_checkpoint)
+    model, tok = loaded.model, loaded.tokenizer
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)  # logits spread out, as above
+    path = write_gguf(model, tmp_path / "m.gguf", tokenizer=tok)
+    text = "Call me Ishmael. What is 2 + 3? naïve café 👋🏽"
+    llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, vocab_only=True, verbose=False)
+    try:
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+        assert ids == tok.encode(text) and max(ids) < 300
+        assert llm.detokenize(ids).decode("utf-8") == text
+        assert llm.token_eos() == llm.token_bos() == 299
+    finally:
+        llm.close()
+    ours, _ = model(torch.tensor([ids]))
+    ours = ours[0, :, :300].detach().numpy()  # (T, V): the padded rows are not in the file
+    theirs = llama_logits(path, ids, n_ctx=model.config.block_size)
+    assert theirs.shape == ours.shape
+    assert np.abs(theirs - ours).max() < 2e-3 * np.abs(ours).max()

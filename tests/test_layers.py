@@ -20,6 +20,7 @@ Outside cli/ (and the package ``__init__``), imports of gpt2kit live at the top 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import gpt2kit
@@ -156,3 +157,16 @@ def test_prompts_know_only_text_and_tokens():
     tree = ast.parse((ROOT / "prompts.py").read_text(encoding="utf-8"))
     names = {name for _, name, _ in gpt2kit_imports(tree, "gpt2kit.prompts", False)}
     assert names <= {"gpt2kit.errors", "gpt2kit.tokenizer"}, names
+
+
+def test_no_benchmark_script_shadows_an_installed_package():
+    # a script runs with benchmarks/ first on sys.path: benchmarks/tokenizers.py made every script there import
+    # itself for Hugging Face's tokenizers (and transformers broke)
+    import importlib.metadata
+
+    installed = {name.replace("-", "_").lower() for dist in importlib.metadata.distributions()
+                 for name in [dist.metadata["Name"] or ""] + (dist.read_text("top_level.txt") or "").split()}
+    scripts = {p.stem.lower() for p in (ROOT.parent / "benchmarks").glob("*.py")}
+    assert "train" in scripts
+    shadowing = scripts & (installed | set(sys.stdlib_module_names))
+    assert not shadowing, f"benchmarks/ scripts named like installed modules: {sorted(shadowing)}"

@@ -39,7 +39,7 @@ class PipelineConfig:
     tokenizer: str = "auto"
     """train (a byte-level BPE vocabulary of --vocab-size tokens learned from SOURCE into RUN/tokenizer, as
     `gpt2kit tokenizer train` does), gpt2 (GPT-2's 50,257 tokens), a directory written by `gpt2kit tokenizer train`,
-    or auto: the size's (gpt2 for every size: in benchmarks/tokenizers.py a trained vocabulary was not 10% better
+    or auto: the size's (gpt2 for every size: in benchmarks/vocabularies.py a trained vocabulary was not 10% better
     at equal time)."""
     vocab_size: int | None = None
     """Tokens of the vocabulary --tokenizer train learns, <|endoftext|> included (default: the size's, 8192 on cpu,

@@ -10,10 +10,10 @@ arm ends its learning-rate decay when its time is up. Then ``gpt2kit eval loss``
 (sliding windows, bits per byte over the text's UTF-8 bytes, which do not depend on the tokenizer). Every command
 runs in its own process. A tokenizer is trained on the training file only.
 
-    OMP_NUM_THREADS=1 python benchmarks/tokenizers.py                      # both corpora, the default arms
-    python benchmarks/tokenizers.py --encode-speed                         # only: run-time encoding, two libraries
-    python benchmarks/tokenizers.py --corpora sotu --minutes 1 --arms gpt2 bpe-4096
-    python benchmarks/tokenizers.py --parallel 2 --threads 1               # two arms at a time, one thread each
+    OMP_NUM_THREADS=1 python benchmarks/vocabularies.py                      # both corpora, the default arms
+    python benchmarks/vocabularies.py --encode-speed                         # only: run-time encoding, two libraries
+    python benchmarks/vocabularies.py --corpora sotu --minutes 1 --arms gpt2 bpe-4096
+    python benchmarks/vocabularies.py --parallel 2 --threads 1               # two arms at a time, one thread each
 
 Arms run ``--parallel`` at a time (each with ``--threads`` threads): arms that share the machine see the same
 conditions, so they compare at equal time, but the absolute figures are those of the shared machine.
@@ -32,9 +32,6 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
-
-# this file is named like Hugging Face's `tokenizers` package: run as a script, its folder must not shadow it
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 CORPORA = ("sotu", "moby-dick")
 """The embedded corpus (State of the Union addresses) and one more public-domain text (Moby-Dick)."""

@@ -19,12 +19,12 @@ from gpt2kit.io import atomic_write_text
 from gpt2kit.tokenizer import (
     EOT_ID,
     GPT2_RANKS_SHA256,
-    MAX_VOCAB_SIZE,
     TOKENIZER_ID,
     VOCAB_SIZE,
     get_tokenizer,
     load_tokenizer,
     tokenizer_id,
+    vocab_size_problem,
 )
 
 MANIFEST_NAME = "manifest.json"
@@ -53,7 +53,7 @@ def _check_tokenizer_record(manifest: dict[str, Any], path: Path) -> None:
     else:
         sha, vocab = manifest.get("tokenizer_sha256"), manifest.get("vocab_size")
         ok = isinstance(sha, str) and manifest["tokenizer"] == tokenizer_id(sha) and isinstance(vocab, int) \
-            and 257 <= vocab <= MAX_VOCAB_SIZE and manifest.get("eot") == vocab - 1
+            and vocab_size_problem(vocab) is None and manifest.get("eot") == vocab - 1
         if ok:
             return
         expected = {"tokenizer": "gpt2 or bpe-<sha256[:12]>"}

@@ -16,7 +16,7 @@ from typing import Any
 
 from gpt2kit.data.sources import ReadProgress, SourceOptions, iter_documents, resolve_sources
 from gpt2kit.errors import UserError
-from gpt2kit.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, Tokenizer, save_tokenizer_dir, train_ranks
+from gpt2kit.tokenizer import Tokenizer, save_tokenizer_dir, train_ranks, vocab_size_problem
 
 
 @dataclass
@@ -42,9 +42,9 @@ class TokenizerTrainConfig(SourceOptions):
         super().__post_init__()
         self.out_dir = Path(self.out_dir)
         self.sources = [str(s) for s in self.sources]
-        if not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:
-            raise ValueError(f"--vocab-size must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}] (256 bytes + "
-                             f"<|endoftext|> at least; ids must fit uint16 shards), got {self.vocab_size}")
+        problem = vocab_size_problem(self.vocab_size)
+        if problem:
+            raise ValueError(problem)
         if self.max_chars is not None and self.max_chars < 1:
             raise ValueError(f"--max-chars must be >= 1, got {self.max_chars}")
         if self.min_frequency < 1:

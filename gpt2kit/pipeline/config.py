@@ -14,7 +14,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from typing import Any, Literal
 
 from gpt2kit.settings import check_choices, to_flat
-from gpt2kit.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
+from gpt2kit.tokenizer import vocab_size_problem
 
 BUILTIN_SFT = "builtin:chat"
 """The instruction set shipped with gpt2kit: what instruction tuning uses without ``--sft FILE``."""
@@ -83,8 +83,9 @@ class PipelineConfig:
         if not self.tokenizer:
             raise ValueError("--tokenizer: give train, gpt2, auto or a tokenizer directory")
         if self.vocab_size is not None:
-            if not MIN_VOCAB_SIZE <= self.vocab_size <= MAX_VOCAB_SIZE:
-                raise ValueError(f"--vocab-size must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}], got {self.vocab_size}")
+            problem = vocab_size_problem(self.vocab_size)
+            if problem:
+                raise ValueError(problem)
             if self.tokenizer not in ("train", "auto"):
                 raise ValueError(f"--vocab-size: applies to --tokenizer train; --tokenizer {self.tokenizer} has its "
                                  "own vocabulary")

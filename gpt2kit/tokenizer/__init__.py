@@ -8,7 +8,6 @@
 from gpt2kit.tokenizer.bpe import (
     MAX_VOCAB_SIZE,
     MIN_VOCAB_SIZE,
-    check_vocab_size,
     checkpoint_tokenizer,
     compression,
     load_tokenizer,
@@ -17,6 +16,7 @@ from gpt2kit.tokenizer.bpe import (
     tokenizer_from_files,
     tokenizer_id,
     train_ranks,
+    vocab_size_problem,
     write_tokenizer_files,
 )
 from gpt2kit.tokenizer.core import (
@@ -37,8 +37,8 @@ from gpt2kit.tokenizer.core import (
 
 __all__ = [
     "EOT_ID", "EOT_TOKEN", "GPT2_PAT_STR", "GPT2_RANKS_SHA256", "MAX_VOCAB_SIZE", "MIN_VOCAB_SIZE", "TOKENIZER_ID",
-    "VOCAB_SIZE", "Tokenizer", "_bytes_to_unicode", "byte_level_vocab", "byte_level_vocab_of", "check_vocab_size",
-    "checkpoint_tokenizer", "compression", "get_tokenizer", "hf_tokenizer_files", "load_tokenizer", "parse_ranks",
+    "VOCAB_SIZE", "Tokenizer", "_bytes_to_unicode", "byte_level_vocab", "byte_level_vocab_of", "checkpoint_tokenizer",
+    "compression", "get_tokenizer", "hf_tokenizer_files", "load_tokenizer", "parse_ranks",
     "read_tokenizer_dir", "save_tokenizer_dir", "tokenizer_from_files", "tokenizer_id", "train_ranks",
-    "write_tokenizer_files",
+    "vocab_size_problem", "write_tokenizer_files",
 ]

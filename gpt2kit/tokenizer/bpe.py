@@ -54,11 +54,13 @@ def tokenizer_id(ranks_sha256: str) -> str:
     return f"bpe-{ranks_sha256[:12]}"
 
 
-def check_vocab_size(vocab_size: int, flag: str = "--vocab-size") -> None:
-    """UserError unless ``vocab_size`` is one a trained tokenizer can have."""
-    if not MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
-        raise UserError(f"{flag} {vocab_size}: must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}] (256 bytes + "
-                        "<|endoftext|> at least; ids must fit the uint16 token shards)")
+def vocab_size_problem(vocab_size: int, flag: str = "--vocab-size") -> str | None:
+    """What is wrong with ``vocab_size`` as a trained tokenizer's size (the settings that take one raise it as
+    their error type), or None when it is fine."""
+    if MIN_VOCAB_SIZE <= vocab_size <= MAX_VOCAB_SIZE:
+        return None
+    return (f"{flag} must be in [{MIN_VOCAB_SIZE}, {MAX_VOCAB_SIZE}], got {vocab_size} (256 bytes + <|endoftext|> "
+            "at least; ids must fit the uint16 token shards)")
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -79,7 +81,9 @@ def train_ranks(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2
     The vocabulary (``vocab_size`` including ``<|endoftext|>``) may come out smaller when the corpus runs out
     of pairs seen ``min_frequency`` times.
     """
-    check_vocab_size(vocab_size)
+    problem = vocab_size_problem(vocab_size)
+    if problem:
+        raise UserError(problem)
     tk = _require_hf_tokenizers()
     hf = tk.Tokenizer(tk.models.BPE())
     # ByteLevel's regex is GPT-2's; no prefix space, so its pieces are tiktoken's
@@ -87,7 +91,7 @@ def train_ranks(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2
     trainer = tk.trainers.BpeTrainer(vocab_size=vocab_size - 1, min_frequency=min_frequency, show_progress=False,
                                      initial_alphabet=tk.pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
     hf.train_from_iterator(texts, trainer=trainer)
-    char_byte = {c: b for b, c in _byte_chars().items()}
+    char_byte = {c: b for b, c in _bytes_to_unicode().items()}
     ranks = {bytes([b]): b for b in range(256)}
     # ids follow creation order (the alphabet, then each merge's result), which is the order BPE must merge in
     for token, _ in sorted(hf.get_vocab().items(), key=lambda kv: kv[1]):
@@ -95,10 +99,6 @@ def train_ranks(texts: Iterable[str], vocab_size: int, *, min_frequency: int = 2
         if raw not in ranks:
             ranks[raw] = len(ranks)
     return ranks
-
-
-def _byte_chars() -> dict[int, str]:
-    return _bytes_to_unicode()
 
 
 # ---------------------------------------------------------------------------------------------- directory

@@ -34,7 +34,9 @@ MANIFEST_VERSION = 1
 SPLITS = ("train", "val")
 
 
-TOKENIZER_SUBDIR = "tokenizer"  # a trained tokenizer's files, copied so the data directory describes itself
+TOKENIZER_SUBDIR = "tokenizer"
+"""Where a data, run or pipeline directory keeps a copy of its trained tokenizer (``prepare --tokenizer DIR/tokenizer``
+makes more data in that vocabulary)."""
 
 
 def tokenizer_record(tok: Any = None) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import torch
 from gpt2kit.checkpoint import export_hf, load_model
 from gpt2kit.checkpoint.gguf import write_gguf
 from gpt2kit.checkpoint.run_dir import PIPELINE_FILE
-from gpt2kit.data.manifest import read_manifest
+from gpt2kit.data.manifest import TOKENIZER_SUBDIR, read_manifest
 from gpt2kit.data.prepare import prepare
 from gpt2kit.data.shards import open_shard
 from gpt2kit.data.sources import SourceOptions
@@ -61,8 +61,6 @@ CHAT_QUESTIONS = ("Hello! Who are you?", "What is 2 + 3?", "Name three colors.")
 """What the report asks the tuned model."""
 LOSS_BATCHES = 100
 """Validation batches (of 8 sequences) scored in the evaluation stage: the whole split of a small corpus."""
-TOKENIZER_DIR = "tokenizer"
-"""Where a pipeline keeps its trained vocabulary (``prepare --tokenizer RUN/tokenizer`` makes more data for it)."""
 SOURCE_SETTINGS = tuple(f.name for f in dataclasses.fields(SourceOptions))
 """The --prepare-args settings that say how the sources are read, which tokenizer training reads them with too."""
 REDO_ON_CHANGE = {"eval": "eval", "eval_limit": "eval", "samples": "eval", "export": "export"}
@@ -189,7 +187,7 @@ def _tokenizer(cfg: PipelineConfig, size: PipelineSize, flags: StageFlags, run: 
     choice = size.tokenizer if cfg.tokenizer == "auto" else cfg.tokenizer
     info: dict[str, Any] = {"tokenizer": TOKENIZER_ID, "vocab_size": VOCAB_SIZE}
     if env.is_main and choice != TOKENIZER_ID:
-        out = run / TOKENIZER_DIR
+        out = run / TOKENIZER_SUBDIR
         if choice == "train":
             reading = {k: v for k, v in flags.prepare.items() if k in SOURCE_SETTINGS}  # --text-field and friends
             tok = train_tokenizer(cfg.sources, out, vocab_size=cfg.vocab_size or size.vocab_size, overwrite=True,
@@ -211,7 +209,7 @@ def _prepare(cfg: PipelineConfig, state: PipelineState, flags: StageFlags, run: 
     data = run / "data"
     if env.is_main:
         trained = state.info("tokenizer").get("tokenizer", TOKENIZER_ID) != TOKENIZER_ID
-        tokenizer = str(run / TOKENIZER_DIR) if trained else TOKENIZER_ID
+        tokenizer = str(run / TOKENIZER_SUBDIR) if trained else TOKENIZER_ID
         manifest = prepare(cfg.sources, data, tokenizer=tokenizer, **flags.prepare)
         splits = {k: v.get("tokens", 0) for k, v in manifest["splits"].items()}
     barrier(env)
@@ -392,7 +390,7 @@ def _jsonable(value: Any) -> Any:
 
 def _remove_run(run: Path, log: Callable[[str], None]) -> None:
     """--fresh: remove what an earlier pipeline wrote to ``run`` (only the pipeline's own names)."""
-    names = (TOKENIZER_DIR, "data", "pretrain", "sft", "export", "report", "report.md", PIPELINE_FILE)
+    names = (TOKENIZER_SUBDIR, "data", "pretrain", "sft", "export", "report", "report.md", PIPELINE_FILE)
     removed = []
     for name in names:
         target = run / name

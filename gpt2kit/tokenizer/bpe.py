@@ -204,19 +204,16 @@ def tokenizer_from_files(files: dict[str, bytes], where: Path, *, path: str | No
                          bad: Any = None) -> Tokenizer:
     """The trained tokenizer whose directory files are ``files`` (name -> bytes), the ranks checked against the
     metadata's sha256; ``where`` names them in errors, ``bad(where, what)`` makes the UserError."""
+    on_error = None if bad is None else (lambda what: bad(where, what))  # a directory's own line, else the caller's
     bad = bad or _bad
     if META_NAME not in files:
         raise bad(where, f"no {META_NAME}, not a gpt2kit tokenizer")
     meta = _parse_metadata(files[META_NAME], where / META_NAME, bad)
     if RANKS_NAME not in files:
         raise bad(where / RANKS_NAME, "the ranks file is missing")
-    try:
-        tok = Tokenizer(files[RANKS_NAME], str(where / RANKS_NAME), name=meta["id"], sha256=meta["ranks_sha256"],
-                        path=path, hint="the tokenizer was altered or is corrupt; copy or train it again", files=files)
-    except UserError as e:
-        if bad is _bad:
-            raise
-        raise bad(where, str(e).split(": ", 1)[1].split(";")[0]) from None
+    tok = Tokenizer(files[RANKS_NAME], str(where / RANKS_NAME), name=meta["id"], sha256=meta["ranks_sha256"],
+                    path=path, hint="the tokenizer was altered or is corrupt; copy or train it again", files=files,
+                    on_error=on_error)
     if tok.vocab_size != meta["vocab_size"] or tok.eot != meta.get("eot_id"):
         raise bad(where, f"{META_NAME} records vocab_size {meta['vocab_size']} and eot_id {meta.get('eot_id')}, "
                          f"the ranks give {tok.vocab_size} and {tok.eot}")

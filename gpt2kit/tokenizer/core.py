@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 
 from gpt2kit.errors import UserError
@@ -21,14 +21,19 @@ VOCAB_SIZE = 50257
 TOKENIZER_ID = "gpt2"  # recorded in manifests and checkpoints; another id means another vocabulary
 
 
-def parse_ranks(data: bytes, source: str, expected_sha256: str, hint: str) -> dict[bytes, int]:
-    """The token -> rank table of a tiktoken ranks file (base64 token, rank per line), after checking its sha256."""
+class RanksError(ValueError):
+    """What is wrong with a ranks file; its reader says where, and what to do."""
+
+
+def parse_ranks(data: bytes, expected_sha256: str) -> dict[bytes, int]:
+    """The token -> rank table of a tiktoken ranks file (base64 token, rank per line), after checking its sha256;
+    RanksError saying what is wrong."""
     import base64
     import binascii
 
     digest = hashlib.sha256(data).hexdigest()
     if digest != expected_sha256:
-        raise UserError(f"{source}: BPE ranks file has sha256 {digest}, expected {expected_sha256}; {hint}")
+        raise RanksError(f"BPE ranks file has sha256 {digest}, expected {expected_sha256}")
     ranks: dict[bytes, int] = {}
     try:
         for line in data.splitlines():
@@ -36,9 +41,9 @@ def parse_ranks(data: bytes, source: str, expected_sha256: str, hint: str) -> di
                 token, rank = line.split()
                 ranks[base64.b64decode(token, validate=True)] = int(rank)
     except (ValueError, binascii.Error):
-        raise UserError(f"{source}: not a tiktoken ranks file (base64 token and rank per line); {hint}") from None
+        raise RanksError("not a tiktoken ranks file (base64 token and rank per line)") from None
     if sorted(ranks.values()) != list(range(len(ranks))) or any(bytes([b]) not in ranks for b in range(256)):
-        raise UserError(f"{source}: ranks are not 0..N-1 over every single byte; {hint}")
+        raise RanksError("ranks are not 0..N-1 over every single byte")
     return ranks
 
 
@@ -46,15 +51,20 @@ class Tokenizer:
     """Byte-level BPE with GPT-2's pre-tokenization: ``encode`` (no special tokens), ``decode``, ``encode_batch``,
     ``eot`` and ``vocab_size``; ``name`` is the id recorded in manifests and checkpoints.
 
-    The end-of-text token ``<|endoftext|>`` has the id after the last rank (50256 for GPT-2).
+    The end-of-text token ``<|endoftext|>`` has the id after the last rank (50256 for GPT-2). A bad ranks file is
+    a UserError ``SOURCE: what is wrong; HINT``, or whatever ``on_error(what is wrong)`` returns.
     """
 
     def __init__(self, ranks_bytes: bytes, source: str = "gpt2.tiktoken", *, name: str = TOKENIZER_ID,
                  sha256: str = GPT2_RANKS_SHA256, path: str | None = None,
-                 hint: str = "reinstall gpt2kit to restore it", files: dict[str, bytes] | None = None) -> None:
+                 hint: str = "reinstall gpt2kit to restore it", files: dict[str, bytes] | None = None,
+                 on_error: Callable[[str], Exception] | None = None) -> None:
         import tiktoken
 
-        self.ranks: dict[bytes, int] = parse_ranks(ranks_bytes, source, sha256, hint)
+        try:
+            self.ranks: dict[bytes, int] = parse_ranks(ranks_bytes, sha256)
+        except RanksError as e:
+            raise (on_error(str(e)) if on_error else UserError(f"{source}: {e}; {hint}")) from None
         self.name = name
         self.sha256 = sha256
         self.path = path

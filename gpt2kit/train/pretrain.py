@@ -25,7 +25,7 @@ from gpt2kit.checkpoint import (
     model_state_dict,
 )
 from gpt2kit.data.loader import TokenLoader, eval_batches, read_manifest
-from gpt2kit.data.manifest import MANIFEST_NAME, data_tokenizer
+from gpt2kit.data.manifest import MANIFEST_NAME, TOKENIZER_SUBDIR, data_tokenizer
 from gpt2kit.device import autocast, autocast_dtype_for, compile_supported
 from gpt2kit.distributed import DistEnv, distributed, gather_objects
 from gpt2kit.errors import UserError
@@ -47,9 +47,6 @@ from gpt2kit.train.metrics import gpt_flops_per_token
 from gpt2kit.train.presets import get_preset
 from gpt2kit.train.resolve import apply_overrides, resolve_run
 from gpt2kit.train.task import EvalContext, TrainResult, TrainTask
-
-TOKENIZER_SUBDIR = "tokenizer"
-"""A run directory's copy of a trained tokenizer (``RUN/tokenizer/``), for ``prepare --tokenizer RUN/tokenizer``."""
 
 
 def check_data_matches_model(manifest: dict[str, Any], vocab_size: int, data_dir: str | Path,
